@@ -1,0 +1,132 @@
+"""The one place for configuration.
+
+Sources, lowest precedence first: environment (``AUTOANNOTATOR_*``), the config file
+(TOML), then CLI flags. The config file is ``--config FILE``, else ``$AUTOANNOTATOR_CONFIG``,
+else ``./autoannotator.toml``, else ``~/.config/autoannotator/config.toml``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from autoannotator.errors import UserError
+
+_config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_path", default=None)
+
+
+class PriceTable(BaseModel):
+    """USD per million tokens. Default: GPT-3.5-turbo (0125), the LLM the paper prices."""
+
+    model: str = "gpt-3.5-turbo-0125"
+    input_per_1m: float = 0.50
+    output_per_1m: float = 1.50
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return tokens_in * self.input_per_1m / 1e6 + tokens_out * self.output_per_1m / 1e6
+
+
+class FinetuneSettings(BaseModel):
+    """The paper's recipe (lr 2e-5, batch 16, 3 epochs, weight decay 0.01) plus a faster-learning new head."""
+
+    lr: float = 2e-5
+    head_lr: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 3
+    weight_decay: float = 0.01
+    max_length: int = 128
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    min_holdout: int = 10
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOANNOTATOR_", env_nested_delimiter="__", populate_by_name=True, extra="ignore"
+    )
+
+    # LLM: an OpenAI-compatible endpoint, or the embedded SmolLM2 server when none is configured.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("llm_api_key", "AUTOANNOTATOR_LLM_API_KEY", "OPENAI_API_KEY")
+    )
+    llm_timeout_s: float = 60.0
+    llm_max_concurrency: int = Field(4, ge=1, le=256)
+    llm_max_retries: int = Field(4, ge=0, le=20)
+    llm_max_text_chars: int = Field(4000, ge=100)
+    embedded_model_path: Path | None = None
+    embedded_threads: int | None = None
+    embedded_startup_timeout_s: float = 120.0
+
+    # The annotation loop (paper: k = 3, beta = 2000; epsilon so small that any disagreement is hard).
+    k: int = Field(3, ge=1, le=16)
+    epsilon: float = Field(1e-6, ge=0.0, le=1.0)
+    min_votes: int = Field(2, ge=1)
+    beta: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=1, le=100_000)
+    models: list[str] = Field(default_factory=list)
+    model_dirs: list[Path] = Field(default_factory=list)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_text_chars: int = Field(20_000, ge=100)
+    seed: int = 0
+    finetune: FinetuneSettings = FinetuneSettings()
+
+    prices: PriceTable = PriceTable()
+    runs_dir: Path = Path("runs")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        path = _config_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        sources.append(env_settings)
+        return tuple(sources)
+
+    @property
+    def uses_embedded_llm(self) -> bool:
+        return not self.llm_base_url and not (self.llm_model and self.llm_api_key)
+
+
+def find_config_file(explicit: Path | None = None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise UserError(f"config file not found: {explicit}")
+        return explicit
+    env = os.environ.get("AUTOANNOTATOR_CONFIG")
+    if env:
+        if not Path(env).is_file():
+            raise UserError(f"AUTOANNOTATOR_CONFIG points at a missing file: {env}")
+        return Path(env)
+    for candidate in (Path("autoannotator.toml"), Path.home() / ".config" / "autoannotator" / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Build Settings from env < config file < ``overrides`` (CLI flags; None values are ignored)."""
+    clean = {k: v for k, v in (overrides or {}).items() if v is not None}
+    token = _config_path.set(find_config_file(config_file))
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"invalid setting {where}: {first['msg']}") from None
+    except Exception as exc:  # a malformed TOML file
+        raise UserError(f"cannot read configuration: {exc}") from None
+    finally:
+        _config_path.reset(token)

@@ -1,0 +1,58 @@
+"""What to label: the label set (with descriptions) and where the text is."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+
+class LabelDef(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _clean(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("label names must not be blank")
+        return v
+
+
+class TaskSpec(BaseModel):
+    instruction: str
+    labels: list[LabelDef] = Field(min_length=2, max_length=50)
+    text_column: str = "text"
+
+    @model_validator(mode="after")
+    def _unique(self) -> "TaskSpec":
+        names = [lbl.name.lower() for lbl in self.labels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"label names must be unique, got {self.label_names}")
+        return self
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lbl.name for lbl in self.labels]
+
+    @property
+    def kind(self) -> str:
+        """A coarse family used to find pretrained scorers: 'sentiment', 'toxicity' or 'other'."""
+        text = " ".join([self.instruction, *self.label_names]).lower()
+        if re.search(r"toxic|profan|offensive|abusive|hate|insult|obscen", text):
+            return "toxicity"
+        if re.search(r"sentiment|polarity|positive|negative|opinion|review", text):
+            return "sentiment"
+        return "other"
+
+
+def parse_labels(raw: str) -> list[LabelDef]:
+    """`--labels positive,negative` or `--labels "positive: praise, negative: complaint"`."""
+    out = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, _, desc = part.partition(":")
+        out.append(LabelDef(name=name.strip(), description=desc.strip()))
+    return out
