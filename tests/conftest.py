@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["AUTOANNOTATOR_BLOCK_REMOTE_LLM"] = "1"  # the LLM factory refuses non-loopback endpoints
 for _var in ("OPENAI_API_KEY", "AUTOANNOTATOR_LLM_API_KEY", "AUTOANNOTATOR_LLM_BASE_URL", "AUTOANNOTATOR_LLM_MODEL",
              "AUTOANNOTATOR_CONFIG"):
     os.environ.pop(_var, None)

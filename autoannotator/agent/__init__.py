@@ -1,0 +1,1 @@
+"""The LLM side of AutoAnnotator: the endpoint factory, the embedded server, the verifier."""

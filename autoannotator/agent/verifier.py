@@ -1,0 +1,317 @@
+"""LLM re-verification of the samples the small models disagree on.
+
+One request per sample, its answer constrained to the task's labels (a ``Literal`` schema sent as a
+forced function call: grammar-constrained on llama.cpp), retried with backoff on transient errors,
+bounded in concurrency, and cached in SQLite so that no sample is ever paid for twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import openai
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, Field, create_model
+
+from autoannotator.errors import LLMUnavailable
+from autoannotator.prompts import render
+from autoannotator.task import TaskSpec
+
+_DATA_TAG = re.compile(r"<\s*/?\s*text_to_classify\s*>", re.IGNORECASE)
+
+
+class VerifyResult(BaseModel):
+    row_id: int
+    label: str
+    tokens_in: int  # spent by this call: 0 for a cache hit
+    tokens_out: int
+    cached: bool
+    paid_by_run: str  # the run whose request produced this answer
+    tokens_estimated: bool = False  # the endpoint reported no usage; counted as len(text)/4
+
+
+class Ledger(BaseModel):
+    """What one run paid for, as recorded in the cache."""
+
+    calls: int
+    tokens_in: int
+    tokens_out: int
+    tokens_estimated: bool
+
+
+def truncate_middle(text: str, max_chars: int) -> str:
+    """Keep the head and the tail: openings and conclusions carry most of a text's label."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars * 2 // 3
+    tail = max_chars - head
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+
+
+def _retryable(exc: BaseException) -> bool:
+    # APITimeoutError is an APIConnectionError; InternalServerError covers most 5xx.
+    if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code >= 500
+    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, TimeoutError, ConnectionError))
+
+
+# One long-lived event loop in a daemon thread serves every Verifier: httpx's async connection pools
+# (shared by ChatOpenAI clients) belong to the loop that opened them, so a fresh asyncio.run() per
+# batch would reuse dead connections; it also makes verify() callable from inside a running loop.
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="autoannotator-llm", daemon=True).start()
+        return _loop
+
+
+class _Cache:
+    """SQLite: key -> answer. A connection per operation keeps it usable from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._conn() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers (reports, the UI) never block writers
+            conn.execute("""CREATE TABLE IF NOT EXISTS verify_cache (
+                key TEXT PRIMARY KEY, model_id TEXT NOT NULL, label TEXT NOT NULL,
+                tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+                tokens_estimated INTEGER NOT NULL, paid_by_run TEXT NOT NULL, created_at TEXT NOT NULL)""")
+            conn.execute("CREATE INDEX IF NOT EXISTS verify_cache_run ON verify_cache (paid_by_run)")
+
+    def _conn(self) -> closing[sqlite3.Connection]:
+        return closing(sqlite3.connect(self.path, timeout=30))
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """key -> (label, paid_by_run) for the keys present."""
+        out: dict[str, tuple[str, str]] = {}
+        with self._conn() as conn:
+            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, label, run in conn.execute(
+                        f"SELECT key, label, paid_by_run FROM verify_cache WHERE key IN ({marks})", chunk):
+                    out[key] = (label, run)
+        return out
+
+    def put(self, key: str, model_id: str, label: str, tokens_in: int, tokens_out: int,
+            estimated: bool, run_id: str) -> None:
+        with self._conn() as conn, conn:
+            # OR IGNORE: if another process answered the same key first, its record (and payer) stands.
+            conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
+                         (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id,
+                          datetime.now(timezone.utc).isoformat()))
+
+    def ledger(self, run_id: str) -> Ledger:
+        with self._conn() as conn:
+            calls, t_in, t_out, est = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), "
+                "COALESCE(MAX(tokens_estimated),0) FROM verify_cache WHERE paid_by_run = ?", (run_id,)).fetchone()
+        return Ledger(calls=calls, tokens_in=t_in, tokens_out=t_out, tokens_estimated=bool(est))
+
+
+def label_schema(labels: Sequence[str]) -> type[BaseModel]:
+    """A one-field schema whose ``label`` may only be one of the task's labels."""
+    return create_model(
+        "ChooseLabel",
+        __doc__="Record the one label that fits the text.",
+        label=(Literal[tuple(labels)], Field(description=f"exactly one of: {', '.join(labels)}")),
+    )
+
+
+class Verifier:
+    def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path, run_id: str,
+                 max_concurrency: int = 4, max_retries: int = 4, max_text_chars: int = 4000,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
+        self.model_id = model_id
+        self.task = task
+        self.run_id = run_id
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_retries = max(0, max_retries)
+        self.max_text_chars = max_text_chars
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.labels = task.label_names
+        self._by_lower = {name.lower(): name for name in self.labels}
+        self._structured = chat.with_structured_output(
+            label_schema(self.labels), method="function_calling", include_raw=True)
+        self._system = render("verify_system.md", instruction=task.instruction, labels=task.labels,
+                              label_names=self.labels)
+        self._cache = _Cache(cache_path)
+
+    # -- prompts and keys ---------------------------------------------------------------------------
+    def messages(self, text: str) -> list[BaseMessage]:
+        # Neutralise our own delimiters so a text cannot close the data block and speak as the user.
+        body = _DATA_TAG.sub("[tag removed]", truncate_middle(text, self.max_text_chars))
+        return [SystemMessage(self._system),
+                HumanMessage(render("verify_user.md", text=body, label_names=self.labels))]
+
+    def _key(self, messages: list[BaseMessage]) -> str:
+        payload = json.dumps({"model": self.model_id, "labels": self.labels,
+                              "messages": [[m.type, m.content] for m in messages]},
+                             ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    # -- public API ---------------------------------------------------------------------------------
+    def verify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
+        """Label ``(row_id, text)`` pairs; results in input order. Blocks; safe inside a running loop."""
+        if not items:
+            return []
+        loop = _background_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("Verifier.verify() called on the verifier's own loop; await averify()")
+        future = asyncio.run_coroutine_threadsafe(self.averify(items), loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C: stop the in-flight requests too
+            raise
+
+    def ledger(self, run_id: str | None = None) -> Ledger:
+        return self._cache.ledger(run_id or self.run_id)
+
+    async def averify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
+        prepared = [(row_id, self.messages(text)) for row_id, text in items]
+        keys = [self._key(msgs) for _, msgs in prepared]
+        hits = self._cache.get_many(sorted(set(keys)))
+        results: list[VerifyResult | None] = [None] * len(items)
+        pending: dict[str, list[int]] = {}  # one request per distinct prompt, even within a batch
+        for i, key in enumerate(keys):
+            if key in hits:
+                label, payer = hits[key]
+                results[i] = VerifyResult(row_id=prepared[i][0], label=label, tokens_in=0, tokens_out=0,
+                                          cached=True, paid_by_run=payer)
+            else:
+                pending.setdefault(key, []).append(i)
+
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(key: str, positions: list[int]) -> None:
+            async with semaphore:
+                msgs = prepared[positions[0]][1]
+                label, t_in, t_out, estimated = await self._ask(msgs)
+            # Written at once: a crash later in the batch loses only the calls still in flight.
+            self._cache.put(key, self.model_id, label, t_in, t_out, estimated, self.run_id)
+            first, *dupes = positions
+            results[first] = VerifyResult(row_id=prepared[first][0], label=label, tokens_in=t_in,
+                                          tokens_out=t_out, cached=False, paid_by_run=self.run_id,
+                                          tokens_estimated=estimated)
+            for i in dupes:
+                results[i] = VerifyResult(row_id=prepared[i][0], label=label, tokens_in=0, tokens_out=0,
+                                          cached=True, paid_by_run=self.run_id)
+
+        tasks = [asyncio.ensure_future(one(key, positions)) for key, positions in pending.items()]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [r for r in results if r is not None]
+
+    # -- one sample ---------------------------------------------------------------------------------
+    async def _ask(self, messages: list[BaseMessage]) -> tuple[str, int, int, bool]:
+        """(label, tokens_in, tokens_out, estimated) summed over every attempt that got an answer."""
+        attempts = self.max_retries + 1
+        t_in = t_out = 0
+        estimated = False
+        raws: list[Any] = []
+        last_error: BaseException | None = None
+        for attempt in range(attempts):
+            try:
+                out = await self._structured.ainvoke(messages)
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                last_error = exc
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._delay(attempt, exc))
+                continue
+            raw = out.get("raw")
+            a, b, est = self._usage(raw, messages)
+            t_in, t_out, estimated = t_in + a, t_out + b, estimated or est
+            label = self._parsed_label(out.get("parsed"), raw)
+            if label is not None:
+                return label, t_in, t_out, estimated
+            raws.append(raw)  # an invalid answer: ask again at once, the endpoint itself is fine
+        for raw in reversed(raws):  # last resort: the answer's plain text names a label
+            label = self._text_label(raw)
+            if label is not None:
+                return label, t_in, t_out, estimated
+        if last_error is not None:
+            raise LLMUnavailable(f"the LLM ({self.model_id}) kept failing after {attempts} attempts: "
+                                 f"{_one_line(last_error)}")
+        snippet = " ".join(str(getattr(raws[-1], "content", "")).split())[:80] if raws else ""
+        raise LLMUnavailable(f"the LLM ({self.model_id}) gave no valid label after {attempts} attempts "
+                             f"(last answer: {snippet!r}); labels are {', '.join(self.labels)}")
+
+    def _delay(self, attempt: int, exc: BaseException) -> float:
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.5)
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("retry-after") if isinstance(response, httpx.Response) else None
+        try:  # a 429's Retry-After is the server telling us exactly how long to wait
+            if retry_after is not None:
+                delay = max(delay, min(float(retry_after), self.backoff_max_s))
+        except ValueError:
+            pass
+        return delay
+
+    def _parsed_label(self, parsed: Any, raw: Any) -> str | None:
+        value = getattr(parsed, "label", None)
+        if value in self.labels:
+            return str(value)
+        # A tool call whose label differs only in case or spacing failed the Literal; accept it.
+        for call in getattr(raw, "tool_calls", None) or []:
+            arg = (call.get("args") or {}).get("label")
+            if isinstance(arg, str) and arg.strip().lower() in self._by_lower:
+                return self._by_lower[arg.strip().lower()]
+        return None
+
+    def _text_label(self, raw: Any) -> str | None:
+        content = getattr(raw, "content", None)
+        if not isinstance(content, str):
+            return None
+        text = content.strip().strip("\"'`.").strip()
+        if text in self.labels:
+            return text
+        return self._by_lower.get(text.lower())
+
+    @staticmethod
+    def _usage(raw: Any, messages: list[BaseMessage]) -> tuple[int, int, bool]:
+        meta = getattr(raw, "usage_metadata", None)
+        if meta and (meta.get("input_tokens") or meta.get("output_tokens")):
+            return int(meta.get("input_tokens") or 0), int(meta.get("output_tokens") or 0), False
+        chars_in = sum(len(str(m.content)) for m in messages)
+        chars_out = len(str(getattr(raw, "content", "") or ""))
+        chars_out += sum(len(json.dumps(c.get("args") or {})) for c in getattr(raw, "tool_calls", None) or [])
+        return max(1, chars_in // 4), max(1, chars_out // 4), True

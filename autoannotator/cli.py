@@ -1,0 +1,105 @@
+"""The command line: `autoannotator label DATA --task "..."` and friends."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from autoannotator.config import load_settings
+from autoannotator.errors import UserError
+from autoannotator.task import parse_labels
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Label text data with a small-model ensemble orchestrated by an LLM (AutoAnnotator).")
+console = Console(stderr=True)
+_RESUME_FROM_RUN_DIR = "\0run-dir"
+
+
+@app.command()
+def label(
+    data: Optional[Path] = typer.Argument(None, help="CSV, TSV, JSONL, JSON or Parquet file to label."),
+    task: Optional[str] = typer.Option(None, "--task", help='What to label, in plain words.'),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated label set (name or name:description)."),
+    text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: 'text')."),
+    gold_column: Optional[str] = typer.Option(None, help="Column with known labels: the report scores accuracy."),
+    k: Optional[int] = typer.Option(None, help="Number of small models in the ensemble (paper: 3)."),
+    epsilon: Optional[float] = typer.Option(None, help="Uncertainty threshold: U >= epsilon goes to the LLM."),
+    beta: Optional[int] = typer.Option(None, help="Hard-sample pool size that triggers fine-tuning (paper: 2000)."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model specs (vader, textblob, afinn, "
+                                                    "profanity, student, hf:<id or path>)."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per batch."),
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded SmolLM2)."),
+    llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default: RUN_DIR/<name>.labelled.<ext>)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where the run keeps its state and report."),
+    resume: Optional[str] = typer.Option(None, "--resume", flag_value=_RESUME_FROM_RUN_DIR, is_flag=False,
+                                         metavar="[RUN_DIR]", help="Continue a stopped run (RUN_DIR or --run-dir)."),
+    config: Optional[Path] = typer.Option(None, help="TOML config file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
+) -> None:
+    """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
+    from autoannotator import runner
+    from autoannotator.ui.progress import LabelProgress
+
+    settings = load_settings({
+        "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "llm_base_url": llm_base_url,
+        "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
+    }, config)
+    if resume is not None:
+        run_dir = run_dir if resume == _RESUME_FROM_RUN_DIR else Path(resume)
+    elif data is None:
+        raise UserError("give the data file to label: autoannotator label DATA --task \"...\"")
+    with LabelProgress(console, quiet=quiet) as progress:
+        report, used_dir = runner.label(
+            settings, data, instruction=task, labels=parse_labels(labels) if labels else None,
+            text_column=text_column, gold_column=gold_column, out_path=out, run_dir=run_dir,
+            resume=resume is not None, on_progress=progress,
+        )
+    _summary(report, used_dir)
+
+
+def _summary(report: dict, run_dir: Path) -> None:
+    line = (f"[bold green]done[/]: {report['n_samples']} rows -> {report['run']['out_path']}  "
+            f"LLM calls {report['llm_calls']} ({report['llm_call_rate']:.1%})  est. ${report['est_cost_usd']:.6f}")
+    if report.get("accuracy") is not None:
+        line += f"  accuracy {report['accuracy']:.4f}"
+    console.print(line)
+    console.print(f"report: {run_dir / 'report.md'}")
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning[/]: {warning}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        console.print(f"[red]error[/]: {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: resume with `autoannotator label --resume RUN_DIR`")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here too
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        log = Path.home() / ".cache" / "autoannotator" / "last-error.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        console.print(f"[red]internal error[/]: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                      f" (details in {log})", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LangGraph state machines: the annotation loop (and, later, the controller and chat)."""

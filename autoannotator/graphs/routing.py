@@ -1,0 +1,36 @@
+"""Pure routers for the annotation graph's conditional edges: no I/O, no LLM, unit-testable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from autoannotator.ensemble import is_hard
+from autoannotator.graphs.state import AnnotateState
+
+
+def hard_positions(state: AnnotateState) -> list[int]:
+    """Positions in the current batch whose U(x) >= epsilon (empty texts have no U and are never hard)."""
+    batch = state.get("batch") or {"uncertainty": []}
+    eps = state["epsilon"]
+    return [i for i, u in enumerate(batch["uncertainty"]) if u is not None and is_hard(u, eps)]
+
+
+def route_after_ensemble(state: AnnotateState) -> Literal["verify", "accept"]:
+    """The paper's routing rule: any sample with U >= epsilon goes to the LLM verifier first."""
+    return "verify" if hard_positions(state) else "accept"
+
+
+def should_finetune(pool_size: int, pool_at_last_finetune: int, beta: int, has_trainable: bool) -> bool:
+    """The beta branch: fine-tune once beta new LLM-verified samples have joined the pool."""
+    return has_trainable and pool_size - pool_at_last_finetune >= beta
+
+
+def route_next_batch(state: AnnotateState) -> Literal["load_batch", "report"]:
+    return "load_batch" if state.get("cursor", 0) < state["n_rows"] else "report"
+
+
+def route_after_accept(state: AnnotateState) -> Literal["finetune", "load_batch", "report"]:
+    if should_finetune(state.get("pool_size", 0), state.get("pool_at_last_finetune", 0), state["beta"],
+                       state.get("has_trainable", False)):
+        return "finetune"
+    return route_next_batch(state)

@@ -1,0 +1,41 @@
+"""The annotation graph's state: small, JSON-serialisable, checkpointed after every step.
+
+Per-sample results do not live here: they go to the run store (``store.py``) as each batch is
+accepted, so a checkpoint stays the size of one batch whatever the data set's size.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypedDict
+
+
+def add_timings(old: dict[str, float] | None, new: dict[str, float] | None) -> dict[str, float]:
+    merged = dict(old or {})
+    for key, seconds in (new or {}).items():
+        merged[key] = round(merged.get(key, 0.0) + seconds, 4)
+    return merged
+
+
+class BatchVotes(TypedDict):
+    votes: list[list[int]]  # per row, per model: task-label index, -1 = abstain
+    confidence: list[list[float]]
+    majority: list[int]
+    uncertainty: list[float | None]  # None: empty text, nothing to label
+
+
+class AnnotateState(TypedDict, total=False):
+    n_rows: int
+    epsilon: float
+    beta: int
+    has_trainable: bool
+    cursor: int  # position of the next row to load
+    batch_index: int
+    batch_ids: list[int]
+    batch: BatchVotes | None
+    verified: dict[str, str]  # row id (as text: JSON keys) -> LLM label, for this batch's hard rows
+    pool_size: int
+    pool_at_last_finetune: int
+    finetune_round: int
+    weights: dict[str, str]  # trainable model name -> accepted weights folder
+    timings: Annotated[dict[str, float], add_timings]
+    finished: bool

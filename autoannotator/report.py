@@ -1,0 +1,121 @@
+"""report.json and report.md: what was labelled, by whom, at what cost, and how well (given gold labels)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from autoannotator.costs import LLMUsage, cost_summary
+
+EMBEDDED_WARNING = (
+    "The embedded LLM (SmolLM2-135M-Instruct, 4-bit) makes the tool run anywhere offline but labels poorly; "
+    "point autoannotator at a strong model with --llm-base-url URL --llm-model NAME (any OpenAI-compatible endpoint)."
+)
+
+
+def _accuracy(pairs: list[tuple[str | None, str]]) -> dict[str, Any]:
+    n = len(pairs)
+    correct = sum(1 for pred, gold in pairs if pred == gold)
+    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None}
+
+
+def quality(results: list[dict], gold: list[str | None], labels: list[str]) -> dict[str, Any]:
+    """Accuracy overall and per label_source, over rows whose gold label is one of the task's labels."""
+    known = set(labels)
+    scored = [(r, gold[r["row_id"]]) for r in results if gold[r["row_id"]] in known]
+    by_source: dict[str, list] = {}
+    for rec, g in scored:
+        by_source.setdefault(rec["label_source"], []).append((rec["label"], g))
+    unknown = Counter(g for g in gold if g not in known)
+    return {
+        "accuracy": _accuracy([(r["label"], g) for r, g in scored])["accuracy"],
+        "n_scored": len(scored),
+        "by_label_source": {src: _accuracy(pairs) for src, pairs in sorted(by_source.items())},
+        "gold_unknown_rows": sum(unknown.values()),
+        "gold_unknown_values": dict(unknown.most_common(10)),
+    }
+
+
+def model_agreement(results: list[dict], model_names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model: how often it voted, and how often its vote matched the final label."""
+    out = {}
+    labelled = [r for r in results if r["label"] is not None]
+    for name in model_names:
+        voted = [r for r in labelled if (r["votes"].get(name) or {}).get("label") is not None]
+        agree = sum(1 for r in voted if r["votes"][name]["label"] == r["label"])
+        out[name] = {
+            "coverage": round(len(voted) / len(labelled), 4) if labelled else None,
+            "agreement": round(agree / len(voted), 4) if voted else None,
+        }
+    return out
+
+
+def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, models: list[dict],
+                 finetune_records: list[dict], timings: dict[str, float], gold: list[str | None] | None,
+                 labels: list[str], llm: dict, warnings: list[str]) -> dict[str, Any]:
+    n = len(results)
+    sources = Counter(r["label_source"] for r in results)
+    report = {
+        "run": run,
+        "n_samples": n,
+        "label_sources": dict(sources),
+        "label_counts": dict(Counter(r["label"] for r in results if r["label"] is not None)),
+        **cost_summary(usage, n, sources.get("llm_verified", 0), settings.prices),
+        "finetune_rounds": finetune_records,
+        "n_finetune_rounds": len({r["round"] for r in finetune_records}),
+        "models": models,
+        "model_agreement": model_agreement(results, [m["name"] for m in models]),
+        "settings": {"k": settings.k, "epsilon": settings.epsilon, "beta": settings.beta,
+                     "min_votes": settings.min_votes, "batch_size": settings.batch_size},
+        "llm": llm,
+        "sandbox": "none (SLMs run in-process)",
+        "timings_s": {k: round(v, 3) for k, v in sorted(timings.items())},
+        "throughput_samples_per_s": round(n / sum(timings.values()), 2) if timings and sum(timings.values()) else None,
+        "warnings": warnings,
+    }
+    if gold is not None:
+        report.update(quality(results, gold, labels))
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# autoannotator run {report['run'].get('run_id', '')}", ""]
+    lines += [f"- Task: {report['run'].get('instruction', '')}",
+              f"- Labels: {', '.join(report['run'].get('labels', []))}",
+              f"- Samples: {report['n_samples']}  (by source: "
+              + ", ".join(f"{k} {v}" for k, v in report["label_sources"].items()) + ")",
+              f"- LLM: {report['llm'].get('model_id')} ({'embedded' if report['llm'].get('embedded') else 'endpoint'})",
+              f"- LLM calls: {report['llm_calls']} ({report['llm_call_rate']:.1%} of samples), tokens in/out "
+              f"{report['llm_tokens_in']}/{report['llm_tokens_out']}",
+              f"- Estimated cost at {report['price_table']['model']} prices: ${report['est_cost_usd']:.6f}; "
+              f"labelling everything with the LLM (estimate): "
+              + (f"${report['all_llm_baseline_cost_usd']:.6f}" if report["all_llm_baseline_cost_usd"] is not None
+                 else "unknown (no LLM call made)")]
+    if "accuracy" in report:
+        lines.append(f"- Accuracy against gold: {report['accuracy']} over {report['n_scored']} rows"
+                     + (f" ({report['gold_unknown_rows']} rows with a gold label outside the label set not scored)"
+                        if report["gold_unknown_rows"] else ""))
+        for src, acc in report["by_label_source"].items():
+            lines.append(f"  - {src}: {acc['accuracy']} ({acc['correct']}/{acc['n']})")
+    lines += ["", "## Models", "", "| model | kind | trainable | coverage | agreement with final label |",
+              "| --- | --- | --- | --- | --- |"]
+    for m in report["models"]:
+        agr = report["model_agreement"].get(m["name"], {})
+        lines.append(f"| {m['name']} | {m['kind']} | {m['trainable']} | {agr.get('coverage')} | {agr.get('agreement')} |")
+    if report["finetune_rounds"]:
+        lines += ["", "## Fine-tuning rounds", "", "| round | model | train | holdout | acc before | acc after | kept |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in report["finetune_rounds"]:
+            lines.append(f"| {r['round']} | {r['model']} | {r['n_train']} | {r['n_holdout']} | "
+                         f"{r['holdout_acc_before']} | {r['holdout_acc_after']} | {r['accepted']} |")
+    lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], run_dir: Path) -> None:
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")

@@ -1,0 +1,201 @@
+"""One labelling run, start to finish (or resumed): plan, load models, run the annotation graph, report.
+
+The run directory holds everything a resumed run needs: ``run.json`` (the plan: task, models,
+settings), ``checkpoints.sqlite`` (LangGraph's SQLite checkpointer), ``run.sqlite`` (per-row
+results, hard-sample pool, fine-tuning rounds), ``llm_cache.sqlite`` (every LLM answer paid for)
+and ``models/`` (fine-tuned weights).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from pydantic import BaseModel
+
+from autoannotator.agent.labels import propose_labels
+from autoannotator.agent.llm import check_reachable, llm_session
+from autoannotator.agent.verifier import Verifier
+from autoannotator.config import FinetuneSettings, Settings
+from autoannotator.data import Dataset, default_output_path, load_dataset, write_labelled
+from autoannotator.errors import UserError
+from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
+from autoannotator.report import EMBEDDED_WARNING, build_report, write_report
+from autoannotator.slm.base import TrainableSLM
+from autoannotator.slm.catalog import build_model, default_selection
+from autoannotator.store import RunStore
+from autoannotator.task import LabelDef, TaskSpec
+
+# Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
+FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune")
+
+
+class RunPlan(BaseModel):
+    run_id: str
+    created_at: str
+    data_path: str
+    data_fingerprint: str
+    gold_column: str | None
+    out_path: str
+    task: TaskSpec
+    model_specs: list[str]
+    settings: dict[str, Any]
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunPlan":
+        path = run_dir / "run.json"
+        if not path.is_file():
+            raise UserError(f"{run_dir} is not a run directory (no run.json); start a new run without --resume")
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def save(self, run_dir: Path) -> None:
+        (run_dir / "run.json").write_text(self.model_dump_json(indent=2), encoding="utf-8")
+
+
+def new_run_id(instruction: str) -> str:
+    slug = "-".join("".join(c if c.isalnum() else " " for c in instruction.lower()).split()[:4]) or "run"
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
+
+
+def label(
+    settings: Settings,
+    data_path: Path,
+    *,
+    instruction: str | None = None,
+    labels: list[LabelDef] | None = None,
+    text_column: str | None = None,
+    gold_column: str | None = None,
+    out_path: Path | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_progress: Callable[[dict], None] = lambda event: None,
+) -> tuple[dict[str, Any], Path]:
+    """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``."""
+    timings: dict[str, float] = {}
+    if resume:
+        if run_dir is None:
+            raise UserError("--resume needs the run directory: --resume RUN_DIR")
+        plan = RunPlan.load(run_dir)
+        frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
+        frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
+        settings = settings.model_copy(update=frozen)
+        data_path = Path(plan.data_path) if data_path is None else data_path
+    elif not instruction:
+        raise UserError("say what to label: --task \"label these reviews for sentiment\"")
+
+    start = time.perf_counter()
+    dataset = load_dataset(data_path, plan.task.text_column if resume else text_column,
+                           plan.gold_column if resume else gold_column, settings.max_text_chars)
+    timings["load_data"] = time.perf_counter() - start
+    if resume and dataset.fingerprint != plan.data_fingerprint:
+        raise UserError(f"{data_path} has changed since run {plan.run_id} started; resume with the same file")
+
+    if not resume:
+        run_id = new_run_id(instruction)
+        run_dir = run_dir or settings.runs_dir / run_id
+        if (run_dir / "run.json").exists():
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    with ExitStack() as stack:
+        start = time.perf_counter()
+        llm = stack.enter_context(llm_session(settings, log_dir=run_dir))
+        check_reachable(llm)
+        timings["llm_start"] = time.perf_counter() - start
+        if not resume:
+            task = TaskSpec(
+                instruction=instruction,
+                labels=labels or propose_labels(llm.chat, instruction, _sample(dataset)),
+                text_column=dataset.text_column,
+            )
+            plan = RunPlan(
+                run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), data_path=str(data_path.resolve()),
+                data_fingerprint=dataset.fingerprint, gold_column=gold_column,
+                out_path=str(out_path or default_output_path(data_path, run_dir)), task=task,
+                model_specs=settings.models or default_selection(task, settings.k),
+                settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
+            )
+            if not plan.model_specs:
+                raise UserError("no small model can label this task offline; name some with --models")
+            plan.save(run_dir)
+        elif out_path is not None:
+            plan.out_path = str(out_path)
+
+        start = time.perf_counter()
+        models = [build_model(spec, plan.task, settings) for spec in plan.model_specs]
+        timings["load_models"] = time.perf_counter() - start
+        store = RunStore(run_dir / "run.sqlite")
+        stack.callback(store.close)
+        verifier = Verifier(
+            llm.chat, llm.model_id, plan.task, run_dir / "llm_cache.sqlite", plan.run_id,
+            max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
+            max_text_chars=settings.llm_max_text_chars,
+        )
+        saver = stack.enter_context(SqliteSaver.from_conn_string(str(run_dir / "checkpoints.sqlite")))
+
+        def on_report(state) -> None:
+            _finish(plan, dataset, store, verifier, settings, models, llm, {**timings, **state.get("timings", {})},
+                    run_dir)
+
+        ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
+                              settings=settings, run_dir=run_dir, on_report=on_report, on_progress=on_progress,
+                              empty_rows=set(dataset.empty_rows))
+        graph = build_annotate_graph(ctx, checkpointer=saver)
+        n_batches = -(-len(dataset.texts) // settings.batch_size)
+        config = {"configurable": {"thread_id": plan.run_id}, "recursion_limit": 10 * n_batches + 50}
+        snapshot = graph.get_state(config)
+        if snapshot.values:
+            _restore_weights(models, snapshot.values.get("weights") or {})
+            on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": len(dataset.texts)})
+            inputs = None if snapshot.next else {"finished": False, "cursor": snapshot.values["n_rows"]}
+        else:
+            inputs = {"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
+                      "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
+                      "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
+                      "weights": {}, "timings": {}}
+        on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
+                     "models": [m.name for m in models], "llm": llm.model_id, "run_dir": str(run_dir)})
+        graph.invoke(inputs, config, durability="sync")
+    return json.loads((run_dir / "report.json").read_text(encoding="utf-8")), run_dir
+
+
+def _sample(dataset: Dataset, n: int = 10) -> list[str]:
+    step = max(1, len(dataset.texts) // n)
+    return [t for t in dataset.texts[::step] if t.strip()][:n]
+
+
+def _restore_weights(models: list, weights: dict[str, str]) -> None:
+    for model in models:
+        if isinstance(model, TrainableSLM) and model.name in weights:
+            model.load(Path(weights[model.name]))
+
+
+def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings, models: list,
+            llm, timings: dict[str, float], run_dir: Path) -> None:
+    results = store.results()
+    if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
+        raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
+    write_labelled(dataset, {
+        "label": [r["label"] if r["label"] is not None else "" for r in results],
+        "label_source": [r["label_source"] for r in results],
+        "uncertainty": [r["uncertainty"] for r in results],
+        "votes": [json.dumps(r["votes"], ensure_ascii=False) for r in results],
+    }, Path(plan.out_path))
+    warnings = list(dataset.warnings) + ([EMBEDDED_WARNING] if llm.embedded else [])
+    report = build_report(
+        run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
+             "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
+        results=results, usage=verifier.usage(), settings=settings, models=[m.describe() for m in models],
+        finetune_records=store.finetune_records(), timings=timings,
+        gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
+        llm={"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded},
+        warnings=warnings,
+    )
+    write_report(report, run_dir)

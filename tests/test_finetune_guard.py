@@ -1,0 +1,65 @@
+"""The forgetting guard keeps old weights unless the fine-tuned copy does at least as well on the held-out slice."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from autoannotator.config import FinetuneSettings
+from autoannotator.finetune import finetune_model, split_holdout
+from autoannotator.slm.base import LabelMapping, TrainableSLM
+
+
+class ConstantStudent(TrainableSLM):
+    """Votes one fixed label; 'training' switches it to the label it is told to learn."""
+
+    def __init__(self, label_idx: int, learns: int):
+        super().__init__("const", LabelMapping.by_name(["a", "b"], ["a", "b"]))
+        self.label_idx, self.learns, self.saved = label_idx, learns, None
+
+    @property
+    def is_trained(self) -> bool:
+        return True
+
+    def native_proba(self, texts):
+        out = np.zeros((len(texts), 2), dtype=np.float32)
+        out[:, self.label_idx] = 1.0
+        return out
+
+    def train_on(self, texts, labels, cfg):
+        self.label_idx = self.learns
+        return {"n": len(texts)}
+
+    def clone(self):
+        return copy.deepcopy(self)
+
+    def save(self, path):
+        self.saved = path
+
+    def load(self, path):
+        pass
+
+
+def test_split_holdout_is_stable_and_disjoint():
+    cfg = FinetuneSettings(holdout_fraction=0.2, min_holdout=3)
+    train, hold = split_holdout(list(range(100)), cfg)
+    assert len(hold) == 20 and not set(train) & set(hold) and len(train) + len(hold) == 100
+    train2, hold2 = split_holdout(list(range(100)), cfg)
+    assert hold == hold2
+    _, small = split_holdout(list(range(6)), cfg)
+    assert len(small) == 3  # min_holdout, capped at half the pool
+
+
+def test_guard_keeps_better_and_rejects_worse(tmp_path):
+    cfg = FinetuneSettings()
+    texts = ["x"] * 10
+    truth = np.zeros(10, dtype=np.int64)  # the LLM said "a" everywhere
+    improving = ConstantStudent(label_idx=1, learns=0)
+    kept, rec = finetune_model(improving, (texts, truth), (texts, truth), cfg, 1, tmp_path)
+    assert rec["accepted"] and kept is not improving and kept.label_idx == 0
+    assert rec["holdout_acc_before"] == 0.0 and rec["holdout_acc_after"] == 1.0 and rec["weights"]
+
+    forgetting = ConstantStudent(label_idx=0, learns=1)
+    kept, rec = finetune_model(forgetting, (texts, truth), (texts, truth), cfg, 2, tmp_path)
+    assert not rec["accepted"] and kept is forgetting and kept.label_idx == 0 and rec["weights"] is None

@@ -1,0 +1,71 @@
+"""The MiniLM student: abstains untrained, learns a separable toy task, survives save/load/clone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoannotator.config import FinetuneSettings
+from autoannotator.slm.student import MiniLMStudent
+
+LABELS = ["positive", "negative"]
+POS = ["I love this, it is wonderful", "Absolutely fantastic product", "Great, amazing, excellent",
+       "Best purchase ever, so happy", "Delightful and lovely", "Superb quality, I adore it",
+       "Brilliant, works perfectly", "What a joy, highly recommended", "Awesome experience, thrilled",
+       "Perfect, beautiful and great", "I am very pleased with it", "Outstanding and wonderful service"]
+NEG = ["I hate this, it is awful", "Absolutely terrible product", "Horrible, dreadful, disgusting",
+       "Worst purchase ever, so angry", "Broken and useless junk", "Awful quality, I despise it",
+       "Pathetic, fails constantly", "What a disaster, avoid it", "Miserable experience, furious",
+       "Garbage, ugly and bad", "I am very disappointed with it", "Appalling and rude service"]
+TEXTS = POS + NEG
+Y = np.array([0] * len(POS) + [1] * len(NEG))
+CFG = FinetuneSettings(lr=1e-4, head_lr=5e-3, batch_size=8, epochs=4, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[MiniLMStudent, dict]:
+    student = MiniLMStudent(LABELS, device="cpu", seed=0)
+    metrics = student.train_on(TEXTS, Y, CFG)
+    return student, metrics
+
+
+def test_untrained_student_abstains():
+    student = MiniLMStudent(LABELS, device="cpu")
+    assert not student.is_trained and student.trainable
+    pred = student.predict(["great", "awful"])
+    assert pred.votes.tolist() == [-1, -1]
+    assert student.mapping.mapping == {"positive": "positive", "negative": "negative"}
+
+
+def test_training_beats_chance(trained):
+    student, metrics = trained
+    assert student.is_trained
+    assert metrics["n"] == len(TEXTS) and metrics["epochs"] == CFG.epochs and metrics["seconds"] > 0
+    assert np.isfinite(metrics["final_loss"])
+    votes = student.predict(TEXTS + [""]).votes
+    assert votes[-1] == -1
+    assert (votes[:-1] == Y).mean() >= 0.8
+
+
+def test_save_load_clone_round_trip(trained, tmp_path):
+    student, _ = trained
+    probe = ["what a lovely day", "this is a disaster", "It arrived on Tuesday."]
+    want = student.native_proba(probe)
+    student.save(tmp_path / "s")
+    assert (tmp_path / "s" / "model.safetensors").is_file()
+    fresh = MiniLMStudent(LABELS, device="cpu", seed=1)
+    fresh.load(tmp_path / "s")
+    assert fresh.is_trained
+    np.testing.assert_array_equal(fresh.native_proba(probe), want)
+    twin = student.clone()
+    np.testing.assert_array_equal(twin.native_proba(probe), want)
+    with torch.no_grad():
+        next(twin.model.parameters()).zero_()  # the twin's weights are its own
+    np.testing.assert_array_equal(student.native_proba(probe), want)
+
+
+def test_same_seed_same_head():
+    a = MiniLMStudent(LABELS, device="cpu", seed=3)
+    b = MiniLMStudent(LABELS, device="cpu", seed=3)
+    assert torch.equal(a.model.classifier.weight, b.model.classifier.weight)
