@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -14,10 +15,20 @@ from autoannotator.config import load_settings
 from autoannotator.errors import UserError
 from autoannotator.task import parse_labels
 
+# Library progress bars (weights loading) would interleave with ours.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label text data with a small-model ensemble orchestrated by an LLM (AutoAnnotator).")
 console = Console(stderr=True)
 _RESUME_FROM_RUN_DIR = "\0run-dir"
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `label` a subcommand even while it is the only one."""
 
 
 @app.command()
@@ -83,16 +94,13 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: resume with `autoannotator label --resume RUN_DIR`")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here too
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Typer vendors its own click: recognise its usage errors and exits by shape, not by class.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+        if type(exc).__name__ in ("Exit", "Abort"):
+            sys.exit(getattr(exc, "exit_code", 130))
         log = Path.home() / ".cache" / "autoannotator" / "last-error.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc(), encoding="utf-8")

@@ -8,11 +8,12 @@ import json
 import math
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from autoannotator.errors import UserError
@@ -49,14 +50,7 @@ def file_fingerprint(path: str | Path) -> str:
 
 def _is_missing(value: Any) -> bool:
     # pd.isna on a list/dict returns an array, so only ask it about scalars.
-    if value is None:
-        return True
-    if isinstance(value, (list, dict, tuple)):
-        return False
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def _cell_text(value: Any) -> str:
@@ -70,14 +64,12 @@ def _cell_text(value: Any) -> str:
 
 
 def _decode(raw: bytes) -> tuple[str, bool]:
-    """UTF-8 (BOM stripped); Excel's UTF-16 exports by their BOM; anything else lossy but never fatal."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16"), False
+    """UTF-8 (a BOM stripped), or UTF-16 told by its BOM (Excel's "Unicode text"); bad bytes never fatal."""
+    codec = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
-        text, lossy = raw.decode("utf-8"), False
+        return raw.decode(codec), False
     except UnicodeDecodeError:
-        text, lossy = raw.decode("utf-8", errors="replace"), True
-    return text.removeprefix("\ufeff"), lossy
+        return raw.decode(codec, errors="replace"), True
 
 
 def _one_line(msg: object) -> str:
@@ -128,7 +120,8 @@ def _read_frame(path: Path, raw: bytes) -> tuple[pd.DataFrame, bool]:
         return _read_csv(text, "\t" if ext == ".tsv" else ",", name), lossy
     if ext in (".jsonl", ".ndjson"):
         records, lines = [], []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # split("\n"), not splitlines(): U+2028 and friends are legal raw inside a JSON string.
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -190,12 +183,9 @@ def load_dataset(path: str | Path, text_column: str | None, gold_column: str | N
         warnings.append(f"{path.name} is not valid UTF-8: undecodable bytes in {bad} row(s) were replaced "
                         f"with U+FFFD; re-save the file as UTF-8 to keep them")
     full = [_cell_text(v) for v in frame[text_column].tolist()]
-    texts, truncated = [], []
-    for i, t in enumerate(full):
-        if len(t) > max_text_chars:  # models get a bounded prompt; the output file keeps the full cell
-            truncated.append(i)
-            t = t[:max_text_chars]
-        texts.append(t)
+    # Models get a bounded prompt; the frame (and so the output file) keeps the full cell.
+    truncated = [i for i, t in enumerate(full) if len(t) > max_text_chars]
+    texts = [t[:max_text_chars] for t in full]
     if truncated:
         warnings.append(f"{len(truncated)} row(s) longer than {max_text_chars} characters: the models see the "
                         f"first {max_text_chars}, the output keeps the full text")
@@ -222,16 +212,10 @@ def default_output_path(data_path: str | Path, run_dir: str | Path) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):  # numpy scalars
-        try:
-            value = value.item()
-        except (ValueError, AttributeError):
-            pass
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; a missing cell is null
-    if _is_missing(value):
-        return None
-    return value
+    if isinstance(value, np.generic):  # parquet cells arrive as numpy scalars, which json cannot encode
+        value = value.item()
+    # JSON has no NaN/inf: a missing cell is null (json.dumps would write the non-standard NaN).
+    return None if _is_missing(value) or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
 def _dump_records(frame: pd.DataFrame, fh: io.TextIOBase, as_list: bool) -> None:
@@ -261,16 +245,23 @@ def write_labelled(dataset: Dataset, columns: dict[str, Sequence[Any]], out_path
                             f"for {n} input rows (the output must keep every row)")
     out = dataset.frame.copy(deep=False)
     warnings: list[str] = []
+    # The new columns keep their documented names; a clashing input column is renamed, never dropped,
+    # so `label` in the output is always autoannotator's label.
+    renames: dict[str, str] = {}
+    for name in columns:
+        if name in out.columns:
+            final = f"input_{name}"
+            while final in out.columns or final in columns or final in renames.values():
+                final = f"input_{final}"
+            renames[name] = final
+            warnings.append(f"the input's own '{name}' column is written as '{final}' (the output's '{name}' "
+                            f"is autoannotator's)")
+    out = out.rename(columns=renames)
     for name, values in columns.items():
-        final = name
-        while final in out.columns:  # never overwrite the user's own data
-            final = "aa_" + final
-        if final != name:
-            warnings.append(f"the input already has a '{name}' column: the new one is written as '{final}'")
-        out[final] = list(values)  # list(): a Series would be aligned on its index, not by position
+        out[name] = list(values)  # list(): a Series would be aligned on its index, not by position
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
+    # Same directory so os.replace is an atomic rename; not mkstemp, whose 0600 mode would stick to the output.
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         if ext == ".parquet":
             try:

@@ -24,6 +24,7 @@ from autoannotator.agent.labels import propose_labels
 from autoannotator.agent.llm import check_reachable, llm_session
 from autoannotator.agent.verifier import Verifier
 from autoannotator.config import FinetuneSettings, Settings
+from autoannotator.costs import LLMUsage
 from autoannotator.data import Dataset, default_output_path, load_dataset, write_labelled
 from autoannotator.errors import UserError
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
@@ -31,7 +32,7 @@ from autoannotator.report import EMBEDDED_WARNING, build_report, write_report
 from autoannotator.slm.base import TrainableSLM
 from autoannotator.slm.catalog import build_model, default_selection
 from autoannotator.store import RunStore
-from autoannotator.task import LabelDef, TaskSpec
+from autoannotator.task import LabelDef, TaskSpec, build_task
 
 # Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
 FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune")
@@ -98,6 +99,8 @@ def label(
         raise UserError(f"{data_path} has changed since run {plan.run_id} started; resume with the same file")
 
     if not resume:
+        if labels:  # fail on a bad label set before paying for an LLM start
+            build_task(instruction, labels, dataset.text_column)
         run_id = new_run_id(instruction)
         run_dir = run_dir or settings.runs_dir / run_id
         if (run_dir / "run.json").exists():
@@ -110,11 +113,8 @@ def label(
         check_reachable(llm)
         timings["llm_start"] = time.perf_counter() - start
         if not resume:
-            task = TaskSpec(
-                instruction=instruction,
-                labels=labels or propose_labels(llm.chat, instruction, _sample(dataset)),
-                text_column=dataset.text_column,
-            )
+            task = build_task(instruction, labels or propose_labels(llm.chat, instruction, _sample(dataset)),
+                              dataset.text_column)
             plan = RunPlan(
                 run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), data_path=str(data_path.resolve()),
                 data_fingerprint=dataset.fingerprint, gold_column=gold_column,
@@ -182,17 +182,17 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
     results = store.results()
     if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
         raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
-    write_labelled(dataset, {
+    written = write_labelled(dataset, {
         "label": [r["label"] if r["label"] is not None else "" for r in results],
         "label_source": [r["label_source"] for r in results],
         "uncertainty": [r["uncertainty"] for r in results],
         "votes": [json.dumps(r["votes"], ensure_ascii=False) for r in results],
     }, Path(plan.out_path))
-    warnings = list(dataset.warnings) + ([EMBEDDED_WARNING] if llm.embedded else [])
+    warnings = list(dataset.warnings) + written + ([EMBEDDED_WARNING] if llm.embedded else [])
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
-        results=results, usage=verifier.usage(), settings=settings, models=[m.describe() for m in models],
+        results=results, usage=LLMUsage(**verifier.ledger().model_dump()), settings=settings, models=[m.describe() for m in models],
         finetune_records=store.finetune_records(), timings=timings,
         gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
         llm={"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded},

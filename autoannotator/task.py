@@ -56,3 +56,16 @@ def parse_labels(raw: str) -> list[LabelDef]:
         name, _, desc = part.partition(":")
         out.append(LabelDef(name=name.strip(), description=desc.strip()))
     return out
+
+
+def build_task(instruction: str, labels: list[LabelDef], text_column: str) -> TaskSpec:
+    """A TaskSpec, or a one-line UserError saying what is wrong with the label set."""
+    from pydantic import ValidationError
+
+    from autoannotator.errors import UserError
+
+    try:
+        return TaskSpec(instruction=instruction, labels=labels, text_column=text_column)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"bad label set {[lbl.name for lbl in labels]}: {first['msg']} (need 2 or more distinct labels)") from None

@@ -285,13 +285,15 @@ def test_length_mismatch_refused_and_nothing_written(tmp_path):
     assert not out.exists()
 
 
-def test_name_clash_gets_prefix(tmp_path):
-    ds = load_dataset(_write(tmp_path / "d.csv", "text,label\na,gold1\nb,gold2\n"), "text")
+def test_name_clash_renames_the_input_column(tmp_path):
+    ds = load_dataset(_write(tmp_path / "d.csv", "text,label,input_label\na,gold1,q\nb,gold2,r\n"), "text")
     out = tmp_path / "o.csv"
     warnings = write_labelled(ds, {"label": ["x", "y"], "votes": ["{}", "{}"]}, out)
     back = pd.read_csv(out, dtype=str)
-    assert back["label"].tolist() == ["gold1", "gold2"] and back["aa_label"].tolist() == ["x", "y"]
-    assert len(warnings) == 1 and "aa_label" in warnings[0]
+    assert back["label"].tolist() == ["x", "y"] and back["input_input_label"].tolist() == ["gold1", "gold2"]
+    assert back["input_label"].tolist() == ["q", "r"]
+    assert list(back.columns) == ["text", "input_input_label", "input_label", "label", "votes"]
+    assert len(warnings) == 1 and "input_input_label" in warnings[0]
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
@@ -330,3 +332,22 @@ def test_unsupported_output_extension(tmp_path):
 def test_row_of_empty_cells_is_kept(tmp_path):
     ds = load_dataset(_write(tmp_path / "d.csv", "text,x\na,1\n,\n\nb,2\n"), "text")
     assert ds.texts == ["a", "", "b"] and ds.empty_rows == [1]
+
+
+def test_jsonl_with_line_separator_chars_round_trips(tmp_path):
+    texts = ["a\u2028b", "c\u0085d\re", "f"]
+    p = _write(tmp_path / "d.jsonl", "\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts))
+    ds = load_dataset(p, "text")
+    assert ds.texts == texts
+    out = tmp_path / "o.jsonl"
+    write_labelled(ds, {"label": ["x"] * 3}, out)
+    assert load_dataset(out, "text").texts == texts
+
+
+def test_output_file_is_not_private(tmp_path):
+    ds = load_dataset(_write(tmp_path / "d.csv", "text\na\n"), "text")
+    out = tmp_path / "o.csv"
+    write_labelled(ds, {"label": ["x"]}, out)
+    ref = tmp_path / "ref"
+    ref.write_text("x")  # the mode any ordinary new file gets under this umask (mkstemp would force 0600)
+    assert out.stat().st_mode & 0o777 == ref.stat().st_mode & 0o777
