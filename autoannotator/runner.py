@@ -24,7 +24,6 @@ from autoannotator.agent.labels import propose_labels
 from autoannotator.agent.llm import check_reachable, llm_session
 from autoannotator.agent.verifier import Verifier
 from autoannotator.config import FinetuneSettings, Settings
-from autoannotator.costs import LLMUsage
 from autoannotator.data import Dataset, default_output_path, load_dataset, write_labelled
 from autoannotator.errors import UserError
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
@@ -192,7 +191,7 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
-        results=results, usage=LLMUsage(**verifier.ledger().model_dump()), settings=settings, models=[m.describe() for m in models],
+        results=results, usage=verifier.ledger(), settings=settings, models=[m.describe() for m in models],
         finetune_records=store.finetune_records(), timings=timings,
         gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
         llm={"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded},

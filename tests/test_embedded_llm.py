@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import time
@@ -46,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def handle(tmp_path_factory):
-    if not embedded.importlib.util.find_spec("llama_cpp"):
+    if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
     t0 = time.monotonic()
     with llm_session(Settings(), log_dir=tmp_path_factory.mktemp("llm-log")) as h:
@@ -84,11 +85,25 @@ def test_verify_real_samples_are_constrained(handle, tmp_path):
     assert fresh[0].label in TASK.label_names and not fresh[0].cached
 
 
+def test_propose_labels_runs_through_the_real_server(handle):
+    # The 135M model is weak at this: a clean label set or the one-line UserError are both fine.
+    from autoannotator.agent.labels import propose_labels
+    from autoannotator.errors import UserError
+
+    try:
+        labels = propose_labels(handle.chat, "Label the sentiment of these movie reviews",
+                                ["Great movie!", "Boring and too long.", "It was ok."])
+    except UserError as exc:
+        assert "pass --labels" in str(exc)
+    else:
+        assert 2 <= len(labels) <= 10 and len({lbl.name.lower() for lbl in labels}) == len(labels)
+
+
 def test_a_bad_model_file_fails_in_one_line_and_leaves_nothing_running(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file" * 100)
     with pytest.raises(LLMUnavailable) as info:
-        with llm_session(Settings(embedded_model_path=bad, embedded_startup_timeout_s=60)):
+        with llm_session(Settings(embedded_model_path=bad, embedded_startup_timeout_s=60), log_dir=tmp_path):
             pass
     msg = str(info.value)
     assert "exited with code" in msg and "\n" not in msg

@@ -80,5 +80,6 @@ def test_missing_embedded_model_is_a_user_error(tmp_path):
 
 
 def test_handle_hides_the_key():
-    assert "sk-secret" not in repr(LLMHandle(chat=None, model_id="m", base_url="u", embedded=False,  # type: ignore[arg-type]
-                                             api_key="sk-secret"))
+    handle = LLMHandle(chat=None, model_id="m", base_url="u", embedded=False,  # type: ignore[arg-type]
+                       api_key="sk-secret")
+    assert "sk-secret" not in repr(handle)

@@ -149,3 +149,33 @@ def test_long_texts_keep_head_and_tail(tmp_path):
     chat = ScriptedChatModel([{"label": "positive"}])
     make(chat, tmp_path, max_text_chars=300).verify([(1, text)])
     assert "characters cut" in chat.calls[0][1].content
+
+
+# -- propose_labels: the same agent layer and the same scripted model ---------------------------------
+def test_propose_labels_cleans_the_answer():
+    from autoannotator.agent.labels import propose_labels
+
+    chat = ScriptedChatModel([{"labels": [{"name": " positive ", "description": "praise"},
+                                          {"name": "Positive", "description": "dupe"},
+                                          {"name": "Great movie!", "description": "an echoed sample"},
+                                          {"name": "negative", "description": "complaint"}]}])
+    labels = propose_labels(chat, "sentiment of reviews", ["Great movie!", "Awful."])
+    assert [(lbl.name, lbl.description) for lbl in labels] == [("positive", "praise"), ("negative", "complaint")]
+    assert "Great movie!" in chat.calls[0][1].content  # the samples reach the prompt
+    chat.assert_complete()
+
+
+def test_propose_labels_keeps_ten_of_too_many():
+    from autoannotator.agent.labels import propose_labels
+
+    chat = ScriptedChatModel([{"labels": [{"name": f"topic {i}"} for i in range(12)]}])
+    assert len(propose_labels(chat, "topics", ["a"])) == 10
+
+
+@pytest.mark.parametrize("answer", [{"labels": [{"name": "only"}]}, {"labels": []}, AIMessage(content="no idea")])
+def test_propose_labels_useless_answer_is_a_user_error(answer):
+    from autoannotator.agent.labels import propose_labels
+    from autoannotator.errors import UserError
+
+    with pytest.raises(UserError, match="pass --labels a,b,c"):
+        propose_labels(ScriptedChatModel([answer]), "anything", ["a", "b"])

@@ -2,8 +2,8 @@
 llama.cpp's OpenAI-compatible server in a child process.
 
 The server is started on a free loopback port, waited for, and always stopped: on context exit and,
-as a safety net, at interpreter exit. It never outlives the program that started it (short of a
-SIGKILL of the parent, which nothing can catch).
+as a safety net, at interpreter exit. It never outlives the program that started it: even after a
+SIGKILL of the parent, a watchdog in the child notices the re-parenting and exits within a second.
 """
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ MODEL_ALIAS = "smollm2"
 # SmolLM2 was trained on 8k tokens; 4k leaves room for a long text, the label list and the
 # function-calling preamble that chatml-function-calling adds to the system prompt.
 N_CTX = 4096
+
+# `python -m llama_cpp.server`, plus a watchdog thread: if our process dies without running atexit
+# (SIGKILL, an unhandled SIGTERM), the child is re-parented and exits within a second.
+_LAUNCHER = """
+import os, runpy, sys, threading, time
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ["llama_cpp.server", *sys.argv[1:]]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
 
 _live: set["EmbeddedServer"] = set()
 _live_lock = threading.Lock()
@@ -112,7 +126,7 @@ class EmbeddedServer:
         self.model_path = find_embedded_model(self.settings)
         self.port = _free_port()
         threads = getattr(self.settings, "embedded_threads", None) or _default_threads()
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
+        cmd = [sys.executable, "-c", _LAUNCHER, "--model", str(self.model_path),
                "--host", "127.0.0.1", "--port", str(self.port),
                "--chat_format", "chatml-function-calling", "--model_alias", MODEL_ALIAS,
                "--n_threads", str(threads), "--n_ctx", str(N_CTX),

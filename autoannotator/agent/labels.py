@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import openai
@@ -14,30 +15,41 @@ from autoannotator.prompts import render
 from autoannotator.task import LabelDef
 
 MIN_LABELS, MAX_LABELS = 2, 10
+MAX_NAME_CHARS = 40
 SAMPLE_CHARS = 500  # a few hundred characters per example show the data without flooding the prompt
 
 
 class ProposedLabel(BaseModel):
-    name: str = Field(description="short lowercase label name, no commas")
+    # No string length bounds here: llama.cpp expands them into grammar rules that slow sampling
+    # several-fold (40 s instead of 10 s here); _clean() checks names afterwards.
+    name: str = Field(description="short lowercase category name, one or two words, e.g. positive")
     description: str = Field("", description="one sentence: when to use this label")
 
 
 class ProposeLabels(BaseModel):
     """Propose the label set for this annotation task."""
 
-    labels: list[ProposedLabel] = Field(description=f"{MIN_LABELS} to {MAX_LABELS} labels")
+    # Item bounds do go into the schema: without them the embedded model answers with an empty list.
+    labels: list[ProposedLabel] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS,
+                                        description=f"{MIN_LABELS} to {MAX_LABELS} labels")
 
 
 _USELESS = "the LLM could not propose a label set; pass --labels a,b,c"
 
 
-def _clean(proposed: Sequence[ProposedLabel]) -> list[LabelDef]:
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s-]", " ", text.lower()).split())
+
+
+def _clean(proposed: Sequence[ProposedLabel], samples: Sequence[str]) -> list[LabelDef]:
     out: list[LabelDef] = []
     seen: set[str] = set()
+    # Small models copy the sample texts into the label list: those are not categories.
+    echoes = {_norm(t) for t in samples}
     for item in proposed:
         name = " ".join(item.name.split())
-        # Commas would break `--labels a,b,c` round trips; over-long names are not labels.
-        if not name or "," in name or name.lower() in seen:
+        # Commas would break `--labels a,b,c` round trips; long names are sentences, not labels.
+        if not name or "," in name or len(name) > MAX_NAME_CHARS or name.lower() in seen or _norm(name) in echoes:
             continue
         try:
             out.append(LabelDef(name=name, description=" ".join(item.description.split())))
@@ -45,6 +57,25 @@ def _clean(proposed: Sequence[ProposedLabel]) -> list[LabelDef]:
             continue
         seen.add(name.lower())
     return out[:MAX_LABELS]
+
+
+def _proposed(out: object) -> list[ProposedLabel]:
+    """The proposed labels; leniently from the raw tool call when the schema's bounds rejected it
+    (e.g. 12 labels from a model that was not grammar-constrained: keep the valid ones)."""
+    if not isinstance(out, dict):
+        return []
+    parsed = out.get("parsed")
+    if isinstance(parsed, ProposeLabels):
+        return parsed.labels
+    calls = getattr(out.get("raw"), "tool_calls", None) or []
+    items = (calls[0].get("args") or {}).get("labels") if calls else None
+    kept = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            kept.append(ProposedLabel.model_validate(item))
+        except ValidationError:
+            continue
+    return kept
 
 
 def propose_labels(chat: BaseChatModel, instruction: str, sample_texts: Sequence[str]) -> list[LabelDef]:
@@ -56,10 +87,7 @@ def propose_labels(chat: BaseChatModel, instruction: str, sample_texts: Sequence
         out = structured.invoke(messages)
     except (openai.APIConnectionError, openai.APIStatusError) as exc:
         raise LLMUnavailable(f"the LLM failed while proposing labels: {' '.join(str(exc).split())}") from None
-    parsed = out.get("parsed") if isinstance(out, dict) else None
-    if not isinstance(parsed, ProposeLabels):
-        raise UserError(_USELESS)
-    labels = _clean(parsed.labels)
+    labels = _clean(_proposed(out), texts)
     if len(labels) < MIN_LABELS:
         raise UserError(_USELESS)
     return labels

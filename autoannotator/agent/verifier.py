@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import openai
@@ -27,9 +28,11 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field, create_model
 
 from autoannotator.errors import LLMUnavailable
+from autoannotator.costs import LLMUsage
 from autoannotator.prompts import render
 from autoannotator.task import TaskSpec
 
+T = TypeVar("T")
 _DATA_TAG = re.compile(r"<\s*/?\s*text_to_classify\s*>", re.IGNORECASE)
 
 
@@ -41,15 +44,6 @@ class VerifyResult(BaseModel):
     cached: bool
     paid_by_run: str  # the run whose request produced this answer
     tokens_estimated: bool = False  # the endpoint reported no usage; counted as len(text)/4
-
-
-class Ledger(BaseModel):
-    """What one run paid for, as recorded in the cache."""
-
-    calls: int
-    tokens_in: int
-    tokens_out: int
-    tokens_estimated: bool
 
 
 def truncate_middle(text: str, max_chars: int) -> str:
@@ -74,9 +68,10 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, TimeoutError, ConnectionError))
 
 
-# One long-lived event loop in a daemon thread serves every Verifier: httpx's async connection pools
-# (shared by ChatOpenAI clients) belong to the loop that opened them, so a fresh asyncio.run() per
-# batch would reuse dead connections; it also makes verify() callable from inside a running loop.
+# One long-lived event loop in a daemon thread serves every Verifier. ChatOpenAI's async httpx client
+# is bound to the first loop that used it: a fresh asyncio.run() per batch fails on the second batch
+# ("Event ... is bound to a different event loop", seen with langchain-openai 1.7.4). The thread also
+# makes verify() callable from code that is itself inside a running loop.
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
@@ -88,6 +83,25 @@ def _background_loop() -> asyncio.AbstractEventLoop:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="autoannotator-llm", daemon=True).start()
         return _loop
+
+
+def run_on_llm_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the shared LLM loop and wait for it. Any async use of a ChatOpenAI must go
+    through here: once its async client has run on this loop, another loop cannot reuse it."""
+    loop = _background_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("run_on_llm_loop() called on the LLM loop itself; await the coroutine instead")
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()  # e.g. Ctrl-C: stop the in-flight requests too
+        raise
 
 
 class _Cache:
@@ -103,6 +117,10 @@ class _Cache:
                 tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
                 tokens_estimated INTEGER NOT NULL, paid_by_run TEXT NOT NULL, created_at TEXT NOT NULL)""")
             conn.execute("CREATE INDEX IF NOT EXISTS verify_cache_run ON verify_cache (paid_by_run)")
+            # Every answered request, duplicates included: the audit trail that shows a resumed run
+            # never re-asked what an earlier process had already paid for.
+            conn.execute("""CREATE TABLE IF NOT EXISTS request_log (
+                key TEXT NOT NULL, run_id TEXT NOT NULL, pid INTEGER NOT NULL, at TEXT NOT NULL)""")
 
     def _conn(self) -> closing[sqlite3.Connection]:
         return closing(sqlite3.connect(self.path, timeout=30))
@@ -123,16 +141,17 @@ class _Cache:
             estimated: bool, run_id: str) -> None:
         with self._conn() as conn, conn:
             # OR IGNORE: if another process answered the same key first, its record (and payer) stands.
+            now = datetime.now(timezone.utc).isoformat()
             conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
-                         (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id,
-                          datetime.now(timezone.utc).isoformat()))
+                         (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id, now))
+            conn.execute("INSERT INTO request_log VALUES (?,?,?,?)", (key, run_id, os.getpid(), now))
 
-    def ledger(self, run_id: str) -> Ledger:
+    def ledger(self, run_id: str) -> LLMUsage:
         with self._conn() as conn:
             calls, t_in, t_out, est = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), "
                 "COALESCE(MAX(tokens_estimated),0) FROM verify_cache WHERE paid_by_run = ?", (run_id,)).fetchone()
-        return Ledger(calls=calls, tokens_in=t_in, tokens_out=t_out, tokens_estimated=bool(est))
+        return LLMUsage(calls=calls, tokens_in=t_in, tokens_out=t_out, tokens_estimated=bool(est))
 
 
 def label_schema(labels: Sequence[str]) -> type[BaseModel]:
@@ -196,7 +215,7 @@ class Verifier:
             future.cancel()  # e.g. Ctrl-C: stop the in-flight requests too
             raise
 
-    def ledger(self, run_id: str | None = None) -> Ledger:
+    def ledger(self, run_id: str | None = None) -> LLMUsage:
         return self._cache.ledger(run_id or self.run_id)
 
     async def averify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
