@@ -18,7 +18,7 @@ import torch
 
 from autoannotator.slm.base import SLM
 from autoannotator.slm.labels import build_mapping
-from autoannotator.slm.torch_infer import batched_proba, inference_dtype, resolve_device
+from autoannotator.slm.torch_infer import batched_proba, inference_dtype, quiet_transformers, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,12 @@ def load_pretrained(loader, source: str, **kwargs):
         return loader.from_pretrained(source, local_files_only=True, **kwargs)
     try:
         return loader.from_pretrained(source, **kwargs)
-    except OSError as exc:  # transformers reports unreachable hubs and missing repos as OSError
-        log.info("hub unreachable for %s (%s); trying the local cache", source, exc)
-        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    except Exception as online_exc:  # unreachable hub, timeout, missing repo: the cache may still have it
+        log.info("hub unavailable for %s (%s); trying the local cache", source, online_exc)
+        try:
+            return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        except Exception:
+            raise online_exc from None
 
 
 def native_labels_of(config) -> list[str]:
@@ -89,8 +92,9 @@ class HFClassifier(SLM):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         extra = {"revision": revision} if revision else {}
-        tokenizer = load_pretrained(AutoTokenizer, source, **extra)
-        model = load_pretrained(AutoModelForSequenceClassification, source, **extra)
+        with quiet_transformers():
+            tokenizer = load_pretrained(AutoTokenizer, source, **extra)
+            model = load_pretrained(AutoModelForSequenceClassification, source, **extra)
         return cls(model, tokenizer, task_labels, name=name or f"hf:{source}", **kwargs)
 
     def native_proba(self, texts: Sequence[str]) -> np.ndarray:

@@ -14,18 +14,20 @@ from collections.abc import Mapping, Sequence
 
 from autoannotator.slm.base import LabelMapping
 
-# Ordered: where a native name sits in several groups ("neutral" is a sentiment bin for
-# sentiment models and the clean class for s-nlp/roberta_toxicity_classifier), the first
-# group that contains one of the task's labels wins.
+# Ordered: where a native name sits in several groups, the first group that contains one of
+# the task's labels wins. NATIVE_ONLY names are how some models say it, but are never targets:
+# s-nlp/roberta_toxicity_classifier calls its clean class "neutral", yet a sentiment task's
+# "neutral" must not receive a profanity filter's "non-toxic" votes.
 SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("positive", "pos", "good", "favorable", "favourable", "4 stars", "5 stars", "4 star", "5 star"),
     ("negative", "neg", "bad", "unfavorable", "unfavourable", "1 star", "2 stars", "1 stars", "2 star"),
     ("neutral", "neu", "3 stars", "3 star"),
     ("toxic", "toxicity", "tox", "offensive", "profane", "profanity", "abusive", "hate", "hateful",
      "insult", "obscene", "severe toxic"),
-    ("non-toxic", "not toxic", "nontoxic", "clean", "neutral", "non-offensive", "not offensive",
+    ("non-toxic", "not toxic", "nontoxic", "clean", "non-offensive", "not offensive",
      "nothate", "not hate", "normal", "safe", "ok"),
 )
+NATIVE_ONLY: dict[str, str] = {"neutral": "non-toxic"}  # native name -> a group it may also mean
 
 
 def _norm(name: str) -> str:
@@ -34,6 +36,7 @@ def _norm(name: str) -> str:
 
 
 _GROUPS = [[_norm(n) for n in group] for group in SYNONYM_GROUPS]
+_ALIASES = {_norm(k): _norm(v) for k, v in NATIVE_ONLY.items()}
 
 
 def synonym_target(native: str, task_labels: Sequence[str]) -> str | None:
@@ -42,8 +45,9 @@ def synonym_target(native: str, task_labels: Sequence[str]) -> str | None:
     key = _norm(native)
     if key in by_norm:
         return by_norm[key]
+    alias = _ALIASES.get(key)
     for group in _GROUPS:
-        if key in group:
+        if key in group or alias in group:
             for member in group:
                 if member in by_norm:
                     return by_norm[member]

@@ -20,7 +20,6 @@ import numpy as np
 
 from autoannotator.slm.base import SLM
 from autoannotator.slm.labels import build_mapping
-from autoannotator.slm.torch_infer import clip_texts
 
 SENTIMENT_LABELS = ["positive", "negative", "neutral"]  # positive first: argmax ties at s == t go positive
 TOXICITY_LABELS = ["toxic", "non-toxic"]
@@ -51,7 +50,7 @@ class _TextScorer(SLM):
 
     def native_proba(self, texts: Sequence[str]) -> np.ndarray:
         out = np.full((len(texts), len(self.native)), np.nan, dtype=np.float32)
-        clipped = clip_texts(texts, self.max_text_chars)
+        clipped = [t[:self.max_text_chars] if isinstance(t, str) else "" for t in texts]
         keep = [i for i, t in enumerate(clipped) if t.strip()]
         if keep:
             out[keep] = self._proba([clipped[i] for i in keep])

