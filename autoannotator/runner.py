@@ -20,7 +20,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel
 
-from autoannotator.agent.labels import propose_labels
+from autoannotator.agent.labels import choose_labels
 from autoannotator.agent.llm import check_reachable, llm_session
 from autoannotator.agent.verifier import Verifier
 from autoannotator.config import FinetuneSettings, Settings
@@ -112,8 +112,11 @@ def label(
         check_reachable(llm)
         timings["llm_start"] = time.perf_counter() - start
         if not resume:
-            task = build_task(instruction, labels or propose_labels(llm.chat, instruction, _sample(dataset)),
-                              dataset.text_column)
+            if not labels:
+                labels, note = choose_labels(llm.chat, instruction, _sample(dataset), weak_llm=llm.embedded)
+                on_progress({"event": "note", "text": note})
+                dataset.warnings.append(note)
+            task = build_task(instruction, labels, dataset.text_column)
             plan = RunPlan(
                 run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), data_path=str(data_path.resolve()),
                 data_fingerprint=dataset.fingerprint, gold_column=gold_column,

@@ -179,3 +179,16 @@ def test_propose_labels_useless_answer_is_a_user_error(answer):
 
     with pytest.raises(UserError, match="pass --labels a,b,c"):
         propose_labels(ScriptedChatModel([answer]), "anything", ["a", "b"])
+
+
+def test_choose_labels_standard_set_for_weak_llm_and_fallback():
+    from autoannotator.agent.labels import choose_labels
+
+    chat = ScriptedChatModel([])  # a weak LLM is never asked for a known task family
+    labels, note = choose_labels(chat, "label these reviews for sentiment", ["great"], weak_llm=True)
+    assert [lbl.name for lbl in labels] == ["positive", "negative", "neutral"] and "standard" in note
+    chat.assert_complete()
+
+    junk = ScriptedChatModel([{"labels": [{"name": "great"}, {"name": "great"}]}] * 5)
+    labels, note = choose_labels(junk, "flag toxic comments", ["great"], weak_llm=False)
+    assert [lbl.name for lbl in labels] == ["toxic", "non-toxic"] and "unusable" in note

@@ -91,3 +91,37 @@ def propose_labels(chat: BaseChatModel, instruction: str, sample_texts: Sequence
     if len(labels) < MIN_LABELS:
         raise UserError(_USELESS)
     return labels
+
+
+# The paper's label sets for its two tasks; used when the LLM cannot be trusted to propose one.
+STANDARD_LABEL_SETS: dict[str, list[LabelDef]] = {
+    "sentiment": [LabelDef(name="positive", description="the text expresses a favourable opinion"),
+                  LabelDef(name="negative", description="the text expresses an unfavourable opinion"),
+                  LabelDef(name="neutral", description="no clear opinion either way")],
+    "toxicity": [LabelDef(name="toxic", description="rude, hateful, obscene, threatening or insulting"),
+                 LabelDef(name="non-toxic", description="none of those")],
+}
+
+
+def choose_labels(chat: BaseChatModel, instruction: str, sample_texts: Sequence[str], *,
+                  weak_llm: bool) -> tuple[list[LabelDef], str]:
+    """The label set for a task given only in words, and a note saying where it came from.
+
+    A weak LLM (the embedded 135M model) proposes junk as often as not, so for a task family the
+    paper covers it gets the paper's label set; any other LLM proposes, with that set as the
+    fallback when its proposal is unusable.
+    """
+    from autoannotator.task import TaskSpec
+
+    kind = TaskSpec(instruction=instruction, labels=[LabelDef(name="a"), LabelDef(name="b")]).kind
+    standard = STANDARD_LABEL_SETS.get(kind)
+    if standard and weak_llm:
+        return standard, (f"label set: the standard {kind} labels ({', '.join(lbl.name for lbl in standard)}); "
+                          f"the embedded LLM is too weak to propose one; pass --labels to choose")
+    try:
+        labels = propose_labels(chat, instruction, sample_texts)
+    except UserError:
+        if not standard:
+            raise
+        return standard, f"label set: the LLM's proposal was unusable, so the standard {kind} labels are used"
+    return labels, f"label set proposed by the LLM: {', '.join(lbl.name for lbl in labels)}"

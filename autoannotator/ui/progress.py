@@ -36,6 +36,8 @@ class LabelProgress:
                                    f"  [dim]LLM[/] {event['llm']}")
             self.task_id = self.progress.add_task("label", total=event["n_rows"], completed=event["rows_done"],
                                                   counters=self._counters())
+        elif kind == "note" and not self.quiet:
+            self.console.print(f"[cyan]note[/]: {event['text']}")
         elif kind == "resumed" and not self.quiet:
             self.console.print(f"[yellow]resuming[/]: {event['rows_done']} of {event['n_rows']} rows already labelled")
         elif kind == "verified":
