@@ -74,6 +74,56 @@ def label(
     _summary(report, used_dir)
 
 
+def _floats(raw: str, name: str, cast=float) -> list:
+    try:
+        return [cast(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--{name} takes comma-separated numbers, got {raw!r}") from None
+
+
+@app.command()
+def bench(
+    data: Path = typer.Argument(..., help="Labelled data (CSV, JSONL, JSON or Parquet)."),
+    gold_column: str = typer.Option(..., help="Column with the known labels."),
+    task: str = typer.Option(..., "--task", help="What to label, in plain words."),
+    labels: Optional[str] = typer.Option(None, help="Label set (default: the gold column's values)."),
+    text_column: Optional[str] = typer.Option(None, help="Column holding the text."),
+    verifier: str = typer.Option("llm", help="llm (the configured or embedded LLM) or simulated:P."),
+    epsilon: str = typer.Option("0.000001", help="Comma-separated epsilon values to sweep."),
+    beta: Optional[str] = typer.Option(None, help="Comma-separated beta values to sweep (default: settings)."),
+    k: Optional[int] = typer.Option(None, help="Number of small models."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model specs."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per batch."),
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint."),
+    llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
+    no_llm_only: bool = typer.Option(False, "--no-llm-only", help="Skip the llm_only baseline (slow on CPU)."),
+    no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Skip per-round SLM evaluation."),
+    out_dir: Path = typer.Option(Path("bench-results"), help="Where results.json/.md and tradeoff.png go."),
+    config: Optional[Path] = typer.Option(None, help="TOML config file."),
+) -> None:
+    """Compare each SLM, their majority vote, the LLM alone and AutoAnnotator on labelled data."""
+    from autoannotator.bench.output import write_results
+    from autoannotator.bench.suite import run_bench
+
+    settings = load_settings({
+        "k": k, "batch_size": batch_size, "llm_base_url": llm_base_url, "llm_model": llm_model,
+        "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
+    }, config)
+    rows, trajectory, meta = run_bench(
+        settings, data, instruction=task, gold_column=gold_column,
+        labels=parse_labels(labels) if labels else None, text_column=text_column, verifier=verifier,
+        epsilons=_floats(epsilon, "epsilon"), betas=_floats(beta, "beta", int) if beta else [settings.beta],
+        out_dir=out_dir, trajectory=not no_trajectory, include_llm_only=not no_llm_only,
+        on_progress=lambda msg: console.print(f"[dim]bench[/] {msg}"),
+    )
+    meta["command"] = " ".join(["autoannotator", *sys.argv[1:]])
+    write_results(rows, trajectory, meta, out_dir)
+    for row in rows:
+        console.print(f"{row.name:40s} acc {row.accuracy}  calls {row.llm_calls} ({row.llm_call_rate:.1%})  "
+                      f"${row.est_cost_usd:.6f}  {row.wall_s}s", highlight=False)
+    console.print(f"results: {out_dir / 'results.md'}")
+
+
 def _summary(report: dict, run_dir: Path) -> None:
     line = (f"[bold green]done[/]: {report['n_samples']} rows -> {report['run']['out_path']}  "
             f"LLM calls {report['llm_calls']} ({report['llm_call_rate']:.1%})  est. ${report['est_cost_usd']:.6f}")

@@ -76,8 +76,15 @@ def label(
     run_dir: Path | None = None,
     resume: bool = False,
     on_progress: Callable[[dict], None] = lambda event: None,
+    verifier_factory: Callable[[TaskSpec, Path, str], Any] | None = None,
+    verifier_info: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``."""
+    """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``.
+
+    ``verifier_factory(task, run_dir, run_id)`` replaces the LLM verifier (the benchmark's, which
+    holds its own LLM session or simulates one; ``verifier_info`` describes it for the report); no
+    LLM is started here then, so the label set must be given.
+    """
     timings: dict[str, float] = {}
     if resume:
         if run_dir is None:
@@ -107,12 +114,16 @@ def label(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     with ExitStack() as stack:
-        start = time.perf_counter()
-        llm = stack.enter_context(llm_session(settings, log_dir=run_dir))
-        check_reachable(llm)
-        timings["llm_start"] = time.perf_counter() - start
+        llm = None
+        if verifier_factory is None:
+            start = time.perf_counter()
+            llm = stack.enter_context(llm_session(settings, log_dir=run_dir))
+            check_reachable(llm)
+            timings["llm_start"] = time.perf_counter() - start
         if not resume:
             if not labels:
+                if llm is None:
+                    raise UserError("a label set is needed when no LLM is started: pass --labels")
                 labels, note = choose_labels(llm.chat, instruction, _sample(dataset), weak_llm=llm.embedded)
                 on_progress({"event": "note", "text": note})
                 dataset.warnings.append(note)
@@ -135,16 +146,19 @@ def label(
         timings["load_models"] = time.perf_counter() - start
         store = RunStore(run_dir / "run.sqlite")
         stack.callback(store.close)
-        verifier = Verifier(
+        verifier = verifier_factory(plan.task, run_dir, plan.run_id) if verifier_factory else Verifier(
             llm.chat, llm.model_id, plan.task, run_dir / "llm_cache.sqlite", plan.run_id,
             max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
             max_text_chars=settings.llm_max_text_chars,
         )
         saver = stack.enter_context(SqliteSaver.from_conn_string(str(run_dir / "checkpoints.sqlite")))
 
+        llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded} if llm else
+                    {"model_id": verifier.model_id, "base_url": None, "embedded": False, **(verifier_info or {})})
+
         def on_report(state) -> None:
-            _finish(plan, dataset, store, verifier, settings, models, llm, {**timings, **state.get("timings", {})},
-                    run_dir)
+            _finish(plan, dataset, store, verifier, settings, models, llm_info,
+                    {**timings, **state.get("timings", {})}, run_dir)
 
         ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
                               settings=settings, run_dir=run_dir, on_report=on_report, on_progress=on_progress,
@@ -163,7 +177,7 @@ def label(
                       "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
                       "weights": {}, "timings": {}}
         on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
-                     "models": [m.name for m in models], "llm": llm.model_id, "run_dir": str(run_dir)})
+                     "models": [m.name for m in models], "llm": llm_info["model_id"], "run_dir": str(run_dir)})
         graph.invoke(inputs, config, durability="sync")
     return json.loads((run_dir / "report.json").read_text(encoding="utf-8")), run_dir
 
@@ -180,7 +194,7 @@ def _restore_weights(models: list, weights: dict[str, str]) -> None:
 
 
 def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings, models: list,
-            llm, timings: dict[str, float], run_dir: Path) -> None:
+            llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> None:
     results = store.results()
     if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
         raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
@@ -190,14 +204,14 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
         "uncertainty": [r["uncertainty"] for r in results],
         "votes": [json.dumps(r["votes"], ensure_ascii=False) for r in results],
     }, Path(plan.out_path))
-    warnings = list(dataset.warnings) + written + ([EMBEDDED_WARNING] if llm.embedded else [])
+    warnings = list(dataset.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
         results=results, usage=verifier.ledger(), settings=settings, models=[m.describe() for m in models],
         finetune_records=store.finetune_records(), timings=timings,
         gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
-        llm={"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded},
+        llm=llm_info,
         warnings=warnings,
     )
     write_report(report, run_dir)

@@ -163,6 +163,22 @@ def label_schema(labels: Sequence[str]) -> type[BaseModel]:
     )
 
 
+class VerifyPrompt:
+    """The re-verification prompt for one task: shared by the real verifier and the benchmark's simulated one."""
+
+    def __init__(self, task: TaskSpec, max_text_chars: int = 4000) -> None:
+        self.labels = task.label_names
+        self.max_text_chars = max_text_chars
+        self._system = render("verify_system.md", instruction=task.instruction, labels=task.labels,
+                              label_names=self.labels)
+
+    def messages(self, text: str) -> list[BaseMessage]:
+        # Neutralise our own delimiters so a text cannot close the data block and speak as the user.
+        body = _DATA_TAG.sub("[tag removed]", truncate_middle(text, self.max_text_chars))
+        return [SystemMessage(self._system),
+                HumanMessage(render("verify_user.md", text=body, label_names=self.labels))]
+
+
 class Verifier:
     def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path, run_id: str,
                  max_concurrency: int = 4, max_retries: int = 4, max_text_chars: int = 4000,
@@ -179,16 +195,12 @@ class Verifier:
         self._by_lower = {name.lower(): name for name in self.labels}
         self._structured = chat.with_structured_output(
             label_schema(self.labels), method="function_calling", include_raw=True)
-        self._system = render("verify_system.md", instruction=task.instruction, labels=task.labels,
-                              label_names=self.labels)
+        self.prompt = VerifyPrompt(task, max_text_chars)
         self._cache = _Cache(cache_path)
 
     # -- prompts and keys ---------------------------------------------------------------------------
     def messages(self, text: str) -> list[BaseMessage]:
-        # Neutralise our own delimiters so a text cannot close the data block and speak as the user.
-        body = _DATA_TAG.sub("[tag removed]", truncate_middle(text, self.max_text_chars))
-        return [SystemMessage(self._system),
-                HumanMessage(render("verify_user.md", text=body, label_names=self.labels))]
+        return self.prompt.messages(text)
 
     def _key(self, messages: list[BaseMessage]) -> str:
         payload = json.dumps({"model": self.model_id, "labels": self.labels,

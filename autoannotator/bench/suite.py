@@ -1,0 +1,226 @@
+"""Run every labelling strategy on the same labelled data and measure quality, LLM use and time.
+
+Rows: each SLM alone, their majority vote, the verifier alone (``llm_only``), and AutoAnnotator
+without and with the beta branch over a sweep of epsilon and beta. The AutoAnnotator rows go
+through ``runner.label``, the same code and report as ``autoannotator label``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from autoannotator import runner
+from autoannotator.agent.llm import check_reachable, llm_session
+from autoannotator.agent.verifier import Verifier
+from autoannotator.bench.simulated import SimulatedVerifier
+from autoannotator.config import Settings
+from autoannotator.costs import LLMUsage
+from autoannotator.data import Dataset, load_dataset
+from autoannotator.ensemble import run_ensemble
+from autoannotator.errors import UserError
+from autoannotator.metrics import accuracy, macro_f1
+from autoannotator.slm.base import TrainableSLM
+from autoannotator.slm.catalog import build_model, default_selection
+from autoannotator.store import RunStore
+from autoannotator.task import LabelDef, TaskSpec, build_task
+
+NO_FINETUNE_BETA = 10**9
+
+
+class BenchRow(BaseModel):
+    name: str
+    accuracy: float | None
+    macro_f1: float | None
+    llm_calls: int
+    llm_call_rate: float
+    llm_tokens_in: int
+    llm_tokens_out: int
+    est_cost_usd: float
+    wall_s: float
+    coverage: float | None = None
+    epsilon: float | None = None
+    beta: int | None = None
+    verifier: str = ""
+    finetune_rounds: int = 0
+
+
+class Bench:
+    def __init__(self, settings: Settings, dataset: Dataset, task: TaskSpec, verifier: str, out_dir: Path,
+                 on_progress: Callable[[str], None]):
+        self.settings, self.dataset, self.task, self.out_dir = settings, dataset, task, out_dir
+        self.on_progress = on_progress
+        self.labels = task.label_names
+        self.scored = [i for i, g in enumerate(dataset.gold) if g in set(self.labels)]
+        self.gold = [dataset.gold[i] for i in self.scored]
+        self.verifier_spec = verifier
+        self.stack = ExitStack()
+        self.llm = None
+        if verifier.startswith("simulated:"):
+            try:
+                self.p = float(verifier.split(":", 1)[1])
+            except ValueError:
+                raise UserError(f"--verifier simulated:P needs a number P, got {verifier!r}") from None
+            self.verifier_label = f"simulated verifier (P={self.p})"
+        elif verifier == "llm":
+            self.llm = self.stack.enter_context(llm_session(settings, log_dir=out_dir))
+            check_reachable(self.llm)
+            self.verifier_label = f"LLM {self.llm.model_id}" + (" (embedded)" if self.llm.embedded else "")
+        else:
+            raise UserError(f"unknown --verifier {verifier!r}; use llm or simulated:P")
+
+    def close(self) -> None:
+        self.stack.close()
+
+    # -- verifiers --------------------------------------------------------------------------------
+    def make_verifier(self, task: TaskSpec, run_dir: Path, run_id: str):
+        if self.llm is None:
+            return SimulatedVerifier(self.dataset.gold, task, self.p, self.settings.seed,
+                                     self.settings.llm_max_text_chars, run_id)
+        return Verifier(self.llm.chat, self.llm.model_id, task, run_dir / "llm_cache.sqlite", run_id,
+                        max_concurrency=self.settings.llm_max_concurrency, max_retries=self.settings.llm_max_retries,
+                        max_text_chars=self.settings.llm_max_text_chars)
+
+    def verifier_info(self) -> dict[str, Any]:
+        if self.llm is None:
+            return {"simulated": True, "description": self.verifier_label}
+        return {"base_url": self.llm.base_url, "embedded": self.llm.embedded}
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def _row(self, name: str, pred: list[str | None], wall_s: float, usage=None, **extra) -> BenchRow:
+        scored = [pred[i] for i in self.scored]
+        n = len(pred)
+        cost = self.settings.prices.cost(usage.tokens_in, usage.tokens_out) if usage else 0.0
+        return BenchRow(
+            name=name, accuracy=_round(accuracy(scored, self.gold)), macro_f1=_round(macro_f1(scored, self.gold,
+                                                                                              self.labels)),
+            llm_calls=usage.calls if usage else 0, llm_call_rate=round(usage.calls / n, 4) if usage and n else 0.0,
+            llm_tokens_in=usage.tokens_in if usage else 0, llm_tokens_out=usage.tokens_out if usage else 0,
+            est_cost_usd=round(cost, 6), wall_s=round(wall_s, 2),
+            verifier=self.verifier_label if usage else "", **extra)
+
+    # -- the strategies ---------------------------------------------------------------------------
+    def slm_rows(self, specs: list[str]) -> list[BenchRow]:
+        start = time.perf_counter()
+        models = [build_model(spec, self.task, self.settings) for spec in specs]
+        load_s = time.perf_counter() - start
+        texts = self.dataset.texts
+        rows = []
+        per_model_s = []
+        votes = []
+        for model in models:
+            start = time.perf_counter()
+            pred = model.predict(texts)
+            per_model_s.append(time.perf_counter() - start)
+            votes.append(pred.votes)
+            labels = [self.labels[v] if v >= 0 else None for v in pred.votes]
+            coverage = sum(v >= 0 for v in pred.votes) / max(1, len(texts))
+            note = " (untrained: abstains)" if isinstance(model, TrainableSLM) and not model.is_trained else ""
+            rows.append(self._row(f"slm:{model.name}{note}", labels, per_model_s[-1] + load_s / len(models),
+                                  coverage=round(coverage, 4)))
+        start = time.perf_counter()
+        out = run_ensemble(models, texts, len(self.labels), min_votes=1)
+        majority = [self.labels[m] if m >= 0 else None for m in out.majority]
+        rows.append(self._row("majority_vote", majority, time.perf_counter() - start + load_s,
+                              coverage=round(float((out.majority >= 0).mean()), 4)))
+        return rows
+
+    def llm_only(self) -> BenchRow:
+        run_dir = self.out_dir / "runs" / "llm_only"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        verifier = self.make_verifier(self.task, run_dir, "llm_only")
+        items = [(i, t) for i, t in enumerate(self.dataset.texts) if t.strip()]
+        start = time.perf_counter()
+        answers = {r.row_id: r.label for r in verifier.verify(items)}
+        pred = [answers.get(i) for i in range(len(self.dataset.texts))]
+        return self._row("llm_only", pred, time.perf_counter() - start, usage=verifier.ledger("llm_only"))
+
+    def autoannotator(self, name: str, epsilon: float, beta: int, trajectory: bool) -> tuple[BenchRow, list[dict]]:
+        settings = self.settings.model_copy(update={"epsilon": epsilon, "beta": beta})
+        run_dir = self.out_dir / "runs" / name.replace(" ", "_")
+        start = time.perf_counter()
+        report, _ = runner.label(
+            settings, self.dataset.path, instruction=self.task.instruction, labels=self.task.labels,
+            text_column=self.dataset.text_column, gold_column=self.dataset.gold_column, run_dir=run_dir,
+            verifier_factory=self.make_verifier, verifier_info=self.verifier_info(),
+        )
+        wall = time.perf_counter() - start
+        store = RunStore(run_dir / "run.sqlite")
+        try:
+            pred = [r["label"] for r in store.results()]
+        finally:
+            store.close()
+        usage = LLMUsage(calls=report["llm_calls"], tokens_in=report["llm_tokens_in"],
+                         tokens_out=report["llm_tokens_out"])
+        row = self._row(name, pred, wall, usage=usage, epsilon=epsilon,
+                        beta=None if beta == NO_FINETUNE_BETA else beta, finetune_rounds=report["n_finetune_rounds"])
+        assert row.llm_calls == report["llm_calls"] and row.accuracy == _round(report.get("accuracy"))
+        traj = self.trajectory(report, pred) if trajectory and report["finetune_rounds"] else []
+        for point in traj:
+            point["config"] = name
+        return row, traj
+
+    def trajectory(self, report: dict, final: list[str | None]) -> list[dict]:
+        """Each trainable SLM's accuracy on all the data, and agreement with the final labels, after each round."""
+        points = []
+        for rec in report["finetune_rounds"]:
+            if not rec.get("weights"):
+                points.append({"round": rec["round"], "model": rec["model"], "accepted": False})
+                continue
+            student = build_model("student", self.task, self.settings)
+            student.load(Path(rec["weights"]))
+            votes = student.predict(self.dataset.texts).votes
+            pred = [self.labels[v] if v >= 0 else None for v in votes]
+            agree = [p == f for p, f in zip(pred, final) if f is not None]
+            points.append({"round": rec["round"], "model": rec["model"], "accepted": True,
+                           "pool_train": rec["n_train"], "holdout_acc_after": rec["holdout_acc_after"],
+                           "accuracy": _round(accuracy([pred[i] for i in self.scored], self.gold)),
+                           "agreement_with_final": _round(sum(agree) / len(agree) if agree else None)})
+        return points
+
+
+def _round(x: float | None) -> float | None:
+    return round(x, 4) if x is not None else None
+
+
+def run_bench(settings: Settings, data: Path, *, instruction: str, gold_column: str, labels: list[LabelDef] | None,
+              text_column: str | None, verifier: str, epsilons: list[float], betas: list[int], out_dir: Path,
+              trajectory: bool = True, include_llm_only: bool = True,
+              on_progress: Callable[[str], None] = lambda msg: None) -> tuple[list[BenchRow], list[dict], dict]:
+    dataset = load_dataset(data, text_column, gold_column, settings.max_text_chars)
+    if labels is None:
+        labels = [LabelDef(name=g) for g in sorted({g for g in dataset.gold if g is not None})]
+    task = build_task(instruction, labels, dataset.text_column)
+    if (out_dir / "runs").exists():
+        shutil.rmtree(out_dir / "runs")  # a benchmark measures this invocation, never an old cache
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(settings, dataset, task, verifier, out_dir, on_progress)
+    try:
+        specs = settings.models or default_selection(task, settings.k)
+        on_progress(f"SLMs alone and their majority vote ({', '.join(specs)})")
+        rows = bench.slm_rows(specs)
+        if include_llm_only:
+            on_progress(f"llm_only: the verifier labels all {len(dataset.texts)} rows")
+            rows.append(bench.llm_only())
+        trajectories: list[dict] = []
+        for eps in epsilons:
+            suffix = f" eps={eps}" if len(epsilons) > 1 else ""
+            on_progress(f"autoannotator_no_finetune{suffix}")
+            rows.append(bench.autoannotator(f"autoannotator_no_finetune{suffix}", eps, NO_FINETUNE_BETA, False)[0])
+            for beta in betas:
+                name = "autoannotator" + suffix + (f" beta={beta}" if len(betas) > 1 else "")
+                on_progress(name)
+                row, traj = bench.autoannotator(name, eps, beta, trajectory)
+                rows.append(row)
+                trajectories += traj
+        meta = {"data": data.name, "instruction": instruction, "labels": task.label_names,
+                "n_rows": len(dataset.texts), "gold_column": gold_column}
+        return rows, trajectories, meta
+    finally:
+        bench.close()
