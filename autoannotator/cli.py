@@ -48,8 +48,8 @@ def label(
     llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
     out: Optional[Path] = typer.Option(None, help="Output file (default: RUN_DIR/<name>.labelled.<ext>)."),
     run_dir: Optional[Path] = typer.Option(None, help="Where the run keeps its state and report."),
-    resume: Optional[str] = typer.Option(None, "--resume", flag_value=_RESUME_FROM_RUN_DIR, is_flag=False,
-                                         metavar="[RUN_DIR]", help="Continue a stopped run (RUN_DIR or --run-dir)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="[RUN_DIR]",
+                                         help="Continue a stopped run (RUN_DIR, or the --run-dir given)."),
     config: Optional[Path] = typer.Option(None, help="TOML config file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
 ) -> None:
@@ -135,9 +135,19 @@ def _summary(report: dict, run_dir: Path) -> None:
         console.print(f"[yellow]warning[/]: {warning}")
 
 
+def _resume_value_optional(argv: list[str]) -> list[str]:
+    """Let `--resume` stand alone (meaning --run-dir's directory): click options cannot have optional values."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, _RESUME_FROM_RUN_DIR)
+            break
+    return out
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app(args=_resume_value_optional(sys.argv[1:]), prog_name="autoannotator", standalone_mode=False)
     except UserError as exc:
         console.print(f"[red]error[/]: {exc}", highlight=False)
         sys.exit(2)
