@@ -64,6 +64,7 @@ class ScriptedChatModel(GenericFakeChatModel):
     calls: list[list[BaseMessage]] = []
     max_in_flight: int = 0
     bound_tools: list[Any] = []
+    tool_choices: list[Any] = []  # per bind_tools call: None (free choice) or the forced tool's name
     structured_schemas: list[Any] = []
 
     def __init__(self, script: Sequence[Scripted], **kwargs: Any) -> None:
@@ -73,6 +74,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         self._pending = iter(self._script)  # a fresh iterator per instance, never shared
         self.calls = []
         self.bound_tools = []
+        self.tool_choices = []
         self.structured_schemas = []
 
     # -- the script ---------------------------------------------------------------------------------
@@ -135,6 +137,7 @@ class ScriptedChatModel(GenericFakeChatModel):
     # -- tools and structured output (the base class raises NotImplementedError) --------------------
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Runnable:
         self.bound_tools.extend(tools)
+        self.tool_choices.append(tool_choice)
         return self
 
     def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Runnable:
