@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=100_000)
     models: list[str] = Field(default_factory=list)
     model_dirs: list[Path] = Field(default_factory=list)
+    # Tool plugins by file: "path/to/file.py" or "path/to/file.py:factory" (see tools/registry.py).
+    tool_paths: list[str] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_text_chars: int = Field(20_000, ge=100)
     seed: int = 0

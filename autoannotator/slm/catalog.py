@@ -126,6 +126,12 @@ def parse_hf_spec(spec: str) -> tuple[str, dict[str, str | None] | None]:
     return source, override
 
 
+def _plugin_adapter(spec: str):
+    from autoannotator.tools.registry import adapter_for  # lazy: the registry pulls in LangChain
+
+    return adapter_for(spec)
+
+
 def build_model(spec: str, task: "TaskSpec", settings: "Settings") -> SLM:
     """One SLM from a spec; a model that can vote for none of the task's labels is a user error."""
     spec = spec.strip()
@@ -145,6 +151,8 @@ def build_model(spec: str, task: "TaskSpec", settings: "Settings") -> SLM:
                             f"(download it once while online, or give a local folder): {exc}") from None
     elif spec in BUILTINS:
         model = BUILTINS[spec].build(labels, settings)
+    elif (adapter := _plugin_adapter(spec)) is not None:  # "prefix:..." from an autoannotator.slm_adapters plugin
+        model = adapter(spec, task, settings)
     else:
         raise UserError(f"unknown model {spec!r}; known: {', '.join(BUILTINS)} or hf:<hub id or folder>")
     if not model.mapping.covered_task_labels:
@@ -159,7 +167,7 @@ def build_models(task: "TaskSpec", settings: "Settings") -> list[SLM]:
 
 # --- discovery of local Hugging Face classifiers -------------------------------------------------
 
-def _classifier_labels(config_file: Path) -> list[str] | None:
+def classifier_labels(config_file: Path) -> list[str] | None:
     """id2label of a sequence-classification config.json, or None if it is not one."""
     try:
         cfg = json.loads(config_file.read_text())
@@ -225,10 +233,10 @@ def _cached_models() -> list[tuple[str, Path]]:
 def discover_hf_models(task: "TaskSpec", settings: "Settings | None" = None) -> list[CatalogEntry]:
     entries = []
     for folder in _folders(list(settings.model_dirs) if settings else []):
-        if (labels := _classifier_labels(folder / "config.json")) is not None:
+        if (labels := classifier_labels(folder / "config.json")) is not None:
             entries.append(_hf_entry(str(folder), folder, labels, f"local folder {folder}", task.label_names))
     for repo_id, folder in _cached_models():
-        if (labels := _classifier_labels(folder / "config.json")) is not None:
+        if (labels := classifier_labels(folder / "config.json")) is not None:
             entries.append(_hf_entry(repo_id, folder, labels, "Hugging Face cache", task.label_names))
     return entries
 

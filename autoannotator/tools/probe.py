@@ -1,0 +1,189 @@
+"""``probe_models``: try candidate SLMs on 20-50 of the user's own texts, in the sandbox, before choosing k.
+
+Hub popularity says little about a model's fit to THIS data. The probe shows, per candidate: does
+it load here, which task labels can it vote for, how its votes spread, how often it abstains, and
+(when the LLM labelled the same texts) how often it agrees with the LLM. ``rank_by_probe`` turns
+that into a choice; ``rank_by_downloads`` is the popularity baseline it is compared with.
+
+The probe program is the vetted deployment template itself, run once with ``--smoke N
+--one-at-a-time`` (each candidate loaded, run and freed in turn: bounded memory however many are
+probed). Model code runs only in the sandbox, never in this process. Files:
+``RUN/deploy/probe/probe<N>.py``, ``probe<N>.smoke.json`` (the run) and ``probe<N>.json`` (the report).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from autoannotator.sandbox import Sandbox, SandboxError, SandboxLimits
+from autoannotator.slm.sandboxed import FROZEN_BUILTINS, DeploymentSpec, ModelDeployment, stage_work_dir
+from autoannotator.tools.base import ToolException, make_tool
+from autoannotator.tools.codegen import context_labels, context_sandbox, render_deployment
+
+MAX_SAMPLES = 50
+PROBE_LIMITS = SandboxLimits(memory_mb=4096, timeout_s=600)
+
+
+class CandidateProbe(BaseModel):
+    spec: str
+    loaded: bool
+    error: str | None = Field(None, description="one line: why it could not load or run")
+    native_labels: list[str] = Field(default_factory=list)
+    coverage: list[str] = Field(default_factory=list, description="task labels it can vote for")
+    distribution: dict[str, int] = Field(default_factory=dict, description="votes per task label, plus 'abstain'")
+    abstain_rate: float | None = None
+    agreement_with_llm: float | None = Field(
+        None, description="share of the LLM-labelled texts where it voted the LLM's label (abstaining disagrees)")
+    n_compared: int = 0
+    load_seconds: float | None = None
+    seconds: float | None = Field(None, description="time to label the sample texts")
+
+
+class ProbeReport(BaseModel):
+    task_labels: list[str]
+    n_samples: int
+    backend: str
+    seconds: float
+    candidates: list[CandidateProbe]
+    program: str | None = None
+    error: str | None = None
+
+
+RESULT_MODEL = ProbeReport
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return exc.errors()[0]["msg"].removeprefix("Value error, ")[:300]
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def _summarise(spec: str, entry: dict[str, Any], labels: list[str], llm: list[str | None] | None) -> CandidateProbe:
+    if not entry.get("loaded") or entry.get("error") or not isinstance(entry.get("votes"), list):
+        return CandidateProbe(spec=spec, loaded=bool(entry.get("loaded")), error=str(entry.get("error") or "no votes"))
+    votes = [v if isinstance(v, int) and -1 <= v < len(labels) else -1 for v in entry["votes"]]
+    dist = {t: sum(v == i for v in votes) for i, t in enumerate(labels)} | {"abstain": votes.count(-1)}
+    agree, compared = None, 0
+    if llm is not None:
+        pairs = [(v, gold) for v, gold in zip(votes, llm) if gold in labels]
+        compared = len(pairs)
+        agree = round(sum(v == labels.index(g) for v, g in pairs) / compared, 4) if compared else None
+    return CandidateProbe(
+        spec=spec, loaded=True, native_labels=[str(x) for x in entry.get("native_labels", [])],
+        coverage=[t for t in labels if t in (entry.get("covers") or [])], distribution=dist,
+        abstain_rate=round(votes.count(-1) / len(votes), 4) if votes else None, agreement_with_llm=agree,
+        n_compared=compared, load_seconds=entry.get("load_seconds"), seconds=entry.get("seconds"))
+
+
+def probe_models(candidates: Sequence[str], texts: Sequence[str], task_labels: Sequence[str], sandbox: Sandbox,
+                 run_dir: Path, llm_labels: Sequence[str | None] | None = None, *,
+                 limits: SandboxLimits = PROBE_LIMITS) -> ProbeReport:
+    t0 = time.monotonic()
+    labels = list(task_labels)
+    texts = [t if isinstance(t, str) else "" for t in texts][:MAX_SAMPLES]
+    if llm_labels is not None and len(llm_labels) < len(texts):
+        raise ValueError(f"llm_labels has {len(llm_labels)} entries for {len(texts)} texts")
+    llm = list(llm_labels)[:len(texts)] if llm_labels is not None else None
+    specs = list(dict.fromkeys(c.strip() for c in candidates if c.strip()))
+    invalid: dict[str, str] = {}
+    valid: list[ModelDeployment] = []
+    for spec in specs:
+        try:
+            valid.append(ModelDeployment(spec=spec))
+        except ValidationError as exc:
+            invalid[spec] = _one_line(exc)
+    out = Path(run_dir) / "deploy" / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    n = 1 + sum(1 for _ in out.glob("probe*.json") if not _.name.endswith(".smoke.json"))
+    summary: dict[str, Any] = {}
+    error, program = None, None
+    if valid:
+        program = out / f"probe{n}.py"
+        program.write_text(render_deployment(DeploymentSpec(task_labels=labels, models=valid)))
+        work = Path(tempfile.mkdtemp(prefix="aa-probe-"))
+        try:
+            stage_work_dir(work, DeploymentSpec(task_labels=labels, models=valid), texts)
+            result = sandbox.run(program, work, ["--smoke", str(len(texts)), "--one-at-a-time"], limits)
+            (out / f"probe{n}.smoke.json").write_text(result.model_dump_json(indent=1))
+            lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+            try:
+                summary = json.loads(lines[-1]).get("models", {}) if lines else {}
+            except (ValueError, AttributeError):
+                summary = {}
+            if not summary:
+                error = result.killed_reason or (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        except SandboxError as exc:
+            error = str(exc)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    probes = [CandidateProbe(spec=s, loaded=False, error=invalid[s]) if s in invalid
+              else _summarise(s, summary.get(s) or {"error": error or "not in the probe's output"}, labels, llm)
+              for s in specs]
+    report = ProbeReport(task_labels=labels, n_samples=len(texts), backend=sandbox.name,
+                         seconds=round(time.monotonic() - t0, 3), candidates=probes,
+                         program=str(program) if program else None, error=error)
+    (out / f"probe{n}.json").write_text(report.model_dump_json(indent=1))
+    return report
+
+
+def rank_by_probe(report: ProbeReport, k: int) -> list[str]:
+    """The k best usable candidates: agreement with the LLM first, then coverage, then fewer abstentions."""
+    usable = [(i, c) for i, c in enumerate(report.candidates) if c.loaded and c.coverage]
+    usable.sort(key=lambda ic: (-(ic[1].agreement_with_llm if ic[1].agreement_with_llm is not None else -1.0),
+                                -len(ic[1].coverage), ic[1].abstain_rate or 0.0, ic[0]))
+    return [c.spec for _, c in usable[:k]]
+
+
+def rank_by_downloads(candidates_with_downloads: Iterable[tuple[str, int | None] | Mapping[str, Any]],
+                      k: int) -> list[str]:
+    """The popularity baseline: most downloads first (unknown counts last), ties in input order."""
+    rows = [(c["spec"], c.get("downloads")) if isinstance(c, Mapping) else (c[0], c[1])
+            for c in candidates_with_downloads]
+    ordered = sorted(enumerate(rows), key=lambda ir: (-(ir[1][1] or 0), ir[0]))
+    return [spec for _, (spec, _) in ordered[:k]]
+
+
+# --- the tool --------------------------------------------------------------------------------
+
+class ProbeModelsArgs(BaseModel):
+    candidates: list[str] = Field(min_length=1, max_length=12,
+                                  description="specs from search_models, e.g. ['vader', 'hf:org/name']")
+    n_samples: int = Field(30, ge=5, le=MAX_SAMPLES, description="how many of the user's texts to try them on")
+
+
+def _as_spec(candidate: str) -> str:
+    c = candidate.strip()
+    return c if c in FROZEN_BUILTINS or c == "student" or c.startswith("hf:") else f"hf:{c}"
+
+
+def make_probe_models_tool(settings: Any = None, context: Any = None):
+    """Context: run_dir, samples, sandbox, plan.task; ``llm_labels`` (the LLM's labels of samples) if known."""
+
+    def run(args: ProbeModelsArgs) -> ProbeReport:
+        samples = list(getattr(context, "samples", []) or [])[:args.n_samples]
+        if not samples:
+            raise ToolException("no sample texts to probe on")
+        llm = getattr(context, "llm_labels", None)
+        if llm:  # the LLM labelled the first len(llm) samples: compare on exactly those
+            samples = samples[:len(llm)]
+        try:
+            return probe_models([_as_spec(c) for c in args.candidates], samples, context_labels(context),
+                                context_sandbox(context, settings), context.run_dir,
+                                llm_labels=list(llm)[:len(samples)] if llm else None)
+        except (SandboxError, ValueError) as exc:
+            raise ToolException(_one_line(exc)) from None
+
+    return make_tool(run, name="probe_models", args_schema=ProbeModelsArgs, result_model=ProbeReport,
+                     description="Run candidate models on a sample of the user's texts (in the sandbox): "
+                                 "load errors, label coverage, vote spread, abstain rate, agreement with the LLM.")
+
+
+make_probe_models_tool.RESULT_MODEL = ProbeReport  # type: ignore[attr-defined]
