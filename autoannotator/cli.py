@@ -52,9 +52,12 @@ def label(
                                          help="Continue a stopped run (RUN_DIR, or the --run-dir given)."),
     config: Optional[Path] = typer.Option(None, help="TOML config file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
+    verifier: Optional[str] = typer.Option(None, metavar="[llm|human]", help="Who verifies the hard samples: llm "
+                                           "(default) or human (you, in the terminal); --resume keeps the run's."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import runner
+    from autoannotator.agent.human import human_hooks
     from autoannotator.ui.progress import LabelProgress
 
     settings = load_settings({
@@ -66,10 +69,11 @@ def label(
     elif data is None:
         raise UserError("give the data file to label: autoannotator label DATA --task \"...\"")
     with LabelProgress(console, quiet=quiet) as progress:
+        hooks = human_hooks(verifier, run_dir if resume is not None else None, console, progress.progress)
         report, used_dir = runner.label(
             settings, data, instruction=task, labels=parse_labels(labels) if labels else None,
             text_column=text_column, gold_column=gold_column, out_path=out, run_dir=run_dir,
-            resume=resume is not None, on_progress=progress,
+            resume=resume is not None, on_progress=progress, **hooks,
         )
     _summary(report, used_dir)
 
@@ -124,6 +128,11 @@ def bench(
     console.print(f"results: {out_dir / 'results.md'}")
 
 
+from autoannotator.cli_runs import runs_app  # noqa: E402  (after the commands: `runs` is listed last)
+
+app.add_typer(runs_app, name="runs")
+
+
 def _summary(report: dict, run_dir: Path) -> None:
     line = (f"[bold green]done[/]: {report['n_samples']} rows -> {report['run']['out_path']}  "
             f"LLM calls {report['llm_calls']} ({report['llm_call_rate']:.1%})  est. ${report['est_cost_usd']:.6f}")
@@ -147,7 +156,12 @@ def _resume_value_optional(argv: list[str]) -> list[str]:
 
 def main() -> None:
     try:
-        app(args=_resume_value_optional(sys.argv[1:]), prog_name="autoannotator", standalone_mode=False)
+        rc = app(args=_resume_value_optional(sys.argv[1:]), prog_name="autoannotator", standalone_mode=False)
+        # Typer turns Ctrl-C into Exit(130), which standalone_mode=False returns instead of raising.
+        if rc == 130:
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except UserError as exc:
         console.print(f"[red]error[/]: {exc}", highlight=False)
         sys.exit(2)

@@ -193,17 +193,22 @@ def _restore_weights(models: list, weights: dict[str, str]) -> None:
             model.load(Path(weights[model.name]))
 
 
-def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings, models: list,
-            llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> None:
-    results = store.results()
-    if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
-        raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
-    written = write_labelled(dataset, {
+def write_run_output(plan: RunPlan, dataset: Dataset, results: list[dict[str, Any]]) -> list[str]:
+    """The labelled output file from the store's rows; returns the writer's warnings."""
+    return write_labelled(dataset, {
         "label": [r["label"] if r["label"] is not None else "" for r in results],
         "label_source": [r["label_source"] for r in results],
         "uncertainty": [r["uncertainty"] for r in results],
         "votes": [json.dumps(r["votes"], ensure_ascii=False) for r in results],
     }, Path(plan.out_path))
+
+
+def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings, models: list,
+            llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> None:
+    results = store.results()
+    if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
+        raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
+    written = write_run_output(plan, dataset, results)
     warnings = list(dataset.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,

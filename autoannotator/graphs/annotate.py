@@ -86,9 +86,19 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
                 batch["uncertainty"].append(round(float(out.uncertainty[j]), 6))
         return {"batch": batch}
 
+    def votes_at(batch: BatchVotes, pos: int) -> dict[str, dict]:
+        return {m.name: {"label": labels[v] if v >= 0 else None, "p": c}
+                for m, v, c in zip(ctx.models, batch["votes"][pos], batch["confidence"][pos])}
+
     def verify(state: AnnotateState) -> dict:
-        ids = state["batch_ids"]
-        hard = [ids[i] for i in hard_positions(state)]
+        ids, batch = state["batch_ids"], state["batch"]
+        positions = hard_positions(state)
+        hard = [ids[i] for i in positions]
+        set_hints = getattr(ctx.verifier, "set_hints", None)
+        if set_hints is not None:  # a human verifier shows the SLM votes next to each hard sample
+            set_hints({ids[p]: {"votes": votes_at(batch, p), "uncertainty": batch["uncertainty"][p],
+                                "majority": labels[batch["majority"][p]] if batch["majority"][p] >= 0 else None}
+                       for p in positions})
         results = ctx.verifier.verify([(rid, texts[rid]) for rid in hard])
         verified = {str(r.row_id): r.label for r in results}
         pool_size = ctx.store.add_to_pool([(int(k), v) for k, v in verified.items()], state.get("batch_index", 0))
@@ -99,10 +109,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         ids, batch, verified = state["batch_ids"], state["batch"], state.get("verified") or {}
         records = []
         for pos, rid in enumerate(ids):
-            votes = {
-                m.name: {"label": labels[v] if v >= 0 else None, "p": c}
-                for m, v, c in zip(ctx.models, batch["votes"][pos], batch["confidence"][pos])
-            }
+            votes = votes_at(batch, pos)
             majority = labels[batch["majority"][pos]] if batch["majority"][pos] >= 0 else None
             llm_label = verified.get(str(rid))
             if batch["uncertainty"][pos] is None:

@@ -1,0 +1,166 @@
+"""Label Studio round trip: export a run's hard rows as pre-annotated tasks, import the reviewed labels back.
+
+Export writes Label Studio's JSON import format (one task per row, the run's label as a prediction
+scored 1 - U) and the labeling config that matches it. Import reads Label Studio's JSON export,
+sets each reviewed row's label with label_source ``human_reviewed``, rewrites the labelled output
+file and updates report.json (counts, accuracy, and a ``human_reviewed`` section).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from autoannotator.data import Dataset, load_dataset
+from autoannotator.ensemble import is_hard
+from autoannotator.errors import UserError
+from autoannotator.report import model_agreement, quality, write_report
+from autoannotator.runner import RunPlan, write_run_output
+from autoannotator.store import RunStore
+
+REVIEWED = "human_reviewed"
+
+
+def load_run_dataset(plan: RunPlan) -> Dataset:
+    """The run's input file as the run read it; refuses a file that changed since (row ids would not match)."""
+    max_chars = int(plan.settings.get("max_text_chars", 20_000))
+    if not Path(plan.data_path).is_file():
+        raise UserError(f"the data file of run {plan.run_id} is gone: {plan.data_path}")
+    dataset = load_dataset(plan.data_path, plan.task.text_column, plan.gold_column, max_chars)
+    if dataset.fingerprint != plan.data_fingerprint:
+        raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
+    return dataset
+
+
+def labeling_config(labels: list[str]) -> str:
+    choices = "".join(f"<Choice value={quoteattr(name)}/>" for name in labels)
+    return (f'<View><Text name="text" value="$text"/>'
+            f'<Choices name="label" toName="text" choice="single" showInline="true">{choices}</Choices></View>')
+
+
+def is_hard_row(rec: dict[str, Any], epsilon: float) -> bool:
+    """Rows the run sent (or would have sent) to the verifier, plus rows a human already reviewed."""
+    if rec["label_source"] in ("llm_verified", REVIEWED):
+        return True
+    return rec["uncertainty"] is not None and is_hard(rec["uncertainty"], epsilon)
+
+
+def export_tasks(plan: RunPlan, results: list[dict[str, Any]], texts: list[str], all_rows: bool) -> list[dict]:
+    epsilon = float(plan.settings.get("epsilon", 1e-6))
+    tasks = []
+    for rec in results:
+        if not all_rows and not is_hard_row(rec, epsilon):
+            continue
+        task: dict[str, Any] = {"data": {"text": texts[rec["row_id"]], "row_id": rec["row_id"]}}
+        if rec["label"] is not None:  # an empty text has no label to suggest
+            u = rec["uncertainty"] or 0.0
+            task["predictions"] = [{"model_version": "autoannotator", "score": round(1.0 - u, 4), "result": [
+                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [rec["label"]]}}]}]
+        tasks.append(task)
+    return tasks
+
+
+def parse_export(raw: Any, labels: list[str], n_rows: int, name: str) -> dict[int, str]:
+    """row_id -> reviewed label from Label Studio's JSON export. Tasks with no (uncancelled) answer are skipped."""
+    if not isinstance(raw, list):
+        raise UserError(f"{name}: expected Label Studio's JSON export (a list of tasks), got a {type(raw).__name__}")
+    canon = {lbl.lower(): lbl for lbl in labels}
+    out: dict[int, str] = {}
+    for i, task in enumerate(raw, start=1):
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict) or "row_id" not in data:
+            raise UserError(f"{name}: task {i} has no data.row_id (export the tasks autoannotator wrote)")
+        row_id = data["row_id"]
+        if isinstance(row_id, bool) or not isinstance(row_id, int) or not 0 <= row_id < n_rows:
+            raise UserError(f"{name}: task {i}: row_id {row_id!r} is not a row of this run (0..{n_rows - 1})")
+        choices = _choices(task, name, i)
+        if choices is None:
+            continue
+        if len(choices) != 1:
+            raise UserError(f"{name}: task {i} (row {row_id}): expected one label, got {choices}")
+        label = canon.get(str(choices[0]).strip().lower())
+        if label is None:
+            raise UserError(f"{name}: task {i} (row {row_id}): label {choices[0]!r} is not one of {', '.join(labels)}")
+        out[row_id] = label
+    return out
+
+
+def _choices(task: dict, name: str, i: int) -> list | None:
+    """The choices of the task's latest uncancelled annotation (Label Studio lists them oldest first)."""
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    for ann in reversed(annotations):
+        for item in ann.get("result") or []:
+            if isinstance(item, dict) and item.get("type", "choices") == "choices" and \
+                    item.get("from_name", "label") == "label":
+                choices = (item.get("value") or {}).get("choices")
+                if not isinstance(choices, list):
+                    raise UserError(f"{name}: task {i}: value.choices must be a list")
+                return choices
+    return None
+
+
+def import_review(run_dir: Path, export_path: Path) -> dict[str, Any]:
+    """Apply a Label Studio export to a finished run; returns the ``human_reviewed`` section written."""
+    plan = RunPlan.load(run_dir)
+    report_path = run_dir / "report.json"
+    try:
+        raw = json.loads(Path(export_path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {export_path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{Path(export_path).name}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    dataset = load_run_dataset(plan)
+    labels = plan.task.label_names
+    gold = dataset.gold if plan.gold_column else None
+    store = RunStore(run_dir / "run.sqlite")
+    try:
+        results = store.results()
+        if not report_path.is_file() or len(results) != len(dataset.texts):
+            raise UserError(f"run {plan.run_id} is not finished ({len(results)} of {len(dataset.texts)} rows); "
+                            f"finish it first: autoannotator runs resume {plan.run_id}")
+        reviewed = parse_export(raw, labels, len(results), Path(export_path).name)
+        before = quality(results, gold, labels)["accuracy"] if gold else None
+        changes = [{"row_id": rid, "before": results[rid]["label"], "after": lbl}
+                   for rid, lbl in sorted(reviewed.items()) if results[rid]["label"] != lbl]
+        for rid, lbl in reviewed.items():
+            results[rid] = {**results[rid], "label": lbl, "label_source": REVIEWED}
+        # Output first: if it cannot be written (say, a Parquet type error) the store is left as it was.
+        written = write_run_output(plan, dataset, results)
+        store.put_results([results[rid] for rid in sorted(reviewed)])
+    finally:
+        store.close()
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    section = {"imported_from": str(Path(export_path).resolve()), "imported_at": datetime.now(timezone.utc).isoformat(),
+               "n_reviewed": len(reviewed), "n_changed": len(changes), "changes": changes,
+               "n_rows_human_reviewed": sum(r["label_source"] == REVIEWED for r in results)}
+    _refresh_report(report, results, gold, labels, section, before, written)
+    write_report(report, run_dir)
+    with open(run_dir / "report.md", "a", encoding="utf-8") as fh:  # render_markdown knows no review section
+        fh.write(_review_markdown(section))
+    return section
+
+
+def _review_markdown(section: dict) -> str:
+    lines = ["", "## Human review (Label Studio)", "",
+             f"- Imported {section['n_reviewed']} reviewed rows from {section['imported_from']}: "
+             f"{section['n_changed']} label(s) changed; {section['n_rows_human_reviewed']} rows human-reviewed in all"]
+    if "accuracy_after" in section:
+        lines.append(f"- Accuracy against gold: {section['accuracy_before']} before, {section['accuracy_after']} after")
+    return "\n".join(lines) + "\n"
+
+
+def _refresh_report(report: dict, results: list[dict], gold: list[str | None] | None, labels: list[str],
+                    section: dict, accuracy_before: float | None, warnings: list[str]) -> None:
+    # Counts, agreement and accuracy follow the labels; cost figures stay what the run paid.
+    report["label_sources"] = dict(Counter(r["label_source"] for r in results))
+    report["label_counts"] = dict(Counter(r["label"] for r in results if r["label"] is not None))
+    report["model_agreement"] = model_agreement(results, [m["name"] for m in report.get("models", [])])
+    if gold is not None:
+        report.update(quality(results, gold, labels))
+        section["accuracy_before"], section["accuracy_after"] = accuracy_before, report["accuracy"]
+    report["warnings"] = list(dict.fromkeys(report.get("warnings", []) + warnings))
+    report["human_reviewed"] = section
