@@ -7,6 +7,7 @@ copy replaces the model only if it labels that slice at least as well as the cur
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +27,31 @@ def split_holdout(row_ids: Sequence[int], cfg: FinetuneSettings, seed: int = 0) 
     return [r for r in row_ids if r not in holdout], [r for r in row_ids if r in holdout]
 
 
+GUARD_FILE = "guard.json"
+
+
 def holdout_accuracy(model: TrainableSLM, texts: Sequence[str], labels: np.ndarray) -> float | None:
     """Share of the held-out slice the model labels as the LLM did; an abstention counts as wrong."""
     if len(texts) == 0:
         return None
-    return float((model.predict(texts).votes == labels).mean())
+    return float((model.predict_ungated(texts).votes == labels).mean())
+
+
+def majority_baseline(labels: np.ndarray) -> float | None:
+    """Accuracy of always answering the slice's most common label: what a useless model scores."""
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else None
+
+
+def save_trained(model: TrainableSLM, path: Path) -> None:
+    model.save(path)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / GUARD_FILE).write_text(json.dumps({"qualified": model.qualified}))
+
+
+def load_trained(model: TrainableSLM, path: Path) -> None:
+    model.load(path)
+    guard = Path(path) / GUARD_FILE
+    model.qualified = json.loads(guard.read_text())["qualified"] if guard.exists() else True
 
 
 def finetune_model(
@@ -48,6 +69,8 @@ def finetune_model(
     metrics = candidate.train_on(train[0], train[1], cfg)
     after = holdout_accuracy(candidate, *holdout)
     accepted = before is None or (after is not None and after >= before)
+    baseline = majority_baseline(holdout[1])
+    qualified = baseline is None or (after is not None and after >= min(1.0, baseline + cfg.rejoin_margin))
     record = {
         "round": round_,
         "model": model.name,
@@ -56,13 +79,16 @@ def finetune_model(
         "holdout_acc_before": before,
         "holdout_acc_after": after,
         "accepted": accepted,
+        "holdout_majority_baseline": baseline,
+        "votes": qualified if accepted else model.qualified,
         "train_metrics": metrics,
         "seconds": round(time.perf_counter() - start, 2),
         "weights": None,
     }
     if not accepted:
         return model, record
+    candidate.qualified = qualified
     path = Path(save_dir) / f"round-{round_}" / model.name
-    candidate.save(path)
+    save_trained(candidate, path)
     record["weights"] = str(path)
     return candidate, record

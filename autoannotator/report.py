@@ -105,11 +105,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         agr = report["model_agreement"].get(m["name"], {})
         lines.append(f"| {m['name']} | {m['kind']} | {m['trainable']} | {agr.get('coverage')} | {agr.get('agreement')} |")
     if report["finetune_rounds"]:
-        lines += ["", "## Fine-tuning rounds", "", "| round | model | train | holdout | acc before | acc after | kept |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "## Fine-tuning rounds", "",
+                  "| round | model | train | holdout | acc before | acc after | majority baseline | kept | votes |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in report["finetune_rounds"]:
             lines.append(f"| {r['round']} | {r['model']} | {r['n_train']} | {r['n_holdout']} | "
-                         f"{r['holdout_acc_before']} | {r['holdout_acc_after']} | {r['accepted']} |")
+                         f"{r['holdout_acc_before']} | {r['holdout_acc_after']} | {r.get('holdout_majority_baseline')} | "
+                         f"{r['accepted']} | {r.get('votes')} |")
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]

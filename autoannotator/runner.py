@@ -26,6 +26,7 @@ from autoannotator.agent.verifier import Verifier
 from autoannotator.config import FinetuneSettings, Settings
 from autoannotator.data import Dataset, default_output_path, load_dataset, write_labelled
 from autoannotator.errors import UserError
+from autoannotator.finetune import load_trained
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
 from autoannotator.report import EMBEDDED_WARNING, build_report, write_report
 from autoannotator.slm.base import TrainableSLM
@@ -190,7 +191,7 @@ def _sample(dataset: Dataset, n: int = 10) -> list[str]:
 def _restore_weights(models: list, weights: dict[str, str]) -> None:
     for model in models:
         if isinstance(model, TrainableSLM) and model.name in weights:
-            model.load(Path(weights[model.name]))
+            load_trained(model, Path(weights[model.name]))
 
 
 def write_run_output(plan: RunPlan, dataset: Dataset, results: list[dict[str, Any]]) -> list[str]:

@@ -63,3 +63,15 @@ def test_guard_keeps_better_and_rejects_worse(tmp_path):
     forgetting = ConstantStudent(label_idx=0, learns=1)
     kept, rec = finetune_model(forgetting, (texts, truth), (texts, truth), cfg, 2, tmp_path)
     assert not rec["accepted"] and kept is forgetting and kept.label_idx == 0 and rec["weights"] is None
+
+
+def test_a_model_no_better_than_the_majority_label_keeps_abstaining(tmp_path):
+    cfg = FinetuneSettings(rejoin_margin=0.05)
+    texts = ["x"] * 10
+    truth = np.array([0] * 7 + [1] * 3)  # always answering "a" scores 0.7
+    constant = ConstantStudent(label_idx=1, learns=0)
+    kept, rec = finetune_model(constant, (texts, truth), (texts, truth), cfg, 1, tmp_path)
+    assert rec["accepted"] and rec["holdout_majority_baseline"] == 0.7 and rec["votes"] is False
+    assert not kept.qualified
+    assert (kept.predict(texts).votes == -1).all()  # gated: abstains
+    assert (kept.predict_ungated(texts).votes == 0).all()  # the weights still answer for the guard

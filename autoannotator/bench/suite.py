@@ -175,10 +175,10 @@ class Bench:
                 continue
             student = build_model("student", self.task, self.settings)
             student.load(Path(rec["weights"]))
-            votes = student.predict(self.dataset.texts).votes
+            votes = student.predict_ungated(self.dataset.texts).votes  # what the weights say, voting or not
             pred = [self.labels[v] if v >= 0 else None for v in votes]
             agree = [p == f for p, f in zip(pred, final) if f is not None]
-            points.append({"round": rec["round"], "model": rec["model"], "accepted": True,
+            points.append({"round": rec["round"], "model": rec["model"], "accepted": True, "votes": rec.get("votes"),
                            "pool_train": rec["n_train"], "holdout_acc_after": rec["holdout_acc_after"],
                            "accuracy": _round(accuracy([pred[i] for i in self.scored], self.gold)),
                            "agreement_with_final": _round(sum(agree) / len(agree) if agree else None)})

@@ -128,6 +128,19 @@ class TrainableSLM(SLM):
     """An SLM that continual fine-tuning can improve. Its native labels are the task labels."""
 
     trainable = True
+    # Set by the fine-tuning guard: a model no better than always answering the held-out slice's most
+    # common label has no opinion to add, so it keeps abstaining (while it trains on) until it beats that.
+    qualified: bool = True
+
+    def predict(self, texts: Sequence[str]) -> Prediction:
+        pred = self.predict_ungated(texts)
+        if not self.qualified:
+            pred.votes[:] = -1
+        return pred
+
+    def predict_ungated(self, texts: Sequence[str]) -> Prediction:
+        """What the weights say, whether or not the model has qualified to vote (the guard's view)."""
+        return SLM.predict(self, texts)
 
     @property
     @abstractmethod
