@@ -21,7 +21,7 @@ fi
 
 # vfs: no overlayfs needed inside a container/VM; no iptables/bridge: sandboxes use --network none anyway.
 if ! docker info >/dev/null 2>&1; then
-  nohup dockerd --storage-driver=vfs --iptables=false --ip-masq=false --bridge=none \
+  setsid nohup dockerd --storage-driver=vfs --iptables=false --ip-masq=false --bridge=none \
     >/tmp/dockerd.log 2>&1 &
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break

@@ -235,6 +235,7 @@ class DockerSandbox(Sandbox):
     def start_worker(self, script: Path, work_dir: Path, limits: SandboxLimits | None = None,
                      *, env: dict[str, str] | None = None) -> Worker:
         limits = limits or SandboxLimits()
+        _reap(self.client)
         work, rel = prepare_work_dir(work_dir, script)
         container = self._create(work, rel, [], limits, env, worker=True)
         worker = _DockerWorker(self, container, work / SOCKET_NAME)
@@ -245,6 +246,15 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"docker worker failed to start: {str(exc).splitlines()[0][:200]}") from None
         worker._wait_ready(limits.timeout_s)
         return worker
+
+
+def _reap(client: Any) -> None:
+    """Remove exited workers whose orchestrator died (kill -9) before it could remove them itself."""
+    try:
+        for container in client.containers.list(all=True, filters={"name": "aa-sandbox-", "status": "exited"}):
+            container.remove(force=True)
+    except Exception:  # housekeeping only: never the reason a run fails
+        pass
 
 
 class _DockerWorker(Worker):

@@ -65,22 +65,23 @@ def _answer(handler: Callable[[dict], dict], request: Any) -> dict:
 
 
 def serve(handler: Callable[[dict], dict], path: str | None = None) -> None:
-    """Answer requests forever, one connection at a time, until the process is stopped."""
+    """Answer the one host connection's requests until the host hangs up."""
     path = path or os.environ[SOCKET_ENV]
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
-    while True:
-        conn, _ = server.accept()
-        with conn:
-            while True:
-                try:
-                    request = recv_message(conn)
-                except (EOFError, ConnectionError):
-                    break  # client went away: wait for the next one
-                send_message(conn, _answer(handler, request))
+    # The host holds one connection for the worker's whole life. When it closes, the orchestrator has
+    # finished or died (kill -9 included): stop, so no worker or container outlives its run.
+    conn, _ = server.accept()
+    with conn:
+        while True:
+            try:
+                request = recv_message(conn)
+            except (EOFError, ConnectionError):
+                return
+            send_message(conn, _answer(handler, request))
 
 
 class Client:

@@ -4,9 +4,10 @@ v1 is always the VETTED template (``sandbox/deploy_worker.py.jinja``) rendered f
 ``DeploymentSpec`` and smoke-tested in the sandbox: it is the fallback, so it must pass first.
 With a chat model, the LLM may then replace it with its own full program (structured output,
 ``code``); each failing smoke test goes back to the LLM for a repair, ``max_repairs`` times at
-most; if none passes, the template is used and ``fell_back_to_template`` says so. Every version
-is kept: ``RUN/deploy/ensemble/v<N>.py`` and ``v<N>.smoke.json``. Generated code never runs in
-this process: only ``Sandbox.run`` (here) and ``Sandbox.start_worker`` (``slm.sandboxed``).
+most; if none passes, the template is used and ``fell_back_to_template`` says so. An LLM version
+passes only if it also SERVES the votes it printed, as a worker (``serve_check``): ``--smoke``
+alone is the program's own word. Every version is kept: ``RUN/deploy/ensemble/v<N>.py`` and
+``v<N>.smoke.json``. Generated code never runs in this process, only in the sandbox.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from autoannotator.slm.sandboxed import (
     DeploymentSpec,
     ModelDeployment,
     Preprocess,
+    SandboxedEnsemble,
     stage_work_dir,
 )
 from autoannotator.tools.base import ToolException, make_tool
@@ -40,6 +42,7 @@ __all__ = ["DeploymentResult", "DeploymentSpec", "DeploymentVersion", "ModelDepl
            "write_deployment_code"]
 
 TEMPLATE = "deploy_worker.py.jinja"
+SMOKE_REPORT = "smoke_report.json"  # where the template also writes its full --smoke summary
 MAX_CODE_CHARS = 100_000
 DEFAULT_SAMPLES = ["I love this, it works perfectly.", "Terrible. It broke after one day.", "It arrived on Tuesday."]
 SMOKE_LIMITS = SandboxLimits(memory_mb=4096, timeout_s=300)
@@ -48,8 +51,14 @@ Source = Literal["template", "llm", "llm-repair"]
 
 def py_literal(value: Any) -> str:
     """A Python literal for plain data only: nothing rendered into the program can become code."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError naming the missing variable
     text = pprint.pformat(value, width=110, sort_dicts=False)
-    if ast.literal_eval(text) != value:
+    try:
+        same = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError):
+        same = False
+    if not same:
         raise ValueError(f"not plain data: {value!r}"[:200])
     return text
 
@@ -68,7 +77,7 @@ def render_template(name: str, **variables: Any) -> str:
 def render_deployment(spec: DeploymentSpec) -> str:
     return render_template(TEMPLATE, task_labels=list(spec.task_labels),
                            models=[m.model_dump(mode="json") for m in spec.models],
-                           samples_file=SAMPLES_FILE, models_dir=MODELS_DIR)
+                           samples_file=SAMPLES_FILE, models_dir=MODELS_DIR, smoke_report=SMOKE_REPORT)
 
 
 class DeploymentVersion(BaseModel):
@@ -125,6 +134,20 @@ def check_smoke(result: SandboxResult, spec: DeploymentSpec, n: int) -> tuple[bo
     return True, None, summary
 
 
+def serve_check(path: Path, spec: DeploymentSpec, sandbox: Sandbox, samples: list[str], summary: dict,
+                limits: SandboxLimits) -> str | None:
+    """Serve the program as the runner will (a worker) and compare its votes with its smoke test's."""
+    try:
+        with SandboxedEnsemble.start(path, spec, sandbox, limits=limits, call_timeout_s=limits.timeout_s) as ens:
+            served = ens.predict_all(samples)
+    except SandboxError as exc:
+        return f"serving check: {exc}"[:300]
+    for name in spec.names:
+        if served[name].votes.tolist() != summary["models"][name]["votes"]:
+            return f"serving check: {name} serves other votes than its smoke test printed"
+    return None
+
+
 def smoke_test(code: str, spec: DeploymentSpec, sandbox: Sandbox, samples: list[str], out_dir: Path,
                version: int, source: Source, limits: SandboxLimits = SMOKE_LIMITS) -> DeploymentVersion:
     """Write v<N>.py, run ``--smoke`` in a fresh work dir (nothing a previous version did survives)."""
@@ -140,6 +163,9 @@ def smoke_test(code: str, spec: DeploymentSpec, sandbox: Sandbox, samples: list[
     finally:
         shutil.rmtree(work, ignore_errors=True)
     passed, error, summary = check_smoke(result, spec, len(samples))
+    if passed and source != "template":  # generated code could pass --smoke yet serve nonsense
+        error = serve_check(path, spec, sandbox, samples, summary or {}, limits)
+        passed = error is None
     smoke_path.write_text(json.dumps({
         "exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr, "backend": result.backend,
         "seconds": result.seconds, "source": source, "timed_out": result.timed_out,
@@ -242,7 +268,8 @@ def context_sandbox(context: Any, settings: Any = None) -> Sandbox:
     if sandbox is None:
         from autoannotator.sandbox import get_sandbox
 
-        sandbox = get_sandbox(getattr(settings, "sandbox", None) or "auto")
+        sandbox = get_sandbox(getattr(settings, "sandbox", None) or "auto",
+                              gpu=getattr(settings, "device", "cpu") == "cuda")
         try:
             context.sandbox = sandbox
         except AttributeError:
@@ -260,11 +287,12 @@ def context_labels(context: Any) -> list[str]:
 def make_write_deployment_code_tool(settings: Any = None, context: Any = None):
     """Context: run_dir, samples, chat, weak_llm (a weak LLM does not customise), sandbox, plan.task."""
     device = getattr(settings, "device", "auto")
+    max_text_chars = getattr(settings, "max_text_chars", 20_000)
 
     def run(args: WriteDeploymentCodeArgs) -> DeploymentResult:
         try:
             spec = DeploymentSpec(task_labels=context_labels(context), models=[
-                ModelDeployment(device=device, **m.model_dump()) for m in args.models])
+                ModelDeployment(device=device, max_text_chars=max_text_chars, **m.model_dump()) for m in args.models])
         except ValidationError as exc:
             raise ToolException("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]))
         chat = getattr(context, "chat", None) if args.customise and not getattr(context, "weak_llm", False) else None

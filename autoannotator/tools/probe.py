@@ -14,7 +14,9 @@ probed). Model code runs only in the sandbox, never in this process. Files:
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,9 +28,10 @@ from pydantic import BaseModel, Field, ValidationError
 from autoannotator.sandbox import Sandbox, SandboxError, SandboxLimits
 from autoannotator.slm.sandboxed import FROZEN_BUILTINS, DeploymentSpec, ModelDeployment, stage_work_dir
 from autoannotator.tools.base import ToolException, make_tool
-from autoannotator.tools.codegen import context_labels, context_sandbox, render_deployment
+from autoannotator.tools.codegen import SMOKE_REPORT, context_labels, context_sandbox, render_deployment
 
 MAX_SAMPLES = 50
+MAX_REPORT_BYTES = 8 << 20  # written by the sandboxed program: read only a bounded amount
 PROBE_LIMITS = SandboxLimits(memory_mb=4096, timeout_s=600)
 
 
@@ -83,6 +86,33 @@ def _summarise(spec: str, entry: dict[str, Any], labels: list[str], llm: list[st
         n_compared=compared, load_seconds=entry.get("load_seconds"), seconds=entry.get("seconds"))
 
 
+def _read_untrusted(path: Path) -> str | None:
+    """A regular file the sandbox wrote, never through a link it planted, and only so much of it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        data = fh.read(MAX_REPORT_BYTES + 1)
+    return data.decode("utf-8", "replace") if len(data) <= MAX_REPORT_BYTES else None
+
+
+def _read_summary(report_file: Path, stdout: str) -> dict[str, Any]:
+    """Per-model entries: the full report file (label lists included), else stdout's last line."""
+    texts = [t for t in [_read_untrusted(report_file)] if t is not None]
+    texts += [ln for ln in stdout.splitlines() if ln.strip()][-1:]
+    for text in texts:
+        try:
+            models = json.loads(text).get("models")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(models, dict):
+            return models
+    return {}
+
+
 def probe_models(candidates: Sequence[str], texts: Sequence[str], task_labels: Sequence[str], sandbox: Sandbox,
                  run_dir: Path, llm_labels: Sequence[str | None] | None = None, *,
                  limits: SandboxLimits = PROBE_LIMITS) -> ProbeReport:
@@ -113,11 +143,7 @@ def probe_models(candidates: Sequence[str], texts: Sequence[str], task_labels: S
             stage_work_dir(work, DeploymentSpec(task_labels=labels, models=valid), texts)
             result = sandbox.run(program, work, ["--smoke", str(len(texts)), "--one-at-a-time"], limits)
             (out / f"probe{n}.smoke.json").write_text(result.model_dump_json(indent=1))
-            lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-            try:
-                summary = json.loads(lines[-1]).get("models", {}) if lines else {}
-            except (ValueError, AttributeError):
-                summary = {}
+            summary = _read_summary(work / SMOKE_REPORT, result.stdout)
             if not summary:
                 error = result.killed_reason or (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
         except SandboxError as exc:
