@@ -44,6 +44,8 @@ def label(
     models: Optional[str] = typer.Option(None, help="Comma-separated model specs (vader, textblob, afinn, "
                                                     "profanity, student, hf:<id or path>)."),
     batch_size: Optional[int] = typer.Option(None, help="Rows per batch."),
+    sandbox: Optional[str] = typer.Option(None, help="Where generated deployment code runs: auto, docker, local "
+                                                     "(bubblewrap) or none (in-process)."),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded SmolLM2)."),
     llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
     out: Optional[Path] = typer.Option(None, help="Output file (default: RUN_DIR/<name>.labelled.<ext>)."),
@@ -61,7 +63,8 @@ def label(
     from autoannotator.ui.progress import LabelProgress
 
     settings = load_settings({
-        "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "llm_base_url": llm_base_url,
+        "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
+        "llm_base_url": llm_base_url,
         "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }, config)
     if resume is not None:
@@ -100,6 +103,7 @@ def bench(
     batch_size: Optional[int] = typer.Option(None, help="Rows per batch."),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint."),
     llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
+    sandbox: Optional[str] = typer.Option(None, help="Where the frozen SLMs run: auto, docker, local or none."),
     no_llm_only: bool = typer.Option(False, "--no-llm-only", help="Skip the llm_only baseline (slow on CPU)."),
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Skip per-round SLM evaluation."),
     out_dir: Path = typer.Option(Path("bench-results"), help="Where results.json/.md and tradeoff.png go."),
@@ -110,7 +114,7 @@ def bench(
     from autoannotator.bench.suite import run_bench
 
     settings = load_settings({
-        "k": k, "batch_size": batch_size, "llm_base_url": llm_base_url, "llm_model": llm_model,
+        "k": k, "batch_size": batch_size, "sandbox": sandbox, "llm_base_url": llm_base_url, "llm_model": llm_model,
         "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }, config)
     rows, trajectory, meta = run_bench(
@@ -128,7 +132,10 @@ def bench(
     console.print(f"results: {out_dir / 'results.md'}")
 
 
+from autoannotator.cli_chat import register as register_chat  # noqa: E402
 from autoannotator.cli_runs import runs_app  # noqa: E402  (after the commands: `runs` is listed last)
+
+register_chat(app)
 
 app.add_typer(runs_app, name="runs")
 
@@ -147,6 +154,8 @@ def _summary(report: dict, run_dir: Path) -> None:
 def _resume_value_optional(argv: list[str]) -> list[str]:
     """Let `--resume` stand alone (meaning --run-dir's directory): click options cannot have optional values."""
     out = list(argv)
+    if not out or out[0] != "label":  # `chat --resume` and `runs resume` are plain flags
+        return out
     for i, token in enumerate(out):
         if token == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
             out.insert(i + 1, _RESUME_FROM_RUN_DIR)

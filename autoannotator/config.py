@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # Tool plugins by file: "path/to/file.py" or "path/to/file.py:factory" (see tools/registry.py).
     tool_paths: list[str] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where the generated deployment code (the frozen SLMs) runs: docker, local (bubblewrap), auto
+    # (docker when an engine answers, else local), or none (in-process, no generated code).
+    sandbox: Literal["auto", "docker", "local", "none"] = "auto"
     max_text_chars: int = Field(20_000, ge=100)
     seed: int = 0
     finetune: FinetuneSettings = FinetuneSettings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ def model_agreement(results: list[dict], model_names: list[str]) -> dict[str, di
 
 def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, models: list[dict],
                  finetune_records: list[dict], timings: dict[str, float], gold: list[str | None] | None,
-                 labels: list[str], llm: dict, warnings: list[str]) -> dict[str, Any]:
+                 labels: list[str], llm: dict, warnings: list[str], sandbox: str = "none",
+                 planning_usage: LLMUsage | None = None) -> dict[str, Any]:
     n = len(results)
     sources = Counter(r["label_source"] for r in results)
     report = {
@@ -70,9 +72,17 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         "settings": {"k": settings.k, "epsilon": settings.epsilon, "beta": settings.beta,
                      "min_votes": settings.min_votes, "batch_size": settings.batch_size},
         "llm": llm,
-        "sandbox": "none (SLMs run in-process)",
-        "timings_s": {k: round(v, 3) for k, v in sorted(timings.items())},
-        "throughput_samples_per_s": round(n / sum(timings.values()), 2) if timings and sum(timings.values()) else None,
+        "sandbox": sandbox,
+        "llm_calls_planning": planning_usage.calls if planning_usage else 0,
+        "llm_tokens_planning": (planning_usage.tokens_in + planning_usage.tokens_out) if planning_usage else 0,
+        "planning_cost_usd": round(settings.prices.cost(planning_usage.tokens_in, planning_usage.tokens_out), 6)
+        if planning_usage else 0.0,
+        "timings_s": {k: round(v, 3) for k, v in sorted(timings.items()) if k != "orchestration_overhead_share"},
+        "orchestration_overhead_share": round(timings["orchestration_overhead_share"], 4)
+        if "orchestration_overhead_share" in timings else None,
+        "throughput_samples_per_s": round(n / timings["graph_wall"], 2) if timings.get("graph_wall") else None,
+        # This process only: the embedded LLM server and sandboxed workers are separate processes.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "warnings": warnings,
     }
     if gold is not None:
@@ -87,8 +97,11 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"- Samples: {report['n_samples']}  (by source: "
               + ", ".join(f"{k} {v}" for k, v in report["label_sources"].items()) + ")",
               f"- LLM: {report['llm'].get('model_id')} ({'embedded' if report['llm'].get('embedded') else 'endpoint'})",
+              f"- Sandbox: {report['sandbox']}",
               f"- LLM calls: {report['llm_calls']} ({report['llm_call_rate']:.1%} of samples), tokens in/out "
-              f"{report['llm_tokens_in']}/{report['llm_tokens_out']}",
+              f"{report['llm_tokens_in']}/{report['llm_tokens_out']}"
+              + (f" (plus {report['llm_calls_planning']} calls labelling the probe samples while planning)"
+                 if report["llm_calls_planning"] else ""),
               f"- Estimated cost at {report['price_table']['model']} prices: ${report['est_cost_usd']:.6f}; "
               f"labelling everything with the LLM (estimate): "
               + (f"${report['all_llm_baseline_cost_usd']:.6f}" if report["all_llm_baseline_cost_usd"] is not None

@@ -9,6 +9,7 @@ and ``models/`` (fine-tuned weights).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -30,9 +31,16 @@ from autoannotator.finetune import load_trained
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
 from autoannotator.report import EMBEDDED_WARNING, build_report, write_report
 from autoannotator.slm.base import TrainableSLM
+from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
+from autoannotator.sandbox import get_sandbox
+from autoannotator.sandbox.base import SandboxError
 from autoannotator.slm.catalog import build_model, default_selection
+from autoannotator.slm.sandboxed import DeploymentSpec, SandboxedEnsemble
+from autoannotator.tools.codegen import write_deployment_code
 from autoannotator.store import RunStore
 from autoannotator.task import LabelDef, TaskSpec, build_task
+
+log = logging.getLogger(__name__)
 
 # Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
 FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune")
@@ -48,6 +56,10 @@ class RunPlan(BaseModel):
     task: TaskSpec
     model_specs: list[str]
     settings: dict[str, Any]
+    # The frozen models' deployment: the generated program and what it serves (None: in-process).
+    deployment_code: str | None = None
+    deployment: dict[str, Any] | None = None
+    sandbox: str = "none"
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunPlan":
@@ -122,6 +134,7 @@ def label(
             check_reachable(llm)
             timings["llm_start"] = time.perf_counter() - start
         if not resume:
+            labels_given = bool(labels)
             if not labels:
                 if llm is None:
                     raise UserError("a label set is needed when no LLM is started: pass --labels")
@@ -133,17 +146,19 @@ def label(
                 run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), data_path=str(data_path.resolve()),
                 data_fingerprint=dataset.fingerprint, gold_column=gold_column,
                 out_path=str(out_path or default_output_path(data_path, run_dir)), task=task,
-                model_specs=settings.models or default_selection(task, settings.k),
+                model_specs=list(settings.models),
                 settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
             )
-            if not plan.model_specs:
-                raise UserError("no small model can label this task offline; name some with --models")
+            start = time.perf_counter()
+            _plan_models(plan, settings, dataset, llm, labels_given=labels_given, run_dir=run_dir,
+                         on_progress=on_progress)
+            timings["plan"] = time.perf_counter() - start
             plan.save(run_dir)
         elif out_path is not None:
             plan.out_path = str(out_path)
 
         start = time.perf_counter()
-        models = [build_model(spec, plan.task, settings) for spec in plan.model_specs]
+        models = _load_models(plan, settings, stack)
         timings["load_models"] = time.perf_counter() - start
         store = RunStore(run_dir / "run.sqlite")
         stack.callback(store.close)
@@ -154,12 +169,20 @@ def label(
         )
         saver = stack.enter_context(SqliteSaver.from_conn_string(str(run_dir / "checkpoints.sqlite")))
 
+        graph_start: list[float] = []
         llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded} if llm else
                     {"model_id": verifier.model_id, "base_url": None, "embedded": False, **(verifier_info or {})})
 
         def on_report(state) -> None:
-            _finish(plan, dataset, store, verifier, settings, models, llm_info,
-                    {**timings, **state.get("timings", {})}, run_dir)
+            node_s = state.get("timings", {})
+            if not resumed and graph_start:
+                # The share of the loop spent outside the models, the LLM and training: LangGraph's
+                # checkpointing, the run store, routing. Only meaningful for a run made in one go.
+                wall = time.perf_counter() - graph_start[0]
+                work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
+                timings["graph_wall"] = wall
+                timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
+            _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir)
 
         ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
                               settings=settings, run_dir=run_dir, on_report=on_report, on_progress=on_progress,
@@ -179,8 +202,73 @@ def label(
                       "weights": {}, "timings": {}}
         on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
                      "models": [m.name for m in models], "llm": llm_info["model_id"], "run_dir": str(run_dir)})
+        resumed = bool(snapshot.values)
+        graph_start.append(time.perf_counter())
         graph.invoke(inputs, config, durability="sync")
     return json.loads((run_dir / "report.json").read_text(encoding="utf-8")), run_dir
+
+
+def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, labels_given: bool, run_dir: Path,
+                 on_progress: Callable[[dict], None]) -> None:
+    """Fill the plan's models and deployment: the user's --models, else the meta-controller's choice."""
+    sandbox = None if settings.sandbox == "none" else get_sandbox(settings.sandbox, gpu=settings.device == "cuda")
+    plan.sandbox = sandbox.name if sandbox else "none"
+    if not plan.model_specs and llm is not None:
+        def label_samples(task: TaskSpec, texts: list[str]) -> list[str]:
+            # Its own cache namespace: planning calls are counted apart from the annotation's, whose
+            # llm_calls then equal its LLM-verified rows exactly.
+            probe = Verifier(llm.chat, f"{llm.model_id} (probe)", task, run_dir / "llm_cache.sqlite",
+                             f"{plan.run_id}:plan",
+                             max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
+                             max_text_chars=settings.llm_max_text_chars)
+            return [r.label for r in probe.verify(list(enumerate(texts)))]
+
+        on_progress({"event": "note", "text": "the meta-controller is choosing and deploying the models"})
+        # A weak LLM's label proposals are junk, so the label set chosen for it already stands.
+        drafted = plan_run(settings, instruction=plan.task.instruction, task=plan.task,
+                           labels_given=labels_given or llm.embedded,
+                           texts=dataset.texts, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
+                           sandbox=sandbox or get_sandbox("auto"), label_samples=label_samples,
+                           on_event=on_progress)
+        plan.task = drafted.task
+        plan.model_specs = [s["spec"] for s in drafted.selection]
+        if sandbox is not None and drafted.deployment:
+            plan.deployment_code = drafted.deployment.get("final_code")
+            plan.deployment = drafted.deployment.get("spec")
+    if not plan.model_specs:
+        plan.model_specs = default_selection(plan.task, settings.k)
+    if not plan.model_specs:
+        raise UserError("no small model can label this task offline; name some with --models")
+    if sandbox is not None and plan.deployment_code is None:
+        trainable = {s for s in plan.model_specs if build_model(s, plan.task, settings).trainable}
+        spec = deployment_spec_for(plan.task, [s for s in plan.model_specs if s not in trainable], settings)
+        if spec is not None:
+            result = write_deployment_code(spec, run_dir, sandbox, probe_samples(dataset.texts))
+            if result.final_code is None:
+                raise UserError(f"the deployment code failed its smoke test in the {sandbox.name} sandbox: "
+                                f"{result.error}")
+            plan.deployment_code, plan.deployment = result.final_code, spec.model_dump(mode="json")
+
+
+def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list:
+    """Frozen models from the sandboxed worker (one process, loaded once), trainable ones in-process."""
+    served: dict[str, Any] = {}
+    if plan.deployment_code:
+        spec = DeploymentSpec.model_validate(plan.deployment)
+        sandbox = get_sandbox(plan.sandbox, gpu=settings.device == "cuda")
+        try:
+            ensemble = SandboxedEnsemble.start(Path(plan.deployment_code), spec, sandbox)
+        except SandboxError as exc:
+            template = Path(plan.deployment_code).with_name("v1.py")  # the vetted template always passed
+            if Path(plan.deployment_code) == template or not template.exists():
+                raise
+            log.warning("deployment %s failed to start (%s); falling back to the vetted template",
+                        plan.deployment_code, exc)
+            plan.deployment_code = str(template)
+            ensemble = SandboxedEnsemble.start(template, spec, sandbox)
+        stack.callback(ensemble.close)
+        served = {m.name: m for m in ensemble.models}
+    return [served[spec] if spec in served else build_model(spec, plan.task, settings) for spec in plan.model_specs]
 
 
 def _sample(dataset: Dataset, n: int = 10) -> list[str]:
@@ -219,5 +307,8 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
         gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
         llm=llm_info,
         warnings=warnings,
+        sandbox=(f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
+                 f"trainable models in-process" if plan.deployment_code else "none: all SLMs ran in-process"),
+        planning_usage=verifier.ledger(f"{plan.run_id}:plan") if hasattr(verifier, "ledger") else None,
     )
     write_report(report, run_dir)

@@ -41,7 +41,9 @@ def _registry(fail: set[str] = frozenset()) -> tuple[ToolRegistry, list[str]]:
             calls.append(phase)
             if phase in fail:
                 raise ToolException(f"{phase} failed on purpose")
-            return Out(candidates=[{"spec": "vader", "id": "vader"}] if phase == "search_models" else [])
+            found = {"search_models": [{"spec": "vader", "id": "vader"}],
+                     "probe_models": [{"spec": "vader", "loaded": True}]}
+            return Out(candidates=found.get(phase, []))
         reg.register(make_tool(run, name=phase, description=phase, args_schema=Args, result_model=Out),
                      source="builtin")
     return reg, calls
@@ -104,3 +106,24 @@ def test_prose_answer_then_forced_and_failures_fall_back():
     assert chat.tool_choices[1] == "define_task"  # forced after the prose answer
     assert calls.count("probe_models") == 2  # MAX_ATTEMPTS, then the step is left to the fallback
     assert calls[-1] == "write_deployment_code" and filled == [True]
+
+
+def test_an_llm_error_costs_one_attempt_not_the_plan():
+    from fakes import timeout_error
+
+    reg, calls = _registry()
+    script = [timeout_error(), timeout_error(), *[_call(p, i) for i, p in enumerate(PHASES[1:])]]
+    chat = ScriptedChatModel(script)
+    filled: list = []
+    run_controller(_context(chat, reg, weak=True, filled=filled))
+    chat.assert_complete()
+    assert "define_task" not in calls  # two failed attempts: left to the fallback
+    assert calls == list(PHASES[1:]) and filled == [True]
+
+
+def test_a_probe_that_loads_nothing_is_not_done():
+    from autoannotator.graphs.controller import _capture
+
+    plan = _context(ScriptedChatModel([]), _registry()[0], weak=True, filled=[]).plan
+    assert not _capture(plan, "probe_models", {"candidates": [{"spec": "hf:},", "loaded": False}]})
+    assert _capture(plan, "probe_models", {"candidates": [{"spec": "vader", "loaded": True}]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ pytestmark = [pytest.mark.embedded_llm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "autoannotator.cli", "label"]
 TASK = ["--task", "label these reviews for sentiment", "--labels", "positive,negative", "--gold-column", "label"]
+MODELS = ["--models", "vader,textblob,student"]  # the loop's tests; the planner has its own below
 
 
 def _subset(tmp_path: Path, n: int) -> Path:
@@ -30,6 +32,11 @@ def _subset(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "reviews.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+def _running_workers() -> list[str]:
+    out = subprocess.run(["docker", "ps", "--filter", "name=aa-sandbox-", "-q"], capture_output=True, text=True)
+    return out.stdout.split() if out.returncode == 0 else []
 
 
 def _count(db: Path, sql: str) -> int:
@@ -73,7 +80,8 @@ def _check_outputs(data: Path, run_dir: Path) -> tuple[pd.DataFrame, dict]:
 def test_label_end_to_end_with_finetuning(tmp_path):
     data = _subset(tmp_path, 64)
     run_dir = tmp_path / "run"
-    proc = subprocess.run(CLI + [str(data), *TASK, "--beta", "8", "--batch-size", "16", "--run-dir", str(run_dir)],
+    proc = subprocess.run(CLI + [str(data), *TASK, *MODELS, "--beta", "8", "--batch-size", "16", "--run-dir",
+                                 str(run_dir)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -88,7 +96,7 @@ def test_label_end_to_end_with_finetuning(tmp_path):
 def test_kill_9_then_resume(tmp_path):
     data = _subset(tmp_path, 160)
     run_dir = tmp_path / "run"
-    args = [str(data), *TASK, "--beta", "100000", "--batch-size", "8", "--run-dir", str(run_dir), "--quiet"]
+    args = [str(data), *TASK, *MODELS, "--beta", "100000", "--batch-size", "8", "--run-dir", str(run_dir), "--quiet"]
     first = subprocess.Popen(CLI + args, cwd=tmp_path, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cache, store = run_dir / "llm_cache.sqlite", run_dir / "run.sqlite"
@@ -102,6 +110,11 @@ def test_kill_9_then_resume(tmp_path):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     time.sleep(2)  # the embedded server's watchdog notices its parent is gone
+    if shutil.which("docker"):  # the sandboxed worker stops when its orchestrator's connection drops
+        deadline = time.time() + 30
+        while time.time() < deadline and _running_workers():
+            time.sleep(1)
+        assert not _running_workers(), "a sandboxed worker outlived its killed run"
 
     with sqlite3.connect(cache) as conn:
         paid_before = {k for (k,) in conn.execute("SELECT key FROM verify_cache")}
@@ -119,3 +132,28 @@ def test_kill_9_then_resume(tmp_path):
     assert resumed, "the resumed run had hard rows left to verify"
     assert not set(resumed) & paid_before, "the resumed run re-paid for answers the killed run already had"
     assert len(log) == len({key for key, _ in log}), "some prompt was sent to the LLM twice"
+
+
+def test_the_meta_controller_plans_without_labels_or_models(tmp_path):
+    """No --labels, no --models: the embedded LLM plans; whatever it botches, the plan is complete."""
+    data = _subset(tmp_path, 40)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(CLI + [str(data), "--task", "label these reviews for sentiment", "--gold-column", "label",
+                                 "--run-dir", str(run_dir), "--batch-size", "20"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())
+    assert len(plan["selection"]) == 3 and all(s["mapping"] for s in plan["selection"])
+    assert any(s["trainable"] for s in plan["selection"])
+    covered = {t for s in plan["selection"] for t in s["mapping"].values() if t}
+    assert covered == set(plan["task"]["labels"][i]["name"] for i in range(len(plan["task"]["labels"])))
+    probed = [c for c in plan["probe"]["candidates"] if c["loaded"]]
+    assert probed and all(c["agreement_with_llm"] is not None for c in probed)
+    code = Path(plan["deployment"]["final_code"])
+    assert code.is_file() and code.parent == run_dir / "deploy" / "ensemble"
+    assert json.loads(code.with_suffix(".smoke.json").read_text())["exit_code"] == 0
+    assert report["sandbox"].startswith(("docker", "local")) and report["n_samples"] == 40
+    assert report["llm_calls_planning"] > 0  # the probe's LLM labels, counted apart
+    out = pd.read_csv(run_dir / "reviews.labelled.csv", dtype=str, keep_default_na=False)
+    assert len(out) == 40 and set(out["label"]) <= {lbl["name"] for lbl in plan["task"]["labels"]}

@@ -36,7 +36,8 @@ def _data(tmp_path: Path, n: int = 40) -> Path:
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(models=["vader", "textblob"], beta=100_000, batch_size=8, runs_dir=tmp_path / "runs")
+    return Settings(models=["vader", "textblob"], beta=100_000, batch_size=8, runs_dir=tmp_path / "runs",
+                    sandbox="none")
 
 
 def _simulated_run(tmp_path: Path) -> Path:

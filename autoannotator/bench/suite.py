@@ -141,8 +141,10 @@ class Bench:
         pred = [answers.get(i) for i in range(len(self.dataset.texts))]
         return self._row("llm_only", pred, time.perf_counter() - start, usage=verifier.ledger("llm_only"))
 
-    def autoannotator(self, name: str, epsilon: float, beta: int, trajectory: bool) -> tuple[BenchRow, list[dict]]:
-        settings = self.settings.model_copy(update={"epsilon": epsilon, "beta": beta})
+    def autoannotator(self, name: str, specs: list[str], epsilon: float, beta: int,
+                      trajectory: bool) -> tuple[BenchRow, list[dict]]:
+        # The same models as the other rows: the comparison is of strategies, not of model choices.
+        settings = self.settings.model_copy(update={"epsilon": epsilon, "beta": beta, "models": specs})
         run_dir = self.out_dir / "runs" / name.replace(" ", "_")
         start = time.perf_counter()
         report, _ = runner.label(
@@ -212,11 +214,12 @@ def run_bench(settings: Settings, data: Path, *, instruction: str, gold_column: 
         for eps in epsilons:
             suffix = f" eps={eps}" if len(epsilons) > 1 else ""
             on_progress(f"autoannotator_no_finetune{suffix}")
-            rows.append(bench.autoannotator(f"autoannotator_no_finetune{suffix}", eps, NO_FINETUNE_BETA, False)[0])
+            rows.append(bench.autoannotator(f"autoannotator_no_finetune{suffix}", specs, eps, NO_FINETUNE_BETA,
+                                            False)[0])
             for beta in betas:
                 name = "autoannotator" + suffix + (f" beta={beta}" if len(betas) > 1 else "")
                 on_progress(name)
-                row, traj = bench.autoannotator(name, eps, beta, trajectory)
+                row, traj = bench.autoannotator(name, specs, eps, beta, trajectory)
                 rows.append(row)
                 trajectories += traj
         meta = {"data": data.name, "instruction": instruction, "labels": task.label_names,

@@ -30,7 +30,8 @@ PHASES = ("define_task", "search_models", "read_model_card", "probe_models", "se
           "write_deployment_code")
 MAX_ATTEMPTS = 2
 MAX_TURNS = 16
-TOOL_RESULT_CHARS = 2500  # what a strong model sees of each tool result in its history
+TOOL_RESULT_CHARS = 2500
+WEAK_MAX_TOKENS = 256  # what a strong model sees of each tool result in its history
 
 
 @dataclass
@@ -102,6 +103,20 @@ class ControllerContext:
     hints: Callable[[str, PlanDraft], str]  # step -> what the LLM may choose from
     fallbacks: Callable[[PlanDraft], None]  # fills whatever the LLM left undone
     on_event: Callable[[dict], None] = lambda event: None
+    sandbox: Any = None  # where probes and the deployment smoke test run
+    build_model: Callable[[str], Any] | None = None  # spec -> SLM, for checking a selection
+    label_samples: Callable[[TaskSpec, list[str]], list[str]] | None = None  # the LLM's own labels
+    _llm_labels: tuple[tuple[str, ...], list[str]] | None = None
+
+    @property
+    def llm_labels(self) -> list[str] | None:
+        """The LLM's labels of the probe samples under the current label set (asked once per set)."""
+        if self.label_samples is None:
+            return None
+        key = tuple(self.plan.task.label_names)
+        if self._llm_labels is None or self._llm_labels[0] != key:
+            self._llm_labels = (key, self.label_samples(self.plan.task, self.samples))
+        return self._llm_labels[1]
 
 
 def _system(ctx: ControllerContext) -> SystemMessage:
@@ -141,6 +156,8 @@ def build_controller_graph(ctx: ControllerContext, checkpointer=None):
         phase = next_phase(state)
         if must_force(state, ctx.weak_llm) and phase is not None:
             model = ctx.chat.bind_tools([ctx.registry.get(phase)], tool_choice=phase)
+            if ctx.weak_llm:  # a small model rambles inside string fields; cap what one step may cost
+                model = model.bind(max_tokens=WEAK_MAX_TOKENS)
             step = render("controller_step.md", progress=progress_lines(state, ctx.plan), tool=phase,
                           hint=ctx.hints(phase, ctx.plan))
             # A weak model gets a short prompt, not the whole history: it fits its context and its attention.
@@ -149,10 +166,17 @@ def build_controller_graph(ctx: ControllerContext, checkpointer=None):
         else:
             model = ctx.chat.bind_tools(tools)
             prompt = [_system(ctx), *_trim(state.get("messages", []))]
-        reply = model.invoke(prompt)
+        forced = phase if must_force(state, ctx.weak_llm) else None
+        update: dict[str, Any] = {"turns": state.get("turns", 0) + 1}
+        try:
+            reply = model.invoke(prompt)
+        except Exception as exc:  # a timeout or a refusal costs this step one attempt, not the whole plan
+            reply = AIMessage(f"(the LLM call failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            if phase is not None:
+                update["attempts"] = {**state.get("attempts", {}), phase: state.get("attempts", {}).get(phase, 0) + 1}
         ctx.on_event({"event": "llm", "tool_calls": [c["name"] for c in getattr(reply, "tool_calls", [])],
-                      "forced": phase if must_force(state, ctx.weak_llm) else None})
-        return {"messages": [reply], "turns": state.get("turns", 0) + 1}
+                      "forced": forced, "content": reply.content if not reply.tool_calls else ""})
+        return {"messages": [reply], **update}
 
     def record(state: ControllerState) -> dict:
         done, attempts = list(state.get("done", [])), dict(state.get("attempts", {}))
@@ -211,6 +235,8 @@ def _capture(plan: PlanDraft, name: str, payload: Any) -> bool:
         plan.cards[str(payload.get("model") or payload.get("id") or len(plan.cards))] = payload
     elif name == "probe_models":
         plan.probe = payload
+        # A probe of junk ids loads nothing: that step did not succeed, whatever the tool returned.
+        return any(c.get("loaded") for c in payload.get("candidates", []))
     elif name == "write_deployment_code":
         plan.deployment = payload
         plan.decided_by["deployment"] = "template (fallback)" if payload.get("fell_back_to_template") else "llm"

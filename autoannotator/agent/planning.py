@@ -1,0 +1,165 @@
+"""Before the first batch: the meta-controller turns the request into a plan (task, k models, code).
+
+Builds the controller's context (tools, hints for a weak LLM, deterministic fallbacks), runs the
+controller graph, and writes ``plan.json`` / ``plan.md`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autoannotator.graphs.controller import ControllerContext, PlanDraft, run_controller
+from autoannotator.slm.catalog import build_model, default_selection
+from autoannotator.task import TaskSpec
+from autoannotator.tools.base import make_tool  # noqa: F401  (re-exported for plugin authors)
+from autoannotator.tools.codegen import make_write_deployment_code_tool, write_deployment_code
+from autoannotator.tools.hub import SearchModelsArgs, search_models
+from autoannotator.tools.plan_tools import make_define_task_tool, make_select_models_tool
+from autoannotator.tools.probe import make_probe_models_tool, probe_models, rank_by_probe
+from autoannotator.tools.registry import default_registry
+from autoannotator.slm.sandboxed import DeploymentSpec, ModelDeployment
+
+N_PROBE_SAMPLES = 30
+N_PROBE_CANDIDATES = 6
+TRAINABLE = "student"
+
+
+def probe_samples(texts: list[str], n: int = N_PROBE_SAMPLES) -> list[str]:
+    """Evenly spread non-empty texts: a probe should see the whole file, not its first rows."""
+    live = [t for t in texts if t.strip()]
+    step = max(1, len(live) // n)
+    return live[::step][:n]
+
+
+def _frozen(specs: list[str]) -> list[str]:
+    return [s for s in specs if s != TRAINABLE]
+
+
+def deployment_spec_for(task: TaskSpec, frozen_specs: list[str], settings: Any) -> DeploymentSpec | None:
+    """What the sandboxed worker serves: the frozen models (the trainable student stays in-process).
+
+    Each is named by its full spec, so its votes carry the same key whether it runs here or there.
+    """
+    if not frozen_specs:
+        return None
+    return DeploymentSpec(task_labels=task.label_names, models=[
+        ModelDeployment(name=spec, spec=spec, device=settings.device, batch_size=settings.batch_size,
+                        max_text_chars=settings.max_text_chars)
+        for spec in frozen_specs])
+
+
+def deployment_spec(plan: PlanDraft, settings: Any) -> DeploymentSpec | None:
+    return deployment_spec_for(plan.task, [s["spec"] for s in plan.selection if not s.get("trainable")], settings)
+
+
+def _hints(settings: Any) -> Callable[[str, PlanDraft], str]:
+    def hint(phase: str, plan: PlanDraft) -> str:
+        specs = [c["spec"] for c in plan.candidates]
+        if phase == "define_task":
+            return "Give 2 to 10 short label names, each with a one-sentence description."
+        if phase == "search_models":
+            return f"Use query {plan.instruction!r} and labels {plan.task.label_names}."
+        if phase == "read_model_card":
+            return f"Read the card of one of: {', '.join(specs[:3])}."
+        if phase == "probe_models":
+            return f"Probe these candidates: {json.dumps(specs[:N_PROBE_CANDIDATES])}."
+        if phase == "select_models":
+            agree = {c["spec"]: c.get("agreement_with_llm") for c in (plan.probe or {}).get("candidates", [])}
+            options = ", ".join(f"{s} (agreement {agree.get(s)})" for s in specs[:8])
+            return (f"Choose exactly {settings.k} models from: {options}. Include '{TRAINABLE}', which learns "
+                    f"from the samples you verify.")
+        if phase == "write_deployment_code":
+            frozen = _frozen([s["spec"] for s in plan.selection])
+            return f"Deploy these models: {json.dumps(frozen)}."
+        return ""
+
+    return hint
+
+
+def _fallbacks(ctx_ref: list[ControllerContext], settings: Any) -> Callable[[PlanDraft], None]:
+    """Decide deterministically whatever the LLM left undone; plan.decided_by says so."""
+
+    def fill(plan: PlanDraft) -> None:
+        ctx = ctx_ref[0]
+        if not plan.candidates:
+            found = search_models(SearchModelsArgs(query=plan.instruction, labels=plan.task.label_names, limit=10),
+                                  settings, ctx)
+            plan.candidates = [c.model_dump(mode="json") for c in found.candidates]
+            plan.decided_by["candidates"] = f"fallback: search_models ({found.mode})"
+        if plan.probe is None or not any(c.get("loaded") for c in plan.probe.get("candidates", [])):
+            specs = [c["spec"] for c in plan.candidates[:N_PROBE_CANDIDATES]]
+            samples = ctx.samples[:len(ctx.llm_labels)] if ctx.llm_labels else ctx.samples
+            plan.probe = probe_models(specs, samples, plan.task.label_names, ctx.sandbox, ctx.run_dir,
+                                      llm_labels=ctx.llm_labels).model_dump(mode="json")
+            plan.decided_by["probe"] = "fallback: probe of the top candidates"
+        if not plan.selection:
+            from autoannotator.tools.probe import ProbeReport
+
+            ranked = [s for s in rank_by_probe(ProbeReport.model_validate(plan.probe), len(plan.candidates))
+                      if s != TRAINABLE][:settings.k - 1]
+            # Too few usable probed candidates: complete with the offline catalog's default choice.
+            ranked += [s for s in default_selection(plan.task, settings.k) if s not in ranked and s != TRAINABLE]
+            ranked = ranked[:settings.k - 1] + [TRAINABLE]
+            built = [ctx.build_model(s) for s in ranked]
+            plan.selection = [{"spec": s, "reason": "ranked by probe agreement with the LLM" if s != TRAINABLE else
+                               "trainable: learns from the LLM-verified hard samples", "mapping": m.mapping.mapping,
+                               "trainable": m.trainable} for s, m in zip(ranked, built)]
+            plan.decided_by["selection"] = "fallback: rank by probe"
+        spec = deployment_spec(plan, settings)
+        deployed = [m.get("name") for m in ((plan.deployment or {}).get("spec") or {}).get("models", [])]
+        # The LLM may have deployed something other than what was finally selected: deploy the selection.
+        deploy_ok = bool(plan.deployment and plan.deployment.get("final_code")) and spec is not None \
+            and sorted(deployed) == sorted(spec.names)
+        if spec is not None and not deploy_ok:
+            plan.deployment = write_deployment_code(spec, ctx.run_dir, ctx.sandbox, ctx.samples).model_dump(mode="json")
+            plan.decided_by["deployment"] = "fallback: vetted template"
+
+    return fill
+
+
+def plan_run(settings: Any, *, instruction: str, task: TaskSpec, labels_given: bool, texts: list[str],
+             run_dir: Path, chat: Any, weak_llm: bool, sandbox: Any,
+             label_samples: Callable[[TaskSpec, list[str]], list[str]] | None,
+             on_event: Callable[[dict], None] = lambda event: None) -> PlanDraft:
+    plan = PlanDraft(instruction=instruction, task=task, labels_given=labels_given)
+    plan.decided_by["task"] = "user" if labels_given else "standard set or LLM proposal"
+    ctx_ref: list[ControllerContext] = []
+    ctx = ControllerContext(
+        settings=settings, run_dir=run_dir, plan=plan, samples=probe_samples(texts), n_rows=len(texts), chat=chat,
+        weak_llm=weak_llm, registry=None, hints=_hints(settings), fallbacks=_fallbacks(ctx_ref, settings),
+        on_event=on_event, sandbox=sandbox, build_model=lambda spec: build_model(spec, plan.task, settings),
+        label_samples=label_samples)
+    ctx_ref.append(ctx)
+    registry = default_registry(settings, ctx)
+    for factory in (make_define_task_tool, make_select_models_tool, make_probe_models_tool,
+                    make_write_deployment_code_tool):
+        registry.register(factory(settings, ctx), source="builtin")
+    ctx.registry = registry
+    run_controller(ctx, initial_done=["define_task"] if labels_given else [])
+    write_plan(plan, run_dir)
+    return plan
+
+
+def write_plan(plan: PlanDraft, run_dir: Path) -> None:
+    (run_dir / "plan.json").write_text(json.dumps(plan.to_json(), indent=2, default=str), encoding="utf-8")
+    lines = [f"# Plan: {plan.instruction}", "", f"Labels: {', '.join(plan.task.label_names)}", "",
+             "## Chosen models", "", "| model | trainable | mapping | why |", "| --- | --- | --- | --- |"]
+    for s in plan.selection:
+        mapping = ", ".join(f"{k}→{v}" for k, v in (s.get("mapping") or {}).items())
+        lines.append(f"| {s['spec']} | {s.get('trainable')} | {mapping} | {s.get('reason', '')} |")
+    if plan.probe:
+        lines += ["", f"## Probe ({plan.probe.get('n_samples')} samples, {plan.probe.get('backend')} sandbox)", "",
+                  "| candidate | loaded | covers | abstain rate | agreement with the LLM |",
+                  "| --- | --- | --- | --- | --- |"]
+        for c in plan.probe.get("candidates", []):
+            lines.append(f"| {c['spec']} | {c['loaded']} | {', '.join(c.get('coverage', []))} | "
+                         f"{c.get('abstain_rate')} | {c.get('agreement_with_llm')} |")
+    if plan.deployment:
+        lines += ["", "## Deployment code", "", f"final: `{plan.deployment.get('final_code')}`"]
+        lines += [f"- v{v.get('version')} ({v.get('source')}): {'passed' if v.get('passed') else 'failed'} "
+                  f"— `{v.get('path')}`" for v in plan.deployment.get("versions", [])]
+    lines += ["", "## Who decided", ""] + [f"- {k}: {v}" for k, v in plan.decided_by.items()]
+    (run_dir / "plan.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
