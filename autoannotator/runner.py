@@ -135,10 +135,12 @@ def label(
             timings["llm_start"] = time.perf_counter() - start
         if not resume:
             labels_given = bool(labels)
+            task_source = "user (--labels)"
             if not labels:
                 if llm is None:
                     raise UserError("a label set is needed when no LLM is started: pass --labels")
                 labels, note = choose_labels(llm.chat, instruction, _sample(dataset), weak_llm=llm.embedded)
+                task_source = note
                 on_progress({"event": "note", "text": note})
                 dataset.warnings.append(note)
             task = build_task(instruction, labels, dataset.text_column)
@@ -150,8 +152,8 @@ def label(
                 settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
             )
             start = time.perf_counter()
-            _plan_models(plan, settings, dataset, llm, labels_given=labels_given, run_dir=run_dir,
-                         on_progress=on_progress)
+            _plan_models(plan, settings, dataset, llm, labels_given=labels_given, task_source=task_source,
+                         run_dir=run_dir, on_progress=on_progress)
             timings["plan"] = time.perf_counter() - start
             plan.save(run_dir)
         elif out_path is not None:
@@ -208,8 +210,8 @@ def label(
     return json.loads((run_dir / "report.json").read_text(encoding="utf-8")), run_dir
 
 
-def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, labels_given: bool, run_dir: Path,
-                 on_progress: Callable[[dict], None]) -> None:
+def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, labels_given: bool, task_source: str,
+                 run_dir: Path, on_progress: Callable[[dict], None]) -> None:
     """Fill the plan's models and deployment: the user's --models, else the meta-controller's choice."""
     sandbox = None if settings.sandbox == "none" else get_sandbox(settings.sandbox, gpu=settings.device == "cuda")
     plan.sandbox = sandbox.name if sandbox else "none"
@@ -226,7 +228,7 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, la
         on_progress({"event": "note", "text": "the meta-controller is choosing and deploying the models"})
         # A weak LLM's label proposals are junk, so the label set chosen for it already stands.
         drafted = plan_run(settings, instruction=plan.task.instruction, task=plan.task,
-                           labels_given=labels_given or llm.embedded,
+                           labels_given=labels_given or llm.embedded, task_source=task_source,
                            texts=dataset.texts, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
                            sandbox=sandbox or get_sandbox("auto"), label_samples=label_samples,
                            on_event=on_progress)

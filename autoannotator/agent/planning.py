@@ -65,7 +65,8 @@ def _hints(settings: Any) -> Callable[[str, PlanDraft], str]:
         if phase == "read_model_card":
             return f"Read the card of one of: {', '.join(specs[:3])}."
         if phase == "probe_models":
-            return f"Probe these candidates: {json.dumps(specs[:N_PROBE_CANDIDATES])}."
+            frozen = [s for s in specs if s != TRAINABLE]
+            return f"Probe these candidates: {json.dumps(frozen[:N_PROBE_CANDIDATES])}."
         if phase == "select_models":
             agree = {c["spec"]: c.get("agreement_with_llm") for c in (plan.probe or {}).get("candidates", [])}
             options = ", ".join(f"{s} (agreement {agree.get(s)})" for s in specs[:8])
@@ -90,7 +91,8 @@ def _fallbacks(ctx_ref: list[ControllerContext], settings: Any) -> Callable[[Pla
             plan.candidates = [c.model_dump(mode="json") for c in found.candidates]
             plan.decided_by["candidates"] = f"fallback: search_models ({found.mode})"
         if plan.probe is None or not any(c.get("loaded") for c in plan.probe.get("candidates", [])):
-            specs = [c["spec"] for c in plan.candidates[:N_PROBE_CANDIDATES]]
+            # The trainable student runs in-process (it trains there); probing its untrained head says nothing.
+            specs = [c["spec"] for c in plan.candidates if c["spec"] != TRAINABLE][:N_PROBE_CANDIDATES]
             samples = ctx.samples[:len(ctx.llm_labels)] if ctx.llm_labels else ctx.samples
             plan.probe = probe_models(specs, samples, plan.task.label_names, ctx.sandbox, ctx.run_dir,
                                       llm_labels=ctx.llm_labels).model_dump(mode="json")
@@ -120,12 +122,13 @@ def _fallbacks(ctx_ref: list[ControllerContext], settings: Any) -> Callable[[Pla
     return fill
 
 
-def plan_run(settings: Any, *, instruction: str, task: TaskSpec, labels_given: bool, texts: list[str],
+def plan_run(settings: Any, *, instruction: str, task: TaskSpec, labels_given: bool, task_source: str,
+             texts: list[str],
              run_dir: Path, chat: Any, weak_llm: bool, sandbox: Any,
              label_samples: Callable[[TaskSpec, list[str]], list[str]] | None,
              on_event: Callable[[dict], None] = lambda event: None) -> PlanDraft:
     plan = PlanDraft(instruction=instruction, task=task, labels_given=labels_given)
-    plan.decided_by["task"] = "user" if labels_given else "standard set or LLM proposal"
+    plan.decided_by["task"] = task_source
     ctx_ref: list[ControllerContext] = []
     ctx = ControllerContext(
         settings=settings, run_dir=run_dir, plan=plan, samples=probe_samples(texts), n_rows=len(texts), chat=chat,
