@@ -338,3 +338,32 @@ def test_trace_modes_quiet_shows_only_summaries_verbose_the_full_result():
     assert "◆ start_labelling" in screens["normal"] and "rows 10/10" in screens["normal"]
     assert "held-out accuracy 0.5 → 0.8" in screens["normal"] and "'out_path': '/x/o.csv'" not in screens["normal"]
     assert "'out_path': '/x/o.csv'" in screens["verbose"]
+
+
+def test_the_example_plugin_is_called_by_the_llm_and_traced(tmp_path):
+    """A third-party tool from the config's tool_paths joins the registry, the LLM calls it, the trace shows it."""
+    from autoannotator.tools.registry import default_registry
+
+    plugin = REPO / "examples" / "plugins" / "keyword_prefilter" / "keyword_prefilter.py"
+    loop = _loop(tmp_path)
+    loop.settings = loop.settings.model_copy(update={"tool_paths": [f"{plugin}:make_tool"]})
+    registry = default_registry(loop.settings, loop)
+    assert registry.source("keyword_prefilter").startswith("config path")
+    args = {"rules": [{"keyword": "refund", "label": "billing"}], "texts": ["I want a refund", "fine"]}
+    chat = ScriptedChatModel([_call("keyword_prefilter", args), "Row 0 is billing."])
+    conn = sqlite3.connect(tmp_path / "chat.sqlite", check_same_thread=False)
+    tools = registry.tools() + [t for t in make_loop_tools(loop.settings, loop) if t.name not in registry]
+    graph = build_chat_graph(ChatContext(chat, False, loop, tools), SqliteSaver(conn))
+    cfg = {"configurable": {"thread_id": "p"}}
+    updates = list(graph.stream({"messages": [HumanMessage("which rows does the refund rule settle?")]}, cfg,
+                                stream_mode="updates"))
+    chat.assert_complete()
+    assert "keyword_prefilter" in {t.name for t in chat.bound_tools}
+    (result,) = [m for m in graph.get_state(cfg).values["messages"] if isinstance(m, ToolMessage)]
+    assert result.name == "keyword_prefilter" and json.loads(result.content)["settled"][0]["label"] == "billing"
+    console = Console(record=True, width=120)
+    renderer = TraceRenderer(console)
+    for update in updates:
+        for event in events_from_update(update):
+            renderer.render(event)
+    assert "keyword_prefilter" in console.export_text()
