@@ -84,10 +84,11 @@ def _assert_nothing_left(sandbox: Sandbox, before: set[int]) -> None:
     while True:
         left = _sandbox_processes() - before if os.geteuid() == 0 else set()
         containers = []
-        from autoannotator.sandbox.docker import LABEL, DockerSandbox
+        from autoannotator.sandbox.docker import OWNER_LABEL, DockerSandbox
 
         if isinstance(sandbox, DockerSandbox):
-            containers = sandbox.client.containers.list(all=True, filters={"label": LABEL})
+            # Only this process's containers: another run may share the engine.
+            containers = sandbox.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={os.getpid()}"})
         if not left and not containers:
             return
         if time.monotonic() > deadline:

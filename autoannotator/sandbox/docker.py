@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BASE_IMAGE = "autoannotator-hostpython:1"
 LABEL = "autoannotator.sandbox"
+OWNER_LABEL = "autoannotator.owner-pid"  # which orchestrator process made it: tells concurrent runs apart
 _INNER_WORK = "/work"
 _INNER_WORK_ALT = "/sandbox-work"  # when a host path mounted read-only lies under /work (e.g. /work/repo/.venv)
 _HOST_SYSTEM = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache")
@@ -172,7 +173,7 @@ class DockerSandbox(Sandbox):
         uid = f"{SANDBOX_UID}:{SANDBOX_UID}" if drops_to_nobody() else f"{os.getuid()}:{os.getgid()}"
         return self.client.containers.create(
             image, [python, f"{inner}/{rel}", *args],
-            name=f"aa-sandbox-{uuid.uuid4().hex[:12]}", labels={LABEL: "1"},
+            name=f"aa-sandbox-{uuid.uuid4().hex[:12]}", labels={LABEL: "1", OWNER_LABEL: str(os.getpid())},
             user=uid, working_dir=inner, environment=env, volumes=self._mounts(work),
             network_mode="none", read_only=True,
             tmpfs={"/tmp": f"size={limits.tmpfs_mb}m,mode=1777"},
