@@ -95,7 +95,8 @@ def bench(
     task: str = typer.Option(..., "--task", help="What to label, in plain words."),
     labels: Optional[str] = typer.Option(None, help="Label set (default: the gold column's values)."),
     text_column: Optional[str] = typer.Option(None, help="Column holding the text."),
-    verifier: str = typer.Option("llm", help="llm (the configured or embedded LLM) or simulated:P."),
+    verifier: str = typer.Option("llm", help="llm (the configured or embedded LLM), human, or simulated:P "
+                                             "(a seeded stand-in right with probability P: bench only)."),
     epsilon: str = typer.Option("0.000001", help="Comma-separated epsilon values to sweep."),
     beta: Optional[str] = typer.Option(None, help="Comma-separated beta values to sweep (default: settings)."),
     k: Optional[int] = typer.Option(None, help="Number of small models."),

@@ -68,18 +68,25 @@ class Bench:
             except ValueError:
                 raise UserError(f"--verifier simulated:P needs a number P, got {verifier!r}") from None
             self.verifier_label = f"simulated verifier (P={self.p})"
+        elif verifier == "human":  # the paper's strongest setting; practical on small samples only
+            self.verifier_label = "human verifier"
         elif verifier == "llm":
             self.llm = self.stack.enter_context(llm_session(settings, log_dir=out_dir))
             check_reachable(self.llm)
             self.verifier_label = f"LLM {self.llm.model_id}" + (" (embedded)" if self.llm.embedded else "")
         else:
-            raise UserError(f"unknown --verifier {verifier!r}; use llm or simulated:P")
+            raise UserError(f"unknown --verifier {verifier!r}; use llm, human or simulated:P")
 
     def close(self) -> None:
         self.stack.close()
 
     # -- verifiers --------------------------------------------------------------------------------
     def make_verifier(self, task: TaskSpec, run_dir: Path, run_id: str):
+        if self.verifier_spec == "human":
+            from autoannotator.agent.human import HumanVerifier
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            return HumanVerifier(task, run_dir / "llm_cache.sqlite", run_id)
         if self.llm is None:
             return SimulatedVerifier(self.dataset.gold, task, self.p, self.settings.seed,
                                      self.settings.llm_max_text_chars, run_id)
@@ -88,6 +95,8 @@ class Bench:
                         max_text_chars=self.settings.llm_max_text_chars)
 
     def verifier_info(self) -> dict[str, Any]:
+        if self.verifier_spec == "human":
+            return {"human": True, "description": self.verifier_label}
         if self.llm is None:
             return {"simulated": True, "description": self.verifier_label}
         return {"base_url": self.llm.base_url, "embedded": self.llm.embedded}

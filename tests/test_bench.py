@@ -1,0 +1,58 @@
+"""`autoannotator bench` end to end on a small labelled file with the simulated and the human verifier."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from autoannotator.bench.output import write_results
+from autoannotator.bench.suite import run_bench
+from autoannotator.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data(tmp_path: Path, n: int = 60) -> Path:
+    path = tmp_path / "reviews.csv"
+    pd.read_csv(REPO / "examples" / "reviews.csv", dtype=str, keep_default_na=False).head(n).to_csv(path, index=False)
+    return path
+
+
+def test_simulated_bench_rows_are_consistent_with_label_reports(tmp_path):
+    settings = Settings(models=["vader", "textblob"], sandbox="none", batch_size=16)
+    rows, trajectory, meta = run_bench(settings, _data(tmp_path), instruction="sentiment", gold_column="label",
+                                       labels=None, text_column=None, verifier="simulated:0.9", epsilons=[1e-6, 0.5],
+                                       betas=[100_000], out_dir=tmp_path / "out")
+    names = [r.name for r in rows]
+    assert names[:3] == ["slm:vader", "slm:textblob", "majority_vote"] and "llm_only" in names
+    assert {"autoannotator_no_finetune eps=1e-06", "autoannotator_no_finetune eps=0.5"} <= set(names)
+    llm_only = rows[names.index("llm_only")]
+    assert llm_only.llm_calls == 60 and llm_only.verifier == "simulated verifier (P=0.9)"
+    for row in rows:
+        if row.name.startswith("autoannotator"):
+            report = json.loads(next((tmp_path / "out" / "runs").glob(f"{row.name.replace(' ', '_')}/report.json"))
+                                .read_text())
+            assert row.llm_calls == report["llm_calls"] and row.accuracy == report["accuracy"]
+            assert report["llm"]["simulated"] is True
+    tight, loose = rows[names.index("autoannotator_no_finetune eps=1e-06")], rows[names.index(
+        "autoannotator_no_finetune eps=0.5")]
+    assert loose.llm_calls <= tight.llm_calls  # a higher epsilon sends fewer samples to the verifier
+    write_results(rows, trajectory, {**meta, "command": "test"}, tmp_path / "out")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "simulated verifier (P=0.9)" in md and (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["name"] == "slm:vader"
+
+
+def test_human_verifier_in_bench(tmp_path, monkeypatch):
+    answers = io.StringIO("1\n" * 200)  # the human always picks the first label
+    monkeypatch.setattr("sys.stdin", answers)
+    settings = Settings(models=["vader", "textblob"], sandbox="none", batch_size=16)
+    rows, _, _ = run_bench(settings, _data(tmp_path, 20), instruction="sentiment", gold_column="label",
+                           labels=None, text_column=None, verifier="human", epsilons=[1e-6], betas=[100_000],
+                           out_dir=tmp_path / "out", include_llm_only=False)
+    auto = [r for r in rows if r.name.startswith("autoannotator")]
+    assert auto and all(r.verifier == "human verifier" for r in auto)
+    assert all(r.llm_tokens_in == 0 for r in auto)
