@@ -70,7 +70,7 @@ def finetune_model(
     after = holdout_accuracy(candidate, *holdout)
     accepted = before is None or (after is not None and after >= before)
     baseline = majority_baseline(holdout[1])
-    qualified = baseline is None or (after is not None and after >= min(1.0, baseline + cfg.rejoin_margin))
+    qualified = baseline is None or (after is not None and after >= baseline + cfg.rejoin_margin)
     record = {
         "round": round_,
         "model": model.name,

@@ -75,3 +75,11 @@ def test_a_model_no_better_than_the_majority_label_keeps_abstaining(tmp_path):
     assert not kept.qualified
     assert (kept.predict(texts).votes == -1).all()  # gated: abstains
     assert (kept.predict_ungated(texts).votes == 0).all()  # the weights still answer for the guard
+
+
+def test_a_single_label_holdout_cannot_qualify_a_model(tmp_path):
+    """Against a slice where one label is everything, a constant answer scores 1.0: no model can show more."""
+    texts, truth = ["x"] * 10, np.zeros(10, dtype=np.int64)
+    kept, rec = finetune_model(ConstantStudent(label_idx=1, learns=0), (texts, truth), (texts, truth),
+                               FinetuneSettings(rejoin_margin=0.05), 1, tmp_path)
+    assert rec["accepted"] and rec["holdout_acc_after"] == 1.0 and rec["votes"] is False
