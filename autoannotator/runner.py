@@ -139,7 +139,7 @@ def label(
             if not labels:
                 if llm is None:
                     raise UserError("a label set is needed when no LLM is started: pass --labels")
-                labels, note = choose_labels(llm.chat, instruction, _sample(dataset), weak_llm=llm.embedded)
+                labels, note = choose_labels(llm.chat, instruction, probe_samples(dataset.texts, 10), weak_llm=llm.embedded)
                 task_source = note
                 on_progress({"event": "note", "text": note})
                 dataset.warnings.append(note)
@@ -271,11 +271,6 @@ def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list:
         stack.callback(ensemble.close)
         served = {m.name: m for m in ensemble.models}
     return [served[spec] if spec in served else build_model(spec, plan.task, settings) for spec in plan.model_specs]
-
-
-def _sample(dataset: Dataset, n: int = 10) -> list[str]:
-    step = max(1, len(dataset.texts) // n)
-    return [t for t in dataset.texts[::step] if t.strip()][:n]
 
 
 def _restore_weights(models: list, weights: dict[str, str]) -> None:

@@ -211,21 +211,7 @@ class Verifier:
     # -- public API ---------------------------------------------------------------------------------
     def verify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
         """Label ``(row_id, text)`` pairs; results in input order. Blocks; safe inside a running loop."""
-        if not items:
-            return []
-        loop = _background_loop()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            raise RuntimeError("Verifier.verify() called on the verifier's own loop; await averify()")
-        future = asyncio.run_coroutine_threadsafe(self.averify(items), loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # e.g. Ctrl-C: stop the in-flight requests too
-            raise
+        return run_on_llm_loop(self.averify(items)) if items else []
 
     def ledger(self, run_id: str | None = None) -> LLMUsage:
         return self._cache.ledger(run_id or self.run_id)
