@@ -139,7 +139,8 @@ def label(
             if not labels:
                 if llm is None:
                     raise UserError("a label set is needed when no LLM is started: pass --labels")
-                labels, note = choose_labels(llm.chat, instruction, probe_samples(dataset.texts, 10), weak_llm=llm.embedded)
+                labels, note = choose_labels(llm.chat, instruction, probe_samples(dataset.texts, 10),
+                                             weak_llm=llm.embedded)
                 task_source = note
                 on_progress({"event": "note", "text": note})
                 dataset.warnings.append(note)
