@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import ast
 import json
-import socket
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import jinja2
 import pytest
 from fakes import ScriptedChatModel
+from loopback import loopback_listener
 from pydantic import ValidationError
 from test_sandbox import each_backend, use
 
@@ -130,29 +129,9 @@ sys.exit(3)
 
 @each_backend
 def test_generated_code_cannot_phone_home(backend, tmp_path):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(0.2)
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[1])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        chat = ScriptedChatModel([{"code": PHONE_HOME.format(port=listener.getsockname()[1])}])
+    with loopback_listener() as (port, accepted):
+        chat = ScriptedChatModel([{"code": PHONE_HOME.format(port=port)}])
         result = write_deployment_code(SPEC, tmp_path / "run", use(backend), SAMPLES, chat=chat, max_repairs=0)
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
     assert not accepted, "generated code reached a listener on the host"
     smoke = json.loads(Path(result.versions[1].smoke_path).read_text())
     assert "BLOCKED" in smoke["stdout"] and "CONNECTED" not in smoke["stdout"]

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loopback import loopback_listener
 
 from autoannotator.sandbox import SandboxError, SandboxLimits, get_sandbox
 from autoannotator.sandbox.base import SANDBOX_UID, Sandbox, sandbox_env
@@ -147,34 +146,16 @@ def test_escapes_fail(backend, tmp_path, monkeypatch):
     sandbox = use(backend)
     for var in ("OPENAI_API_KEY", "AUTOANNOTATOR_LLM_API_KEY", "HF_TOKEN", "DB_PASSWORD"):
         monkeypatch.setenv(var, "sk-aa-test-must-not-leak")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(0.2)
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[1])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
     home = Path("/root") if os.access("/root", os.W_OK) else Path.home()
     secret_dir = home / "aa-secret-test"
     secret_dir.mkdir(exist_ok=True)
     (secret_dir / "secret.txt").write_text("sk-aa-test-secret")
     try:
-        script = _script(tmp_path, PROBES)
-        args = [str(listener.getsockname()[1]), str(secret_dir / "secret.txt"), str(REPO)]
-        result = sandbox.run(script, tmp_path / "work", args, limits=SandboxLimits(timeout_s=60))
+        with loopback_listener() as (port, accepted):
+            script = _script(tmp_path, PROBES)
+            args = [str(port), str(secret_dir / "secret.txt"), str(REPO)]
+            result = sandbox.run(script, tmp_path / "work", args, limits=SandboxLimits(timeout_s=60))
     finally:
-        stop.set()
-        thread.join()
-        listener.close()
         shutil.rmtree(secret_dir, ignore_errors=True)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
