@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
+from hub_fixtures import caches, hub, recorded_hub  # noqa: F401 (fixtures)
 
 from autoannotator.tools.cards import ModelCardResult, make_read_model_card_tool, trim_body
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hub"
-_spec = importlib.util.spec_from_file_location("recorded_hub", FIXTURES / "recorded_hub.py")
-recorded_hub = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recorded_hub)
 
 SNLP = "s-nlp/roberta_toxicity_classifier"
 LATEST = "cardiffnlp/twitter-roberta-base-sentiment-latest"
-
-
-@pytest.fixture()
-def caches(tmp_path, monkeypatch) -> SimpleNamespace:
-    hf = tmp_path / "hf" / "hub"
-    hf.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hf))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return SimpleNamespace(hf=hf, meta=tmp_path / "xdg" / "autoannotator" / "hub-metadata")
-
-
-@pytest.fixture()
-def hub(caches, monkeypatch):
-    from huggingface_hub import constants
-
-    with recorded_hub.RecordedHub() as server:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
 
 
 def read(model: str, **extra) -> dict | str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import socket
@@ -11,16 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hub_fixtures import FIXTURES, caches, go_online, hub, recorded_hub  # noqa: F401 (fixtures)
 
 from autoannotator.task import LabelDef, TaskSpec
 from autoannotator.tools import hubnet
 from autoannotator.tools.candidates import ModelCandidate, weights_size
 from autoannotator.tools.hub import SearchModelsResult, _labels_from_config, make_search_models_tool
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hub"
-_spec = importlib.util.spec_from_file_location("recorded_hub", FIXTURES / "recorded_hub.py")
-recorded_hub = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recorded_hub)
 
 SENTI = ["positive", "negative", "neutral"]
 TOX = ["toxic", "non-toxic"]
@@ -28,34 +24,6 @@ PAPER_SENTI = {"cardiffnlp/twitter-roberta-base-sentiment-latest", "cardiffnlp/t
                "finiteautomata/bertweet-base-sentiment-analysis"}
 PAPER_TOX = {"s-nlp/roberta_toxicity_classifier", "JungleLee/bert-toxic-comment-classification",
              "garak-llm/toxic-comment-model"}
-
-
-@pytest.fixture()
-def caches(tmp_path, monkeypatch) -> SimpleNamespace:
-    """Empty HF cache and metadata cache under tmp_path; no token."""
-    hf = tmp_path / "hf" / "hub"
-    hf.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hf))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return SimpleNamespace(hf=hf, meta=tmp_path / "xdg" / "autoannotator" / "hub-metadata")
-
-
-def _go_online(monkeypatch, url: str) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once at import; conftest set it
-    monkeypatch.setenv("HF_ENDPOINT", url)
-
-
-@pytest.fixture()
-def hub(caches, monkeypatch):
-    with recorded_hub.RecordedHub() as server:
-        _go_online(monkeypatch, server.url)
-        yield server
 
 
 def search(**args) -> dict:
@@ -118,7 +86,7 @@ def test_a_repo_whose_details_fail_is_kept_with_a_note(caches, tmp_path, monkeyp
     shutil.copytree(FIXTURES, root)
     (root / "api_models" / "finiteautomata--bertweet-base-sentiment-analysis.json").unlink()  # model_info 404s
     with recorded_hub.RecordedHub(root) as server:
-        _go_online(monkeypatch, server.url)
+        go_online(monkeypatch, server.url)
         out = search(query="sentiment", labels=SENTI, limit=10)
     assert out["mode"] == "online" and len(out["candidates"]) == 5
     flaky = next(c for c in out["candidates"] if c["id"].startswith("finiteautomata/"))
@@ -181,7 +149,7 @@ def test_unreachable_hub_falls_back_fast_and_is_remembered(caches, monkeypatch):
     with socket.socket() as s:  # a loopback port nothing listens on: connection refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _go_online(monkeypatch, f"http://127.0.0.1:{port}")
+    go_online(monkeypatch, f"http://127.0.0.1:{port}")
     started = time.monotonic()
     out = search(query="toxic comments", labels=TOX)
     assert time.monotonic() - started < hubnet.HUB_TIMEOUT_S + 5
