@@ -40,14 +40,6 @@ class Dataset:
         return len(self.row_ids)
 
 
-def file_fingerprint(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _is_missing(value: Any) -> bool:
     # pd.isna on a list/dict returns an array, so only ask it about scalars.
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))

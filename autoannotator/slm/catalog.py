@@ -109,11 +109,6 @@ def default_selection(task: "TaskSpec", k: int) -> list[str]:
     return frozen[:max(k - 1, 0)] + ["student"]
 
 
-def select_models(task: "TaskSpec", settings: "Settings") -> list[str]:
-    """``settings.models`` when given (used as listed, whatever its length), else the default pick."""
-    return list(settings.models) or default_selection(task, settings.k)
-
-
 def parse_hf_spec(spec: str) -> tuple[str, dict[str, str | None] | None]:
     """'hf:org/name#LABEL_0=negative,LABEL_1=' -> ('org/name', {'LABEL_0': 'negative', 'LABEL_1': None})."""
     source, sep, tail = spec.removeprefix("hf:").rpartition("#")
@@ -159,10 +154,6 @@ def build_model(spec: str, task: "TaskSpec", settings: "Settings") -> SLM:
         raise UserError(f"{spec} has labels {model.native_labels} and can vote for none of {labels}; "
                         f"map them, e.g. hf:<id>#{model.native_labels[0]}={labels[0]}")
     return model
-
-
-def build_models(task: "TaskSpec", settings: "Settings") -> list[SLM]:
-    return [build_model(spec, task, settings) for spec in select_models(task, settings)]
 
 
 # --- discovery of local Hugging Face classifiers -------------------------------------------------
