@@ -42,7 +42,7 @@ class FinetuneSettings(BaseModel):
     max_length: int = 128
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     min_holdout: int = 10
-    # A trainable model votes only once its held-out accuracy beats the majority-label baseline by this much.
+    # A trainable model votes only once its held-out balanced accuracy beats chance (1 / labels) by this much.
     rejoin_margin: float = Field(0.05, ge=0.0, le=1.0)
 
 

@@ -2,6 +2,11 @@
 
 A deterministic slice of the LLM-verified pool is held out and never trained on. A fine-tuned
 copy replaces the model only if it labels that slice at least as well as the current weights.
+
+"As well" is balanced accuracy (recall averaged over the labels in the slice). Hard samples are
+skewed: the lexicon scorers miss negative sentiment far more often than positive, so two thirds of
+a sentiment pool can be one label. Plain accuracy then rewards a model that collapsed onto that
+label (it scores the skew), while balanced accuracy gives any constant answer exactly chance.
 """
 
 from __future__ import annotations
@@ -30,16 +35,25 @@ def split_holdout(row_ids: Sequence[int], cfg: FinetuneSettings, seed: int = 0) 
 GUARD_FILE = "guard.json"
 
 
-def holdout_accuracy(model: TrainableSLM, texts: Sequence[str], labels: np.ndarray) -> float | None:
-    """Share of the held-out slice the model labels as the LLM did; an abstention counts as wrong."""
+def holdout_scores(model: TrainableSLM, texts: Sequence[str], labels: np.ndarray) -> tuple[float | None, float | None]:
+    """(accuracy, balanced accuracy) against the LLM's labels on the held-out slice; an abstention is wrong."""
     if len(texts) == 0:
-        return None
-    return float((model.predict_ungated(texts).votes == labels).mean())
+        return None, None
+    return _accuracy_scores(model.predict_ungated(texts).votes, labels)
 
 
-def majority_baseline(labels: np.ndarray) -> float | None:
-    """Accuracy of always answering the slice's most common label: what a useless model scores."""
-    return float(np.bincount(labels).max() / len(labels)) if len(labels) else None
+def _accuracy_scores(votes: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return None, None
+    hit = np.asarray(votes) == labels
+    recalls = [hit[labels == y].mean() for y in np.unique(labels)]
+    return round(float(hit.mean()), 4), round(float(np.mean(recalls)), 4)
+
+
+def chance_level(labels: np.ndarray) -> float | None:
+    """Balanced accuracy of any constant answer: 1 / the number of labels in the slice (what a useless model scores)."""
+    return round(1.0 / len(np.unique(labels)), 4) if len(labels) else None
 
 
 def save_trained(model: TrainableSLM, path: Path) -> None:
@@ -64,22 +78,26 @@ def finetune_model(
 ) -> tuple[TrainableSLM, dict]:
     """Train a copy; return (the model to use from now on, the round's record)."""
     start = time.perf_counter()
-    before = holdout_accuracy(model, *holdout)
+    acc_before, before = holdout_scores(model, *holdout)
     candidate = model.clone()
     metrics = candidate.train_on(train[0], train[1], cfg)
-    after = holdout_accuracy(candidate, *holdout)
+    acc_after, after = holdout_scores(candidate, *holdout)
     accepted = before is None or (after is not None and after >= before)
-    baseline = majority_baseline(holdout[1])
-    qualified = baseline is None or (after is not None and after >= baseline + cfg.rejoin_margin)
+    chance = chance_level(holdout[1])
+    # On a slice with a single label chance is 1.0, so with any margin it qualifies no one: it cannot
+    # tell a model from a constant answer.
+    qualified = chance is None or (after is not None and after >= chance + cfg.rejoin_margin)
     record = {
         "round": round_,
         "model": model.name,
         "n_train": len(train[0]),
         "n_holdout": len(holdout[0]),
-        "holdout_acc_before": before,
-        "holdout_acc_after": after,
+        "holdout_acc_before": acc_before,
+        "holdout_acc_after": acc_after,
+        "holdout_balanced_acc_before": before,
+        "holdout_balanced_acc_after": after,
         "accepted": accepted,
-        "holdout_majority_baseline": baseline,
+        "holdout_chance": chance,
         "votes": qualified if accepted else model.qualified,
         "train_metrics": metrics,
         "seconds": round(time.perf_counter() - start, 2),

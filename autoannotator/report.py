@@ -119,11 +119,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {m['name']} | {m['kind']} | {m['trainable']} | {agr.get('coverage')} | {agr.get('agreement')} |")
     if report["finetune_rounds"]:
         lines += ["", "## Fine-tuning rounds", "",
-                  "| round | model | train | holdout | acc before | acc after | majority baseline | kept | votes |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| round | model | train | holdout | balanced acc before | balanced acc after | chance | "
+                  "acc after | kept | votes |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in report["finetune_rounds"]:
             lines.append(f"| {r['round']} | {r['model']} | {r['n_train']} | {r['n_holdout']} | "
-                         f"{r['holdout_acc_before']} | {r['holdout_acc_after']} | {r.get('holdout_majority_baseline')} | "
+                         f"{r.get('holdout_balanced_acc_before')} | {r.get('holdout_balanced_acc_after')} | "
+                         f"{r.get('holdout_chance')} | {r['holdout_acc_after']} | "
                          f"{r['accepted']} | {r.get('votes')} |")
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
     if report["warnings"]:

@@ -323,7 +323,7 @@ def test_trace_modes_quiet_shows_only_summaries_verbose_the_full_result():
               {"type": "counters", "run_id": "r1", "done": 10, "total": 10, "llm_rows": 4, "seen": 10, "pool": 4,
                "beta": 40, "llm_calls": 4, "tokens_in": 400, "tokens_out": 32, "cost_usd": 0.00025, "agreement": 0.6},
               {"type": "run_event", "event": "finetune_done", "round": 1, "model": "student", "accepted": True,
-               "holdout_acc_before": 0.5, "holdout_acc_after": 0.8},
+               "holdout_balanced_acc_before": 0.5, "holdout_balanced_acc_after": 0.8},
               {"type": "tool_result", "id": "c1", "name": "start_labelling", "ok": True, "result": result},
               {"type": "assistant", "text": "run r1: 10 rows labelled, 4 LLM calls (40.0%), est. $0.000250, "
                                             "accuracy 0.9000"}]
@@ -336,7 +336,7 @@ def test_trace_modes_quiet_shows_only_summaries_verbose_the_full_result():
     assert all(screens[m].count(summary) == 1 for m in screens)  # a weak LLM's echo of the panel: drawn once
     assert "◆ start_labelling" not in screens["quiet"] and "rows 10/10" not in screens["quiet"]
     assert "◆ start_labelling" in screens["normal"] and "rows 10/10" in screens["normal"]
-    assert "held-out accuracy 0.5 → 0.8" in screens["normal"] and "'out_path': '/x/o.csv'" not in screens["normal"]
+    assert "held-out balanced accuracy 0.5 → 0.8" in screens["normal"] and "'out_path': '/x/o.csv'" not in screens["normal"]
     assert "'out_path': '/x/o.csv'" in screens["verbose"]
 
 

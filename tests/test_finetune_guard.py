@@ -65,16 +65,49 @@ def test_guard_keeps_better_and_rejects_worse(tmp_path):
     assert not rec["accepted"] and kept is forgetting and kept.label_idx == 0 and rec["weights"] is None
 
 
-def test_a_model_no_better_than_the_majority_label_keeps_abstaining(tmp_path):
+def test_a_model_collapsed_onto_the_common_label_keeps_abstaining(tmp_path):
     cfg = FinetuneSettings(rejoin_margin=0.05)
     texts = ["x"] * 10
-    truth = np.array([0] * 7 + [1] * 3)  # always answering "a" scores 0.7
+    truth = np.array([0] * 7 + [1] * 3)  # always answering "a" scores 0.7 accuracy, but chance balanced accuracy
     constant = ConstantStudent(label_idx=1, learns=0)
     kept, rec = finetune_model(constant, (texts, truth), (texts, truth), cfg, 1, tmp_path)
-    assert rec["accepted"] and rec["holdout_majority_baseline"] == 0.7 and rec["votes"] is False
+    assert rec["accepted"] and rec["holdout_acc_after"] == 0.7 and rec["votes"] is False
+    assert rec["holdout_balanced_acc_after"] == 0.5 and rec["holdout_chance"] == 0.5
     assert not kept.qualified
     assert (kept.predict(texts).votes == -1).all()  # gated: abstains
     assert (kept.predict_ungated(texts).votes == 0).all()  # the weights still answer for the guard
+
+
+class LookupStudent(ConstantStudent):
+    """Answers per text from a table it is given at 'training' time."""
+
+    def __init__(self, answers: dict[str, int]):
+        super().__init__(label_idx=0, learns=0)
+        self.answers, self.trained = answers, False
+
+    def native_proba(self, texts):
+        out = np.zeros((len(texts), 2), dtype=np.float32)
+        if not self.trained:
+            return out * np.nan
+        out[np.arange(len(texts)), [self.answers[t] for t in texts]] = 1.0
+        return out
+
+    def train_on(self, texts, labels, cfg):
+        self.trained = True
+        return {"n": len(texts)}
+
+
+def test_a_model_that_tells_the_labels_apart_votes_even_below_the_skews_accuracy(tmp_path):
+    """Hard pools are skewed: 7 of 10 'a'. Right on 3 of 7 'a' and all 3 'b' is 0.6 accuracy, below the
+    0.7 of always answering 'a', yet it separates the labels far better than chance (0.714 balanced)."""
+    texts = [f"t{i}" for i in range(10)]
+    truth = np.array([0] * 7 + [1] * 3)
+    answers = {t: (0 if i < 3 else 1) for i, t in enumerate(texts)}
+    kept, rec = finetune_model(LookupStudent(answers), (texts, truth), (texts, truth),
+                               FinetuneSettings(rejoin_margin=0.05), 1, tmp_path)
+    assert rec["accepted"] and rec["holdout_acc_after"] == 0.6 and rec["holdout_balanced_acc_after"] == 0.7143
+    assert rec["votes"] is True and kept.qualified
+    assert (kept.predict(texts).votes == [answers[t] for t in texts]).all()
 
 
 def test_a_single_label_holdout_cannot_qualify_a_model(tmp_path):

@@ -53,7 +53,7 @@ def test_save_load_clone_round_trip(trained, tmp_path):
     probe = ["what a lovely day", "this is a disaster", "It arrived on Tuesday."]
     want = student.native_proba(probe)
     student.save(tmp_path / "s")
-    assert (tmp_path / "s" / "model.safetensors").is_file()
+    assert (tmp_path / "s" / "model.safetensors").is_file() and (tmp_path / "s" / "head.safetensors").is_file()
     fresh = MiniLMStudent(LABELS, device="cpu", seed=1)
     fresh.load(tmp_path / "s")
     assert fresh.is_trained
@@ -68,4 +68,24 @@ def test_save_load_clone_round_trip(trained, tmp_path):
 def test_same_seed_same_head():
     a = MiniLMStudent(LABELS, device="cpu", seed=3)
     b = MiniLMStudent(LABELS, device="cpu", seed=3)
-    assert torch.equal(a.model.classifier.weight, b.model.classifier.weight)
+    assert torch.equal(a.model.head.weight, b.model.head.weight)
+
+
+def test_padding_does_not_change_a_texts_probabilities(trained):
+    """Mean pooling must skip pad tokens: a short text scores the same alone as beside a long one."""
+    student, _ = trained
+    alone = student.native_proba(["great"])
+    padded = student.model  # batch the two texts together by hand, so "great" really is padded
+    enc = student.tokenizer(["great", "great " + "and wonderful " * 20], padding=True, return_tensors="pt")
+    assert enc["attention_mask"][0].sum() < enc["attention_mask"][1].sum()
+    with torch.inference_mode():
+        together = torch.softmax(padded(**enc).logits, dim=-1)[0].numpy()
+    np.testing.assert_allclose(alone[0], together, atol=1e-5)
+
+
+def test_a_student_saved_by_the_older_cls_head_format_is_refused_clearly(trained, tmp_path):
+    student, _ = trained
+    student.save(tmp_path / "old")
+    (tmp_path / "old" / "head.safetensors").unlink()
+    with pytest.raises(ValueError, match="older autoannotator"):
+        MiniLMStudent(LABELS, device="cpu").load(tmp_path / "old")

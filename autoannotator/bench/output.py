@@ -35,12 +35,12 @@ def render_markdown(rows: list[BenchRow], trajectory: list[dict], meta: dict) ->
         lines.append("| " + " | ".join(_cell(data[c]) for c in _COLUMNS) + f" | {row.verifier or '–'} |")
     if trajectory:
         lines += ["", "## Trainable SLMs after each fine-tuning round", "",
-                  "| config | round | model | kept | votes | trained on | held-out acc | accuracy on all rows | "
+                  "| config | round | model | kept | votes | trained on | held-out balanced acc | accuracy on all rows | "
                   "agreement with final labels |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in trajectory:
             lines.append(f"| {p['config']} | {p['round']} | {p['model']} | {p['accepted']} | {_cell(p.get('votes'))} | "
                          f"{_cell(p.get('pool_train'))}"
-                         f" | {_cell(p.get('holdout_acc_after'))} | {_cell(p.get('accuracy'))} | "
+                         f" | {_cell(p.get('holdout_balanced_acc_after'))} | {_cell(p.get('accuracy'))} | "
                          f"{_cell(p.get('agreement_with_final'))} |")
     return "\n".join(lines) + "\n"
 

@@ -190,7 +190,7 @@ class Bench:
             pred = [self.labels[v] if v >= 0 else None for v in votes]
             agree = [p == f for p, f in zip(pred, final) if f is not None]
             points.append({"round": rec["round"], "model": rec["model"], "accepted": True, "votes": rec.get("votes"),
-                           "pool_train": rec["n_train"], "holdout_acc_after": rec["holdout_acc_after"],
+                           "pool_train": rec["n_train"], "holdout_balanced_acc_after": rec["holdout_balanced_acc_after"],
                            "accuracy": _round(accuracy([pred[i] for i in self.scored], self.gold)),
                            "agreement_with_final": _round(sum(agree) / len(agree) if agree else None)})
         return points

@@ -168,8 +168,8 @@ def _user_errors(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _summary(report: dict, run_dir: Path) -> RunSummary:
-    rounds = [{"round": r["round"], "model": r["model"], "acc_before": r["holdout_acc_before"],
-               "acc_after": r["holdout_acc_after"], "kept": r["accepted"]} for r in report["finetune_rounds"]]
+    rounds = [{"round": r["round"], "model": r["model"], "acc_before": r.get("holdout_balanced_acc_before"),
+               "acc_after": r.get("holdout_balanced_acc_after"), "kept": r["accepted"]} for r in report["finetune_rounds"]]
     return RunSummary(run_id=report["run"]["run_id"], run_dir=str(run_dir), rows=report["n_samples"],
                       llm_calls=report["llm_calls"], llm_call_rate=report["llm_call_rate"],
                       tokens_in=report["llm_tokens_in"], tokens_out=report["llm_tokens_out"],

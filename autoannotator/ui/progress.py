@@ -49,6 +49,7 @@ class LabelProgress:
             self.console.print(f"fine-tuning [bold]{event['model']}[/] (round {event['round']}) on {event['n']} samples")
         elif kind == "finetune_done" and not self.quiet:
             verdict = "[green]kept[/]" if event["accepted"] else "[red]rejected (old weights stay)[/]"
-            verdict += "" if event.get("votes", True) else " [yellow](not voting yet: no better than the majority label)[/]"
-            self.console.print(f"  held-out accuracy {event['holdout_acc_before']} -> {event['holdout_acc_after']}: "
+            verdict += "" if event.get("votes", True) else " [yellow](not voting yet: too close to chance)[/]"
+            self.console.print(f"  held-out balanced accuracy {event.get('holdout_balanced_acc_before')} -> "
+                               f"{event.get('holdout_balanced_acc_after')}: "
                                f"{verdict} ({event['seconds']} s)")

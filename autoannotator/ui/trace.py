@@ -237,8 +237,9 @@ class TraceRenderer:
             say(Text(f"fine-tuning {e['model']} (round {e['round']}) on {e['n']} samples", style="bold"))
         elif kind == "finetune_done":
             kept = ("kept", "green") if e["accepted"] else ("rejected: the old weights stay", "red")
-            say(Text.assemble(f"  round {e['round']} {e['model']}: held-out accuracy ",
-                              (f"{e['holdout_acc_before']} → {e['holdout_acc_after']}", "bold"), "  ", kept))
+            say(Text.assemble(f"  round {e['round']} {e['model']}: held-out balanced accuracy ",
+                              (f"{e.get('holdout_balanced_acc_before')} → {e.get('holdout_balanced_acc_after')}",
+                               "bold"), "  ", kept))
         elif kind == "tool":  # the meta-controller's planning steps
             say(Text(f"  planner: {e['name']} {'ok' if e['ok'] else 'failed'}", style="dim" if e["ok"] else "red"))
 
@@ -280,7 +281,7 @@ def _details(name: str, r: dict[str, Any], verbose: bool) -> list[RenderableType
             if len(shown) < len(lines):
                 out.append(Text(f"… {len(lines) - len(shown)} more lines (--verbose shows all)", style="dim"))
     elif name in PAID and r.get("finetune_rounds"):
-        rounds = Table("round", "model", "held-out before", "after", "kept", box=None, padding=(0, 2))
+        rounds = Table("round", "model", "held-out balanced acc before", "after", "kept", box=None, padding=(0, 2))
         for f in r["finetune_rounds"]:
             rounds.add_row(str(f["round"]), f["model"], str(f["acc_before"]), str(f["acc_after"]), str(f["kept"]))
         out.append(rounds)
