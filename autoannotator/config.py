@@ -44,6 +44,8 @@ class FinetuneSettings(BaseModel):
     min_holdout: int = 10
     # A trainable model votes only once its held-out balanced accuracy beats chance (1 / labels) by this much.
     rejoin_margin: float = Field(0.05, ge=0.0, le=1.0)
+    # ... and by this many standard errors of that accuracy (0.5 / sqrt(slice size)), when that is more.
+    rejoin_standard_errors: float = Field(2.0, ge=0.0)
 
 
 class Settings(BaseSettings):

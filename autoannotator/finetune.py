@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,18 @@ def chance_level(labels: np.ndarray) -> float | None:
     return round(1.0 / len(np.unique(labels)), 4) if len(labels) else None
 
 
+def vote_margin(n_holdout: int, cfg: FinetuneSettings) -> float:
+    """How far above chance a model must score to vote: the configured margin, or two standard errors.
+
+    An accuracy measured on n samples wanders by about 0.5 / sqrt(n) around its true value (at its
+    widest, p = 0.5), so on a 20-sample slice a model at chance scores 0.61 one time in six. The
+    first pools are that small when beta is; the vote then waits for a slice that can show it.
+    """
+    if not n_holdout:
+        return cfg.rejoin_margin
+    return max(cfg.rejoin_margin, cfg.rejoin_standard_errors * 0.5 / math.sqrt(n_holdout))
+
+
 def save_trained(model: TrainableSLM, path: Path) -> None:
     model.save(path)
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -84,9 +97,10 @@ def finetune_model(
     acc_after, after = holdout_scores(candidate, *holdout)
     accepted = before is None or (after is not None and after >= before)
     chance = chance_level(holdout[1])
+    required = None if chance is None else round(chance + vote_margin(len(holdout[1]), cfg), 4)
     # On a slice with a single label chance is 1.0, so with any margin it qualifies no one: it cannot
     # tell a model from a constant answer.
-    qualified = chance is None or (after is not None and after >= chance + cfg.rejoin_margin)
+    qualified = required is None or (after is not None and after >= required)
     record = {
         "round": round_,
         "model": model.name,
@@ -98,6 +112,7 @@ def finetune_model(
         "holdout_balanced_acc_after": after,
         "accepted": accepted,
         "holdout_chance": chance,
+        "holdout_required": required,
         "votes": qualified if accepted else model.qualified,
         "train_metrics": metrics,
         "seconds": round(time.perf_counter() - start, 2),

@@ -120,12 +120,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["finetune_rounds"]:
         lines += ["", "## Fine-tuning rounds", "",
                   "| round | model | train | holdout | balanced acc before | balanced acc after | chance | "
-                  "acc after | kept | votes |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "needed to vote | acc after | kept | votes |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in report["finetune_rounds"]:
             lines.append(f"| {r['round']} | {r['model']} | {r['n_train']} | {r['n_holdout']} | "
                          f"{r.get('holdout_balanced_acc_before')} | {r.get('holdout_balanced_acc_after')} | "
-                         f"{r.get('holdout_chance')} | {r['holdout_acc_after']} | "
+                         f"{r.get('holdout_chance')} | {r.get('holdout_required')} | {r['holdout_acc_after']} | "
                          f"{r['accepted']} | {r.get('votes')} |")
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
     if report["warnings"]:

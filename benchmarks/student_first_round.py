@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=260, help="hard samples in the first pool (train + held-out)")
     ap.add_argument("--p", type=float, default=0.9, help="simulated verifier accuracy")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = ap.parse_args()
 
     frames = [pd.read_csv(f) for f in sorted(args.data_dir.glob("*.csv"))]
@@ -71,7 +72,7 @@ def main() -> None:
           f"chance (balanced) {chance_level(verified[hold])}")
     cfg = FinetuneSettings()
     for name, cls in (("[CLS] head (before)", ClsHeadStudent), ("mean-pooled head (now)", MiniLMStudent)):
-        student = cls(LABELS, device="cpu", seed=args.seed)
+        student = cls(LABELS, device=args.device, seed=args.seed)
         started = time.perf_counter()
         student.train_on([texts[i] for i in train], verified[train], cfg)
         acc, bal = holdout_scores(student, [texts[i] for i in hold], verified[hold])

@@ -42,7 +42,7 @@ def _context(tmp_path: Path, verifier, reports: list, settings: Settings):
 
 def test_graph_routes_verifies_and_finetunes(tmp_path):
     # A one-row held-out slice: chance there is 1.0, so the vote gate needs a zero margin here.
-    settings = Settings(batch_size=5, beta=3, finetune=FinetuneSettings(rejoin_margin=0.0))
+    settings = Settings(batch_size=5, beta=3, finetune=FinetuneSettings(rejoin_margin=0.0, rejoin_standard_errors=0.0))
     verifier, reports = OracleVerifier([g or "positive" for g in GOLD]), []
     ctx = _context(tmp_path, verifier, reports, settings)
     graph = build_annotate_graph(ctx)
