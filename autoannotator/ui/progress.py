@@ -49,7 +49,14 @@ class LabelProgress:
             self.console.print(f"fine-tuning [bold]{event['model']}[/] (round {event['round']}) on {event['n']} samples")
         elif kind == "finetune_done" and not self.quiet:
             verdict = "[green]kept[/]" if event["accepted"] else "[red]rejected (old weights stay)[/]"
-            verdict += "" if event.get("votes", True) else " [yellow](not voting yet: too close to chance)[/]"
+            if not event.get("votes", True):
+                verdict += f" [yellow](not voting yet: {why_not_voting(event)})[/]"
             self.console.print(f"  held-out balanced accuracy {event.get('holdout_balanced_acc_before')} -> "
                                f"{event.get('holdout_balanced_acc_after')}: "
                                f"{verdict} ({event['seconds']} s)")
+
+
+def why_not_voting(record: dict) -> str:
+    if record.get("holdout_chance") == 1.0:
+        return "the held-out slice holds a single label, so no score can beat a constant answer"
+    return f"needs {record.get('holdout_required')} balanced accuracy, {record.get('holdout_chance')} is chance"
