@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from autoannotator.config import FinetuneSettings
+from autoannotator.errors import UserError
 from autoannotator.slm.student import MiniLMStudent
 
 LABELS = ["positive", "negative"]
@@ -87,5 +88,5 @@ def test_a_student_saved_by_the_older_cls_head_format_is_refused_clearly(trained
     student, _ = trained
     student.save(tmp_path / "old")
     (tmp_path / "old" / "head.safetensors").unlink()
-    with pytest.raises(ValueError, match="older autoannotator"):
+    with pytest.raises(UserError, match="older autoannotator"):  # the CLI prints it as one line
         MiniLMStudent(LABELS, device="cpu").load(tmp_path / "old")

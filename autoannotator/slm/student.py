@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoannotator.errors import UserError
 from autoannotator.slm.base import LabelMapping, TrainableSLM
 from autoannotator.slm.torch_infer import (
     batched_proba,
@@ -186,8 +187,8 @@ class MiniLMStudent(TrainableSLM):
         if state["task_labels"] != self.native_labels:
             raise ValueError(f"saved student labels {state['task_labels']} differ from {self.native_labels}")
         if not (path / HEAD_FILE).exists():
-            raise ValueError(f"{path} holds a student from an older autoannotator (a [CLS] head); "
-                             "start a new run to train the current one")
+            raise UserError(f"{path} holds a student from an older autoannotator (a [CLS] head); "
+                            "start a new run to train the current one")
         with quiet_transformers():
             model = MeanPooledClassifier(AutoModel.from_pretrained(path), len(self.native_labels))
             model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
