@@ -97,14 +97,19 @@ class LookupStudent(ConstantStudent):
         return {"n": len(texts)}
 
 
+def _skewed_slice(n: int, cfg: FinetuneSettings, tmp_path):
+    """70 % 'a'; the student answers 'a' on the first 30 % and 'b' on the rest: right on 3/7 of 'a', all of 'b'."""
+    texts = [f"t{i}" for i in range(n)]
+    truth = np.array([0] * (7 * n // 10) + [1] * (n - 7 * n // 10))
+    answers = {t: (0 if i < 3 * n // 10 else 1) for i, t in enumerate(texts)}
+    kept, rec = finetune_model(LookupStudent(answers), (texts, truth), (texts, truth), cfg, 1, tmp_path)
+    return texts, answers, kept, rec
+
+
 def test_a_model_that_tells_the_labels_apart_votes_even_below_the_skews_accuracy(tmp_path):
     """Hard pools are skewed: 70 of 100 'a'. Right on 30 of 70 'a' and all 30 'b' is 0.6 accuracy, below the
     0.7 of always answering 'a', yet it separates the labels far better than chance (0.714 balanced)."""
-    texts = [f"t{i}" for i in range(100)]
-    truth = np.array([0] * 70 + [1] * 30)
-    answers = {t: (0 if i < 30 else 1) for i, t in enumerate(texts)}
-    kept, rec = finetune_model(LookupStudent(answers), (texts, truth), (texts, truth),
-                               FinetuneSettings(rejoin_margin=0.05), 1, tmp_path)
+    texts, answers, kept, rec = _skewed_slice(100, FinetuneSettings(rejoin_margin=0.05), tmp_path)
     assert rec["accepted"] and rec["holdout_acc_after"] == 0.6 and rec["holdout_balanced_acc_after"] == 0.7143
     assert rec["holdout_required"] == 0.6  # chance 0.5 + two standard errors (2 * 0.5 / sqrt(100))
     assert rec["votes"] is True and kept.qualified
@@ -113,15 +118,10 @@ def test_a_model_that_tells_the_labels_apart_votes_even_below_the_skews_accuracy
 
 def test_on_a_small_slice_the_vote_waits_for_two_standard_errors_above_chance(tmp_path):
     """The same answers on 10 samples: 0.714 balanced could be luck there (chance + 2 SE = 0.816)."""
-    texts = [f"t{i}" for i in range(10)]
-    truth = np.array([0] * 7 + [1] * 3)
-    answers = {t: (0 if i < 3 else 1) for i, t in enumerate(texts)}
-    kept, rec = finetune_model(LookupStudent(answers), (texts, truth), (texts, truth),
-                               FinetuneSettings(rejoin_margin=0.05), 1, tmp_path)
+    _, _, kept, rec = _skewed_slice(10, FinetuneSettings(rejoin_margin=0.05), tmp_path)
     assert rec["accepted"] and rec["holdout_balanced_acc_after"] == 0.7143 and rec["holdout_required"] == 0.8162
     assert rec["votes"] is False and not kept.qualified
-    _, rec = finetune_model(LookupStudent(answers), (texts, truth), (texts, truth),
-                            FinetuneSettings(rejoin_margin=0.05, rejoin_standard_errors=0.0), 1, tmp_path)
+    _, _, _, rec = _skewed_slice(10, FinetuneSettings(rejoin_margin=0.05, rejoin_standard_errors=0.0), tmp_path)
     assert rec["holdout_required"] == 0.55 and rec["votes"] is True
 
 
