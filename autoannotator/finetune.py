@@ -40,14 +40,8 @@ def holdout_scores(model: TrainableSLM, texts: Sequence[str], labels: np.ndarray
     """(accuracy, balanced accuracy) against the LLM's labels on the held-out slice; an abstention is wrong."""
     if len(texts) == 0:
         return None, None
-    return _accuracy_scores(model.predict_ungated(texts).votes, labels)
-
-
-def _accuracy_scores(votes: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
     labels = np.asarray(labels)
-    if labels.size == 0:
-        return None, None
-    hit = np.asarray(votes) == labels
+    hit = model.predict_ungated(texts).votes == labels
     recalls = [hit[labels == y].mean() for y in np.unique(labels)]
     return round(float(hit.mean()), 4), round(float(np.mean(recalls)), 4)
 

@@ -7,7 +7,7 @@ would be noise that looks like opinion.
 The head reads the mean-pooled, unit-length sentence embedding, the representation
 all-MiniLM-L6-v2 was trained to produce, not BERT's [CLS] pooler (untrained in this checkpoint).
 On 208 verified hard samples of the UCI sentences the [CLS] head collapsed onto the pool's
-common label (0.50 accuracy on all rows); this head reached 0.87 (``benchmarks/student_first_round.py``).
+common label (0.50 accuracy on all rows); this head reached 0.77 (``benchmarks/student_first_round.py``).
 """
 
 from __future__ import annotations
