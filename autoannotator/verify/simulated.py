@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from autoannotator.agent.verifier import VerifyPrompt, VerifyResult
+from autoannotator.verify.base import VerifyResult
+from autoannotator.verify.prompt import VerifyPrompt
 from autoannotator.costs import LLMUsage
 from autoannotator.task import TaskSpec
 
@@ -55,5 +56,7 @@ class SimulatedVerifier:
         return out
 
     def ledger(self, run_id: str | None = None) -> LLMUsage:
+        if run_id is not None and run_id != self.run_id:  # e.g. the run's planning calls: none went through it
+            return LLMUsage()
         return LLMUsage(calls=len(self._paid), tokens_in=sum(a for a, _ in self._paid.values()),
                         tokens_out=sum(b for _, b in self._paid.values()), tokens_estimated=True)

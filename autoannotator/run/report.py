@@ -9,17 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from autoannotator.costs import LLMUsage, cost_summary
+from autoannotator.metrics import accuracy_counts
 
 EMBEDDED_WARNING = (
     "The embedded LLM (SmolLM2-135M-Instruct, 4-bit) makes the tool run anywhere offline but labels poorly; "
     "point autoannotator at a strong model with --llm-base-url URL --llm-model NAME (any OpenAI-compatible endpoint)."
 )
-
-
-def _accuracy(pairs: list[tuple[str | None, str]]) -> dict[str, Any]:
-    n = len(pairs)
-    correct = sum(1 for pred, gold in pairs if pred == gold)
-    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None}
 
 
 def quality(results: list[dict], gold: list[str | None], labels: list[str]) -> dict[str, Any]:
@@ -31,9 +26,9 @@ def quality(results: list[dict], gold: list[str | None], labels: list[str]) -> d
         by_source.setdefault(rec["label_source"], []).append((rec["label"], g))
     unknown = Counter(g for g in gold if g not in known)
     return {
-        "accuracy": _accuracy([(r["label"], g) for r, g in scored])["accuracy"],
+        "accuracy": accuracy_counts([(r["label"], g) for r, g in scored])["accuracy"],
         "n_scored": len(scored),
-        "by_label_source": {src: _accuracy(pairs) for src, pairs in sorted(by_source.items())},
+        "by_label_source": {src: accuracy_counts(pairs) for src, pairs in sorted(by_source.items())},
         "gold_unknown_rows": sum(unknown.values()),
         "gold_unknown_values": dict(unknown.most_common(10)),
     }

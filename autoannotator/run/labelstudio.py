@@ -15,25 +15,14 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from autoannotator.data import Dataset, load_dataset
 from autoannotator.ensemble import is_hard
 from autoannotator.errors import UserError
-from autoannotator.report import model_agreement, quality, write_report
-from autoannotator.runner import RunPlan, write_run_output
-from autoannotator.store import RunStore
+from autoannotator.run.report import model_agreement, quality, write_report
+from autoannotator.run.output import write_run_output
+from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.run.store import RunStore
 
 REVIEWED = "human_reviewed"
-
-
-def load_run_dataset(plan: RunPlan) -> Dataset:
-    """The run's input file as the run read it; refuses a file that changed since (row ids would not match)."""
-    max_chars = int(plan.settings.get("max_text_chars", 20_000))
-    if not Path(plan.data_path).is_file():
-        raise UserError(f"the data file of run {plan.run_id} is gone: {plan.data_path}")
-    dataset = load_dataset(plan.data_path, plan.task.text_column, plan.gold_column, max_chars)
-    if dataset.fingerprint != plan.data_fingerprint:
-        raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
-    return dataset
 
 
 def labeling_config(labels: list[str]) -> str:

@@ -1,8 +1,9 @@
 """LLM re-verification of the samples the small models disagree on.
 
-One request per sample, its answer constrained to the task's labels (a ``Literal`` schema sent as a
-forced function call: grammar-constrained on llama.cpp), retried with backoff on transient errors,
-bounded in concurrency, and cached in SQLite so that no sample is ever paid for twice.
+One request per distinct prompt, its answer constrained to the task's labels (a ``Literal`` schema
+sent as a forced function call: grammar-constrained on llama.cpp), retried with backoff on transient
+errors, bounded in concurrency, and written to the run's answer cache (``run/cache.py``) the moment
+it arrives, so that no sample is ever paid for twice.
 """
 
 from __future__ import annotations
@@ -10,49 +11,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
-import re
-import sqlite3
-import threading
-from collections.abc import Coroutine, Sequence
-from contextlib import closing
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import httpx
 import openai
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, Field, create_model
+from langchain_core.messages import BaseMessage
 
-from autoannotator.errors import LLMUnavailable
 from autoannotator.costs import LLMUsage
-from autoannotator.prompts import render
+from autoannotator.errors import LLMUnavailable
+from autoannotator.llm.loop import run_on_llm_loop
+from autoannotator.run.cache import AnswerCache
 from autoannotator.task import TaskSpec
+from autoannotator.verify.base import VerifyResult
+from autoannotator.verify.prompt import VerifyPrompt, label_schema
 
-T = TypeVar("T")
-_DATA_TAG = re.compile(r"<\s*/?\s*text_to_classify\s*>", re.IGNORECASE)
-
-
-class VerifyResult(BaseModel):
-    row_id: int
-    label: str
-    tokens_in: int  # spent by this call: 0 for a cache hit
-    tokens_out: int
-    cached: bool
-    paid_by_run: str  # the run whose request produced this answer
-    tokens_estimated: bool = False  # the endpoint reported no usage; counted as len(text)/4
+__all__ = ["LLMVerifier", "VerifyPrompt", "VerifyResult", "prompt_key"]
 
 
-def truncate_middle(text: str, max_chars: int) -> str:
-    """Keep the head and the tail: openings and conclusions carry most of a text's label."""
-    if len(text) <= max_chars:
-        return text
-    head = max_chars * 2 // 3
-    tail = max_chars - head
-    return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
+def prompt_key(model_id: str, labels: list[str], messages: list[BaseMessage]) -> str:
+    """The cache key of one verification request: the model, the label set and the exact prompt."""
+    payload = json.dumps({"model": model_id, "labels": labels, "messages": [[m.type, m.content] for m in messages]},
+                         ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -68,118 +51,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, TimeoutError, ConnectionError))
 
 
-# One long-lived event loop in a daemon thread serves every Verifier. ChatOpenAI's async httpx client
-# is bound to the first loop that used it: a fresh asyncio.run() per batch fails on the second batch
-# ("Event ... is bound to a different event loop", seen with langchain-openai 1.7.4). The thread also
-# makes verify() callable from code that is itself inside a running loop.
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _background_loop() -> asyncio.AbstractEventLoop:
-    global _loop
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="autoannotator-llm", daemon=True).start()
-        return _loop
-
-
-def run_on_llm_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on the shared LLM loop and wait for it. Any async use of a ChatOpenAI must go
-    through here: once its async client has run on this loop, another loop cannot reuse it."""
-    loop = _background_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        coro.close()
-        raise RuntimeError("run_on_llm_loop() called on the LLM loop itself; await the coroutine instead")
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
-    try:
-        return future.result()
-    except BaseException:
-        future.cancel()  # e.g. Ctrl-C: stop the in-flight requests too
-        raise
-
-
-class _Cache:
-    """SQLite: key -> answer. A connection per operation keeps it usable from any thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._conn() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # readers (reports, the UI) never block writers
-            conn.execute("""CREATE TABLE IF NOT EXISTS verify_cache (
-                key TEXT PRIMARY KEY, model_id TEXT NOT NULL, label TEXT NOT NULL,
-                tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
-                tokens_estimated INTEGER NOT NULL, paid_by_run TEXT NOT NULL, created_at TEXT NOT NULL)""")
-            conn.execute("CREATE INDEX IF NOT EXISTS verify_cache_run ON verify_cache (paid_by_run)")
-            # Every answered request, duplicates included: the audit trail that shows a resumed run
-            # never re-asked what an earlier process had already paid for.
-            conn.execute("""CREATE TABLE IF NOT EXISTS request_log (
-                key TEXT NOT NULL, run_id TEXT NOT NULL, pid INTEGER NOT NULL, at TEXT NOT NULL)""")
-
-    def _conn(self) -> closing[sqlite3.Connection]:
-        return closing(sqlite3.connect(self.path, timeout=30))
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """key -> (label, paid_by_run) for the keys present."""
-        out: dict[str, tuple[str, str]] = {}
-        with self._conn() as conn:
-            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-                chunk = list(keys[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                for key, label, run in conn.execute(
-                        f"SELECT key, label, paid_by_run FROM verify_cache WHERE key IN ({marks})", chunk):
-                    out[key] = (label, run)
-        return out
-
-    def put(self, key: str, model_id: str, label: str, tokens_in: int, tokens_out: int,
-            estimated: bool, run_id: str) -> None:
-        with self._conn() as conn, conn:
-            # OR IGNORE: if another process answered the same key first, its record (and payer) stands.
-            now = datetime.now(timezone.utc).isoformat()
-            conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
-                         (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id, now))
-            conn.execute("INSERT INTO request_log VALUES (?,?,?,?)", (key, run_id, os.getpid(), now))
-
-    def ledger(self, run_id: str) -> LLMUsage:
-        with self._conn() as conn:
-            calls, t_in, t_out, est = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), "
-                "COALESCE(MAX(tokens_estimated),0) FROM verify_cache WHERE paid_by_run = ?", (run_id,)).fetchone()
-        return LLMUsage(calls=calls, tokens_in=t_in, tokens_out=t_out, tokens_estimated=bool(est))
-
-
-def label_schema(labels: Sequence[str]) -> type[BaseModel]:
-    """A one-field schema whose ``label`` may only be one of the task's labels."""
-    return create_model(
-        "ChooseLabel",
-        __doc__="Record the one label that fits the text.",
-        label=(Literal[tuple(labels)], Field(description=f"exactly one of: {', '.join(labels)}")),
-    )
-
-
-class VerifyPrompt:
-    """The re-verification prompt for one task: shared by the real verifier and the benchmark's simulated one."""
-
-    def __init__(self, task: TaskSpec, max_text_chars: int = 4000) -> None:
-        self.labels = task.label_names
-        self.max_text_chars = max_text_chars
-        self._system = render("verify_system.md", instruction=task.instruction, labels=task.labels,
-                              label_names=self.labels)
-
-    def messages(self, text: str) -> list[BaseMessage]:
-        # Neutralise our own delimiters so a text cannot close the data block and speak as the user.
-        body = _DATA_TAG.sub("[tag removed]", truncate_middle(text, self.max_text_chars))
-        return [SystemMessage(self._system),
-                HumanMessage(render("verify_user.md", text=body, label_names=self.labels))]
-
-
-class Verifier:
+class LLMVerifier:
     def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path, run_id: str,
                  max_concurrency: int = 4, max_retries: int = 4, max_text_chars: int = 4000,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
@@ -196,17 +68,14 @@ class Verifier:
         self._structured = chat.with_structured_output(
             label_schema(self.labels), method="function_calling", include_raw=True)
         self.prompt = VerifyPrompt(task, max_text_chars)
-        self._cache = _Cache(cache_path)
+        self._cache = AnswerCache(cache_path)
 
     # -- prompts and keys ---------------------------------------------------------------------------
     def messages(self, text: str) -> list[BaseMessage]:
         return self.prompt.messages(text)
 
     def _key(self, messages: list[BaseMessage]) -> str:
-        payload = json.dumps({"model": self.model_id, "labels": self.labels,
-                              "messages": [[m.type, m.content] for m in messages]},
-                             ensure_ascii=False, sort_keys=True)
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        return prompt_key(self.model_id, self.labels, messages)
 
     # -- public API ---------------------------------------------------------------------------------
     def verify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:

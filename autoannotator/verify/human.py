@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import closing
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,14 +24,14 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from autoannotator.agent.verifier import VerifyResult, _Cache
 from autoannotator.costs import LLMUsage
+from autoannotator.errors import UserError
+from autoannotator.run.cache import HUMAN, AnswerCache
+from autoannotator.run.paths import RunPaths
 from autoannotator.task import TaskSpec
+from autoannotator.verify.base import VerifyResult
 
-HUMAN = "human"
 _COMMANDS = {"s", "u", "q"}
-_SKIPS = """CREATE TABLE IF NOT EXISTS human_skipped (
-    key TEXT PRIMARY KEY, row_id INTEGER NOT NULL, run_id TEXT NOT NULL, at TEXT NOT NULL)"""
 
 
 def human_key(text: str, labels: Sequence[str]) -> str:
@@ -44,14 +41,7 @@ def human_key(text: str, labels: Sequence[str]) -> str:
 
 def used_human(cache_path: Path) -> bool:
     """Whether a human answered (or skipped) samples of the run owning this cache: its resume asks a human again."""
-    if not Path(cache_path).is_file():
-        return False
-    with closing(sqlite3.connect(cache_path, timeout=30)) as conn:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        human = "verify_cache" in tables and conn.execute(
-            "SELECT EXISTS(SELECT 1 FROM verify_cache WHERE model_id = ?)", (HUMAN,)).fetchone()[0]
-        return bool(human or ("human_skipped" in tables
-                              and conn.execute("SELECT EXISTS(SELECT 1 FROM human_skipped)").fetchone()[0]))
+    return AnswerCache(cache_path, create=False).used_human()
 
 
 class HumanVerifier:
@@ -67,9 +57,7 @@ class HumanVerifier:
         self._hints_fn = hints
         self._hints: dict[int, dict] = {}
         self._live = live  # a rich Progress/Live to pause while asking: redraws would garble the prompt
-        self._cache = _Cache(cache_path)
-        with self._cache._conn() as conn, conn:
-            conn.execute(_SKIPS)
+        self._cache = AnswerCache(cache_path)
         firsts = [name[0].lower() for name in self.labels]
         self._by_letter = {f: name for f, name in zip(firsts, self.labels)
                            if f.isalpha() and f not in _COMMANDS and firsts.count(f) == 1}
@@ -81,10 +69,7 @@ class HumanVerifier:
         self._hints = dict(hints)
 
     def ledger(self, run_id: str | None = None) -> LLMUsage:
-        with self._cache._conn() as conn:
-            calls = conn.execute("SELECT COUNT(*) FROM verify_cache WHERE paid_by_run = ? AND model_id = ?",
-                                 (run_id or self.run_id, HUMAN)).fetchone()[0]
-        return LLMUsage(calls=calls)
+        return LLMUsage(calls=self._cache.ledger(run_id or self.run_id, model_id=HUMAN).calls)
 
     # -- asking -------------------------------------------------------------------------------------
     def verify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
@@ -148,11 +133,11 @@ class HumanVerifier:
         key = order[pos]
         if kind == "answer":
             answers.pop(key, None)
-            self._forget("verify_cache", key)
+            self._cache.forget(key)
         elif kind == "skip1":
             order.pop()
         else:
-            self._forget("human_skipped", key)
+            self._cache.forget_skip(key)
         self.console.print("[dim]undone[/]")
 
     def _ask(self, row_id: int, text: str, pos: int, total: int, retry: bool) -> str:
@@ -211,23 +196,10 @@ class HumanVerifier:
 
     # -- persistence --------------------------------------------------------------------------------
     def _skipped(self, keys: Sequence[str]) -> set[str]:
-        with self._cache._conn() as conn:
-            found = set()
-            for start in range(0, len(keys), 500):  # SQLite caps bound parameters
-                chunk = list(keys[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                found.update(k for (k,) in conn.execute(f"SELECT key FROM human_skipped WHERE key IN ({marks})",
-                                                        chunk))
-        return found
+        return self._cache.skipped(keys)
 
     def _record_skip(self, key: str, row_id: int) -> None:
-        with self._cache._conn() as conn, conn:
-            conn.execute("INSERT OR REPLACE INTO human_skipped VALUES (?,?,?,?)",
-                         (key, row_id, self.run_id, datetime.now(timezone.utc).isoformat()))
-
-    def _forget(self, table: str, key: str) -> None:
-        with self._cache._conn() as conn, conn:
-            conn.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+        self._cache.record_skip(key, row_id, self.run_id)
 
     def _pause(self, pause: bool) -> None:
         if self._live is not None:
@@ -240,15 +212,13 @@ def human_hooks(choice: str | None, resume_dir: Path | None, console: Console, l
     With no choice, a resumed run keeps the verifier it started with (a human one leaves answers in the cache).
     """
     if choice not in (None, "llm", HUMAN):
-        from autoannotator.errors import UserError
-
         raise UserError(f"--verifier takes llm or human, got {choice!r}")
     if choice is None:
-        choice = HUMAN if resume_dir is not None and used_human(resume_dir / "llm_cache.sqlite") else "llm"
+        choice = HUMAN if resume_dir is not None and used_human(RunPaths(resume_dir).answers) else "llm"
     if choice != HUMAN:
         return {}
 
     def factory(task: TaskSpec, run_dir: Path, run_id: str) -> HumanVerifier:
-        return HumanVerifier(task, run_dir / "llm_cache.sqlite", run_id, console=console, live=live)
+        return HumanVerifier(task, RunPaths(run_dir).answers, run_id, console=console, live=live)
 
     return {"verifier_factory": factory, "verifier_info": {"human": True}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from contextlib import closing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,21 @@ CREATE TABLE IF NOT EXISTS finetune_rounds (
 
 
 class RunStore:
+    @staticmethod
+    def read_stats(path: Path) -> dict[str, Any]:
+        """Rows done, per label source, and the pool's size, without creating anything: a missing
+        file (a run that has not started labelling) reads as empty."""
+        empty: dict[str, Any] = {"results": 0, "label_sources": {}, "pool": 0}
+        if not Path(path).is_file():
+            return empty
+        try:
+            with closing(sqlite3.connect(path, timeout=30)) as db:
+                sources = dict(db.execute("SELECT label_source, COUNT(*) FROM results GROUP BY 1").fetchall())
+                pool = db.execute("SELECT COUNT(*) FROM pool").fetchone()[0]
+        except sqlite3.OperationalError:  # created but no tables yet
+            return empty
+        return {"results": sum(sources.values()), "label_sources": sources, "pool": pool}
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -59,7 +75,7 @@ class RunStore:
     def put_results(self, records: list[dict[str, Any]]) -> None:
         self._write(
             "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?)",
-            ((r["row_id"], r["label"], r["label_source"], r["uncertainty"], json.dumps(r["votes"]),
+            ((r["row_id"], r["label"], str(r["label_source"]), r["uncertainty"], json.dumps(r["votes"]),
               r.get("majority"), r.get("llm_label"), r["batch"]) for r in records),
         )
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from langchain_openai import ChatOpenAI
 
-from autoannotator.agent.embedded import EmbeddedServer
+from autoannotator.llm.embedded import EmbeddedServer
 from autoannotator.errors import LLMUnavailable, UserError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"

@@ -1,0 +1,44 @@
+"""Who verifies the hard samples: one declared interface and one place that builds verifiers.
+
+Implementations: ``llm.LLMVerifier`` (an OpenAI-compatible chat model), ``human.HumanVerifier`` (a
+person in the terminal) and ``simulated.SimulatedVerifier`` (a seeded stand-in for benchmarks);
+``factory.make_verifier`` builds each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from autoannotator.costs import LLMUsage
+
+
+class VerifyResult(BaseModel):
+    row_id: int
+    label: str
+    tokens_in: int  # spent by this call: 0 for a cache hit
+    tokens_out: int
+    cached: bool
+    paid_by_run: str  # the run whose request produced this answer
+    tokens_estimated: bool = False  # the endpoint reported no usage; counted as len(text)/4
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Labels ``(row_id, text)`` pairs, answers in input order (a sample may be left out: then the
+    models' majority stands for it); ``ledger`` says what a run paid for."""
+
+    model_id: str
+
+    def verify(self, items: list[tuple[int, str]]) -> Sequence[Any]: ...
+
+    def ledger(self, run_id: str | None = None) -> LLMUsage: ...
+
+
+@runtime_checkable
+class HintedVerifier(Verifier, Protocol):
+    """A verifier that shows the SLM votes next to each hard sample (the human one)."""
+
+    def set_hints(self, hints: dict[int, dict]) -> None: ...

@@ -1,0 +1,50 @@
+"""The re-verification prompt: the sample sits in a delimited data block and is never obeyed; the
+answer is constrained to the task's labels (a ``Literal`` schema sent as a forced function call)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, Field, create_model
+
+from autoannotator.prompts import render
+from autoannotator.task import TaskSpec
+
+_DATA_TAG = re.compile(r"<\s*/?\s*text_to_classify\s*>", re.IGNORECASE)
+
+
+def truncate_middle(text: str, max_chars: int) -> str:
+    """Keep the head and the tail: openings and conclusions carry most of a text's label."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars * 2 // 3
+    tail = max_chars - head
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
+
+
+def label_schema(labels: Sequence[str]) -> type[BaseModel]:
+    """A one-field schema whose ``label`` may only be one of the task's labels."""
+    return create_model(
+        "ChooseLabel",
+        __doc__="Record the one label that fits the text.",
+        label=(Literal[tuple(labels)], Field(description=f"exactly one of: {', '.join(labels)}")),
+    )
+
+
+class VerifyPrompt:
+    """The re-verification prompt for one task: shared by the LLM verifier and the simulated one."""
+
+    def __init__(self, task: TaskSpec, max_text_chars: int = 4000) -> None:
+        self.labels = task.label_names
+        self.max_text_chars = max_text_chars
+        self._system = render("verify_system.md", instruction=task.instruction, labels=task.labels,
+                              label_names=self.labels)
+
+    def messages(self, text: str) -> list[BaseMessage]:
+        # Neutralise our own delimiters so a text cannot close the data block and speak as the user.
+        body = _DATA_TAG.sub("[tag removed]", truncate_middle(text, self.max_text_chars))
+        return [SystemMessage(self._system),
+                HumanMessage(render("verify_user.md", text=body, label_names=self.labels))]
