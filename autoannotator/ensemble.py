@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
 from autoannotator.slm.base import SLM
+
+
+class BatchVotes(TypedDict):
+    """One batch's votes as the graph checkpoints them (JSON-serialisable)."""
+
+    votes: list[list[int]]  # per row, per model: task-label index, -1 = abstain
+    confidence: list[list[float]]
+    majority: list[int]
+    uncertainty: list[float | None]  # None: empty text, nothing to label
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoannotator.metrics import accuracy, balanced_accuracy
 from autoannotator.config import FinetuneSettings
 from autoannotator.slm.base import TrainableSLM
 
@@ -41,9 +42,8 @@ def holdout_scores(model: TrainableSLM, texts: Sequence[str], labels: np.ndarray
     if len(texts) == 0:
         return None, None
     labels = np.asarray(labels)
-    hit = model.predict_ungated(texts).votes == labels
-    recalls = [hit[labels == y].mean() for y in np.unique(labels)]
-    return round(float(hit.mean()), 4), round(float(np.mean(recalls)), 4)
+    votes = model.predict_ungated(texts).votes
+    return round(float(accuracy(votes, labels)), 4), round(float(balanced_accuracy(votes, labels)), 4)
 
 
 def chance_level(labels: np.ndarray) -> float | None:

@@ -8,9 +8,7 @@ and ``models/`` (fine-tuned weights).
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -19,62 +17,34 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
-from pydantic import BaseModel
 
 from autoannotator.agent.labels import choose_labels
-from autoannotator.agent.llm import check_reachable, llm_session
-from autoannotator.agent.verifier import Verifier
+from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
 from autoannotator.config import FinetuneSettings, Settings
-from autoannotator.data import Dataset, default_output_path, load_dataset, write_labelled
+from autoannotator.data import Dataset, default_output_path, load_dataset
+from autoannotator.deploy.codegen import write_deployment_code
+from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
 from autoannotator.errors import UserError
 from autoannotator.finetune import load_trained
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
-from autoannotator.report import EMBEDDED_WARNING, build_report, write_report
-from autoannotator.slm.base import TrainableSLM
-from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
+from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
+from autoannotator.run.output import write_run_output
+from autoannotator.run.paths import RunPaths
+from autoannotator.run.plan import FROZEN_SETTINGS, RunPlan, new_run_id
+from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
+from autoannotator.run.store import RunStore
 from autoannotator.sandbox import get_sandbox
 from autoannotator.sandbox.base import SandboxError
+from autoannotator.slm.base import SLM, TrainableSLM
 from autoannotator.slm.catalog import build_model, default_selection
-from autoannotator.slm.sandboxed import DeploymentSpec, SandboxedEnsemble
-from autoannotator.tools.codegen import write_deployment_code
-from autoannotator.store import RunStore
 from autoannotator.task import LabelDef, TaskSpec, build_task
+from autoannotator.verify.base import Verifier
+from autoannotator.verify.factory import make_verifier
 
 log = logging.getLogger(__name__)
 
-# Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
-FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune")
-
-
-class RunPlan(BaseModel):
-    run_id: str
-    created_at: str
-    data_path: str
-    data_fingerprint: str
-    gold_column: str | None
-    out_path: str
-    task: TaskSpec
-    model_specs: list[str]
-    settings: dict[str, Any]
-    # The frozen models' deployment: the generated program and what it serves (None: in-process).
-    deployment_code: str | None = None
-    deployment: dict[str, Any] | None = None
-    sandbox: str = "none"
-
-    @classmethod
-    def load(cls, run_dir: Path) -> "RunPlan":
-        path = run_dir / "run.json"
-        if not path.is_file():
-            raise UserError(f"{run_dir} is not a run directory (no run.json); start a new run without --resume")
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
-
-    def save(self, run_dir: Path) -> None:
-        (run_dir / "run.json").write_text(self.model_dump_json(indent=2), encoding="utf-8")
-
-
-def new_run_id(instruction: str) -> str:
-    slug = "-".join("".join(c if c.isalnum() else " " for c in instruction.lower()).split()[:4]) or "run"
-    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
+VerifierFactory = Callable[[TaskSpec, Path, str], Verifier]
+__all__ = ["RunPlan", "label", "write_run_output"]
 
 
 def label(
@@ -89,7 +59,7 @@ def label(
     run_dir: Path | None = None,
     resume: bool = False,
     on_progress: Callable[[dict], None] = lambda event: None,
-    verifier_factory: Callable[[TaskSpec, Path, str], Any] | None = None,
+    verifier_factory: VerifierFactory | None = None,
     verifier_info: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``.
@@ -122,7 +92,7 @@ def label(
             build_task(instruction, labels, dataset.text_column)
         run_id = new_run_id(instruction)
         run_dir = run_dir or settings.runs_dir / run_id
-        if (run_dir / "run.json").exists():
+        if RunPaths(run_dir).is_run():
             raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -163,55 +133,50 @@ def label(
         start = time.perf_counter()
         models = _load_models(plan, settings, stack)
         timings["load_models"] = time.perf_counter() - start
-        store = RunStore(run_dir / "run.sqlite")
+        paths = RunPaths(run_dir)
+        store = RunStore(paths.store)
         stack.callback(store.close)
-        verifier = verifier_factory(plan.task, run_dir, plan.run_id) if verifier_factory else Verifier(
-            llm.chat, llm.model_id, plan.task, run_dir / "llm_cache.sqlite", plan.run_id,
-            max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
-            max_text_chars=settings.llm_max_text_chars,
-        )
-        saver = stack.enter_context(SqliteSaver.from_conn_string(str(run_dir / "checkpoints.sqlite")))
+        verifier = verifier_factory(plan.task, run_dir, plan.run_id) if verifier_factory else \
+            make_verifier("llm", plan.task, run_dir, plan.run_id, settings, llm=llm)
+        saver = stack.enter_context(SqliteSaver.from_conn_string(str(paths.checkpoints)))
 
-        graph_start: list[float] = []
         llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded} if llm else
                     {"model_id": verifier.model_id, "base_url": None, "embedded": False, **(verifier_info or {})})
-
-        def on_report(state) -> None:
-            node_s = state.get("timings", {})
-            if not resumed and graph_start:
-                # The share of the loop spent outside the models, the LLM and training: LangGraph's
-                # checkpointing, the run store, routing. Only meaningful for a run made in one go.
-                wall = time.perf_counter() - graph_start[0]
-                work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
-                timings["graph_wall"] = wall
-                timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
-            _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir)
-
         ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
-                              settings=settings, run_dir=run_dir, on_report=on_report, on_progress=on_progress,
+                              settings=settings, run_dir=run_dir, on_progress=on_progress,
                               empty_rows=set(dataset.empty_rows))
         graph = build_annotate_graph(ctx, checkpointer=saver)
         n_batches = -(-len(dataset.texts) // settings.batch_size)
         config = {"configurable": {"thread_id": plan.run_id}, "recursion_limit": 10 * n_batches + 50}
         snapshot = graph.get_state(config)
-        if snapshot.values:
+        resumed = bool(snapshot.values)
+        if resumed:
             _restore_weights(models, snapshot.values.get("weights") or {})
             on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": len(dataset.texts)})
-            inputs = None if snapshot.next else {"finished": False, "cursor": snapshot.values["n_rows"]}
-        else:
-            inputs = {"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
-                      "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
-                      "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
-                      "weights": {}, "timings": {}}
         on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
                      "models": [m.name for m in models], "llm": llm_info["model_id"], "run_dir": str(run_dir)})
-        resumed = bool(snapshot.values)
-        graph_start.append(time.perf_counter())
-        graph.invoke(inputs, config, durability="sync")
-    return json.loads((run_dir / "report.json").read_text(encoding="utf-8")), run_dir
+        graph_start = time.perf_counter()
+        if not resumed:
+            graph.invoke({"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
+                          "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
+                          "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
+                          "weights": {}, "timings": {}}, config, durability="sync")
+        elif snapshot.next:  # stopped part-way: go on from the last checkpoint
+            graph.invoke(None, config, durability="sync")
+        final = graph.get_state(config).values
+        node_s = final.get("timings", {})
+        if not resumed:
+            # The share of the loop spent outside the models, the LLM and training: LangGraph's
+            # checkpointing, the run store, routing. Only meaningful for a run made in one go.
+            wall = time.perf_counter() - graph_start
+            work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
+            timings["graph_wall"] = wall
+            timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
+        report = _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir)
+    return report, run_dir
 
 
-def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, labels_given: bool, task_source: str,
+def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHandle | None, *, labels_given: bool, task_source: str,
                  run_dir: Path, on_progress: Callable[[dict], None]) -> None:
     """Fill the plan's models and deployment: the user's --models, else the meta-controller's choice."""
     sandbox = None if settings.sandbox == "none" else get_sandbox(settings.sandbox, gpu=settings.device == "cuda")
@@ -220,10 +185,8 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, la
         def label_samples(task: TaskSpec, texts: list[str]) -> list[str]:
             # Its own cache namespace: planning calls are counted apart from the annotation's, whose
             # llm_calls then equal its LLM-verified rows exactly.
-            probe = Verifier(llm.chat, f"{llm.model_id} (probe)", task, run_dir / "llm_cache.sqlite",
-                             f"{plan.run_id}:plan",
-                             max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
-                             max_text_chars=settings.llm_max_text_chars)
+            probe = make_verifier("llm", task, run_dir, f"{plan.run_id}:plan", settings, llm=llm,
+                                  model_id=f"{llm.model_id} (probe)")
             return [r.label for r in probe.verify(list(enumerate(texts)))]
 
         on_progress({"event": "note", "text": "the meta-controller is choosing and deploying the models"})
@@ -253,9 +216,9 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm, *, la
             plan.deployment_code, plan.deployment = result.final_code, spec.model_dump(mode="json")
 
 
-def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list:
+def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list[SLM]:
     """Frozen models from the sandboxed worker (one process, loaded once), trainable ones in-process."""
-    served: dict[str, Any] = {}
+    served: dict[str, SLM] = {}
     if plan.deployment_code:
         spec = DeploymentSpec.model_validate(plan.deployment)
         sandbox = get_sandbox(plan.sandbox, gpu=settings.device == "cuda")
@@ -274,24 +237,14 @@ def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list:
     return [served[spec] if spec in served else build_model(spec, plan.task, settings) for spec in plan.model_specs]
 
 
-def _restore_weights(models: list, weights: dict[str, str]) -> None:
+def _restore_weights(models: list[SLM], weights: dict[str, str]) -> None:
     for model in models:
         if isinstance(model, TrainableSLM) and model.name in weights:
             load_trained(model, Path(weights[model.name]))
 
 
-def write_run_output(plan: RunPlan, dataset: Dataset, results: list[dict[str, Any]]) -> list[str]:
-    """The labelled output file from the store's rows; returns the writer's warnings."""
-    return write_labelled(dataset, {
-        "label": [r["label"] if r["label"] is not None else "" for r in results],
-        "label_source": [r["label_source"] for r in results],
-        "uncertainty": [r["uncertainty"] for r in results],
-        "votes": [json.dumps(r["votes"], ensure_ascii=False) for r in results],
-    }, Path(plan.out_path))
-
-
-def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings, models: list,
-            llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> None:
+def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings,
+            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> dict[str, Any]:
     results = store.results()
     if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
         raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
@@ -307,6 +260,7 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
         warnings=warnings,
         sandbox=(f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
                  f"trainable models in-process" if plan.deployment_code else "none: all SLMs ran in-process"),
-        planning_usage=verifier.ledger(f"{plan.run_id}:plan") if hasattr(verifier, "ledger") else None,
+        planning_usage=verifier.ledger(f"{plan.run_id}:plan"),
     )
     write_report(report, run_dir)
+    return report

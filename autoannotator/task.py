@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import re
+from enum import Enum
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+
+class LabelSource(str, Enum):
+    """Who decided a row's final label (the output's ``label_source`` column)."""
+
+    SLM_CONSENSUS = "slm_consensus"  # the small models agreed
+    LLM_VERIFIED = "llm_verified"  # the verifier (LLM or person) answered
+    SKIPPED_EMPTY = "skipped_empty"  # a blank text: nothing to label
+    HUMAN_REVIEWED = "human_reviewed"  # set afterwards in Label Studio
+
+    def __str__(self) -> str:  # what the output file and report.json show
+        return self.value
 
 
 class LabelDef(BaseModel):

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoannotator.agent.llm import llm_session
-from autoannotator.agent.verifier import Verifier
+from autoannotator.llm.factory import llm_session
+from autoannotator.verify.llm import LLMVerifier as Verifier
 from autoannotator.config import load_settings
 from autoannotator.task import LabelDef, TaskSpec
 

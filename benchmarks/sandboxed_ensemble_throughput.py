@@ -36,11 +36,11 @@ from autoannotator.sandbox import SandboxLimits
 from autoannotator.sandbox.docker import DockerSandbox
 from autoannotator.sandbox.local import LocalSandbox
 from autoannotator.slm.catalog import build_model
-from autoannotator.slm.sandboxed import DeploymentSpec, SandboxedEnsemble
+from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
 from autoannotator.slm.student import minilm_path
 from autoannotator.slm.torch_infer import quiet_transformers
 from autoannotator.task import LabelDef, TaskSpec
-from autoannotator.tools.codegen import write_deployment_code
+from autoannotator.deploy.codegen import write_deployment_code
 
 LABELS = ["positive", "negative", "neutral"]
 TASK = TaskSpec(instruction="sentiment of reviews", labels=[LabelDef(name=n) for n in LABELS])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoannotator.store import RunStore
+from autoannotator.run.store import RunStore
 
 
 def main() -> None:

@@ -34,12 +34,15 @@ from rich.text import Text
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-from autoannotator.cli_chat import _graph, drive  # noqa: E402
+from autoannotator.cli import chat as chat_cli  # noqa: E402
+from autoannotator.cli.chat import build_graph, drive  # noqa: E402
 from autoannotator.config import Settings  # noqa: E402
 from autoannotator.sandbox import get_sandbox  # noqa: E402
-from autoannotator.store import RunStore  # noqa: E402
-from autoannotator.ui.trace import TraceRenderer  # noqa: E402
+from autoannotator.run.store import RunStore  # noqa: E402
+from autoannotator.cli.trace import TraceRenderer  # noqa: E402
+from scripted_chat import scripted_opener  # noqa: E402  (tests/: the scripted model lives with the tests)
 
 WIDTH = 104
 
@@ -75,7 +78,8 @@ def record_session(work: Path) -> Console:
     console = ScriptedConsole(["yes"], record=True, width=WIDTH, color_system="truecolor", file=open("/dev/null", "w"))
     cfg = {"configurable": {"thread_id": "docs"}, "recursion_limit": 100}
     with ExitStack() as stack:
-        graph = _graph(settings, work / "script.json", stack, work / "runs" / "chat.sqlite")
+        chat_cli.chat_model_opener = scripted_opener(work / "script.json")
+        graph = build_graph(settings, stack, work / "runs" / "chat.sqlite")
         renderer = TraceRenderer(console, "normal", work / "runs" / "chat" / "docs" / "trace.jsonl")
 
         def say(text: str) -> None:

@@ -77,8 +77,15 @@ class Verified:
 class OracleVerifier:
     """Answers from a gold list; records every request; can be told to crash after n calls."""
 
+    model_id = "oracle"
+
     def __init__(self, gold: list[str], crash_after: int | None = None):
         self.gold, self.crash_after, self.asked = gold, crash_after, []
+
+    def ledger(self, run_id=None):
+        from autoannotator.costs import LLMUsage
+
+        return LLMUsage(calls=len(self.asked))
 
     def verify(self, items):
         out = []

@@ -11,7 +11,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from autoannotator.config import FinetuneSettings, Settings
 from autoannotator.data import Dataset
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
-from autoannotator.store import RunStore
+from autoannotator.run.store import RunStore
 from autoannotator.task import LabelDef, TaskSpec
 from graph_fakes import LABELS, KeywordSLM, MemoStudent, OracleVerifier
 
@@ -37,7 +37,8 @@ def _context(tmp_path: Path, verifier, reports: list, settings: Settings):
     store = RunStore(tmp_path / "run.sqlite")
     task = TaskSpec(instruction="sentiment", labels=[LabelDef(name=n) for n in LABELS])
     return AnnotateContext(dataset=_dataset(), task=task, models=models, verifier=verifier, store=store,
-                           settings=settings, run_dir=tmp_path, on_report=reports.append, empty_rows={4})
+                           settings=settings, run_dir=tmp_path, empty_rows={4},
+                           on_progress=lambda e: reports.append(e) if e["event"] == "finished" else None)
 
 
 def test_graph_routes_verifies_and_finetunes(tmp_path):

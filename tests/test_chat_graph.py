@@ -14,7 +14,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 from rich.console import Console
 
-from autoannotator.bench.simulated import SimulatedVerifier
+from autoannotator.verify.simulated import SimulatedVerifier
+from autoannotator import runner
 from autoannotator.config import Settings
 from autoannotator.data import load_dataset
 from autoannotator.graphs.chat import (
@@ -29,9 +30,10 @@ from autoannotator.graphs.chat import (
     route_start,
     tool_rounds,
 )
-from autoannotator.store import RunStore
+from autoannotator.run.store import RunStore
 from autoannotator.tools.loop_tools import LoopContext, make_loop_tools
-from autoannotator.ui.trace import TraceRenderer, events_from_update
+from autoannotator.cli.trace import TraceRenderer, events_from_update
+from autoannotator.graphs.chat_events import events_from_message
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_ARGS = {"data_path": "", "task": "label these reviews for sentiment", "labels": "positive,negative",
@@ -56,7 +58,7 @@ def _loop(tmp_path: Path) -> LoopContext:
         gold = load_dataset(tmp_path / "reviews.csv", None, "label").gold
         return SimulatedVerifier(gold, task, 0.9, run_id=run_id)
 
-    return LoopContext(settings, verifier_factory=verifier, verifier_info={"simulated": True})
+    return LoopContext(settings, label=runner.label, verifier_factory=verifier, verifier_info={"simulated": True})
 
 
 class Session:
@@ -367,3 +369,58 @@ def test_the_example_plugin_is_called_by_the_llm_and_traced(tmp_path):
         for event in events_from_update(update):
             renderer.render(event)
     assert "keyword_prefilter" in console.export_text()
+
+
+def test_the_loops_steps_are_tools_a_scripted_llm_calls(tmp_path):
+    """run_ensemble, verify_samples and launch_finetune: the graph's own steps, called from chat, traced."""
+    data = _data(tmp_path, 24)
+    loop = _loop(tmp_path)
+    loop.settings = loop.settings.model_copy(update={"models": ["vader", "textblob", "student"]})
+    s = Session(tmp_path, [_call("start_labelling", {**LABEL_ARGS, "data_path": str(data)}), "Labelled.",
+                           _call("run_ensemble", {"start": 0, "stop": 6}), "Scored.",
+                           _call("verify_samples", {"rows": [0, 1, 2, 3]}), "Verified.",
+                           _call("launch_finetune", {}), "Tuned."], loop=loop)
+    s.say(f"label {data} for sentiment")
+    s.answer("yes")
+    run_dir = Path(s.graph.get_state(s.cfg).values["run_dir"])
+    pool_before = RunStore(run_dir / "run.sqlite").pool_size()
+
+    s.say("what do the models say about the first six rows?")  # free: no confirmation
+    scored = json.loads(next(m for m in reversed(s.messages()) if isinstance(m, ToolMessage)).content)
+    assert [r["row"] for r in scored["rows"]] == list(range(6))
+    assert set(scored["rows"][0]["votes"]) == {"vader", "textblob", "student"}
+    store = RunStore(run_dir / "run.sqlite")
+    stored = {r["row_id"]: r for r in store.results()}
+    store.close()
+    for row in scored["rows"]:  # the same step the loop ran: the same frozen votes and U as the run stored
+        assert row["votes"]["vader"] == stored[row["row"]]["votes"]["vader"]
+        assert row["route"] == ("llm" if row["uncertainty"] >= 1e-6 else "accept")
+
+    out = s.say("ask the LLM about rows 0 to 3")
+    (pending,) = out["__interrupt__"]
+    assert pending.value["plans"][0]["tool"] == "verify_samples"
+    assert pending.value["plans"][0]["estimate"]["est_llm_calls"] == 4
+    s.answer("yes")
+    verified = json.loads(next(m for m in reversed(s.messages()) if isinstance(m, ToolMessage)).content)
+    assert sorted(a["row"] for a in verified["answers"]) == [0, 1, 2, 3]
+    assert verified["pool_size"] >= pool_before and verified["verifier"] == "simulated:0.9"
+
+    out = s.say("fine-tune now")
+    assert out["__interrupt__"][0].value["plans"][0]["tool"] == "launch_finetune"
+    s.answer("yes")
+    tuned = next(m for m in reversed(s.messages()) if isinstance(m, ToolMessage))
+    assert tuned.status != "error", tuned.content
+    result = json.loads(tuned.content)
+    assert result["records"] and result["records"][0]["model"] == "student" and result["pool_size"] >= 4
+    store = RunStore(run_dir / "run.sqlite")
+    assert any(r["round"] == result["round"] for r in store.finetune_records())
+    store.close()
+
+    events = [e for m in s.messages() for e in events_from_message(m)]
+    called = [e["name"] for e in events if e["type"] == "tool_call"]
+    assert {"run_ensemble", "verify_samples", "launch_finetune"} <= set(called)
+    console = Console(record=True, width=120)
+    TraceRenderer(console, "normal").replay(events)
+    shown = console.export_text()
+    assert "run_ensemble" in shown and "verify_samples" in shown and "launch_finetune" in shown
+    s.chat.assert_complete()

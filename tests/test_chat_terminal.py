@@ -1,6 +1,6 @@
 """`autoannotator chat` in a real terminal (pexpect): a scripted conversation, then `chat --resume`.
 
-The LLM is a JSON script of replies (AUTOANNOTATOR_CHAT_SCRIPT) and the verifier a seeded stand-in:
+The LLM is a JSON script of replies (AUTOANNOTATOR_CHAT_SCRIPT, played by tests/scripted_chat.py) and the verifier a seeded stand-in:
 no test ever reaches a model.
 """
 
@@ -30,7 +30,7 @@ def _spawn(tmp_path: Path, *args: str) -> "pexpect.spawn":
     env = {**os.environ, "AUTOANNOTATOR_CHAT_SCRIPT": str(tmp_path / "script.json"), "TERM": "xterm-256color",
            "COLUMNS": "110", "LINES": "50", "AUTOANNOTATOR_MODELS": '["vader","textblob"]',
            "AUTOANNOTATOR_SANDBOX": "none", "AUTOANNOTATOR_BATCH_SIZE": "8", "PYTHONPATH": str(REPO)}
-    child = pexpect.spawn(sys.executable, ["-m", "autoannotator.cli", "chat", "--runs-dir", "runs", *args],
+    child = pexpect.spawn(sys.executable, [str(REPO / "tests" / "scripted_chat.py"), "chat", "--runs-dir", "runs", *args],
                           cwd=str(tmp_path), env=env, encoding="utf-8", dimensions=(50, 110), timeout=90)
     child.logfile_read = open(tmp_path / f"screen-{len(list(tmp_path.glob('screen-*')))}.txt", "w")
     return child

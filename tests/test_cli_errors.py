@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "autoannotator.cli", "label"]
+CLI = [sys.executable, "-m", "autoannotator.cli.app", "label"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -15,18 +15,18 @@ from loopback import loopback_listener
 from pydantic import ValidationError
 from test_sandbox import each_backend, use
 
-from autoannotator.slm.sandboxed import DeploymentSpec
+from autoannotator.deploy.proxy import DeploymentSpec
 from autoannotator.task import LabelDef, TaskSpec
-from autoannotator.tools.codegen import (
+from autoannotator.deploy.codegen import (
     RESULT_MODEL,
     TEMPLATE,
     GeneratedProgram,
-    make_write_deployment_code_tool,
     py_literal,
     render_deployment,
     render_template,
     write_deployment_code,
 )
+from autoannotator.tools.plan_tools import make_write_deployment_code_tool
 
 LABELS = ["positive", "negative", "neutral"]
 SPEC = DeploymentSpec(task_labels=LABELS, models=[{"spec": "vader"}, {"spec": "textblob"}, {"spec": "afinn"}])

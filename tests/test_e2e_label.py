@@ -22,7 +22,7 @@ import pytest
 pytestmark = [pytest.mark.embedded_llm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "autoannotator.cli", "label"]
+CLI = [sys.executable, "-m", "autoannotator.cli.app", "label"]
 TASK = ["--task", "label these reviews for sentiment", "--labels", "positive,negative", "--gold-column", "label"]
 MODELS = ["--models", "vader,textblob,student"]  # the loop's tests; the planner has its own below
 

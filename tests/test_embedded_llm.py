@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from autoannotator.agent import embedded
-from autoannotator.agent.llm import check_reachable, llm_session
-from autoannotator.agent.verifier import Verifier
+from autoannotator.llm import embedded
+from autoannotator.llm.factory import check_reachable, llm_session
+from autoannotator.verify.llm import LLMVerifier as Verifier
 from autoannotator.config import Settings
 from autoannotator.errors import LLMUnavailable
 from autoannotator.task import LabelDef, TaskSpec

@@ -13,8 +13,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from autoannotator import runner
-from autoannotator.agent.human import HumanVerifier, human_hooks, used_human
-from autoannotator.cli import app
+from autoannotator.verify.human import HumanVerifier, human_hooks, used_human
+from autoannotator.cli.app import app
 from autoannotator.config import Settings
 from autoannotator.errors import UserError
 from autoannotator.task import LabelDef, TaskSpec, parse_labels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from autoannotator.ui.progress import LabelProgress
+from autoannotator.cli.progress import LabelProgress
 
 
 def _screen(record: dict) -> str:

@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from autoannotator import runner
-from autoannotator.bench.simulated import SimulatedVerifier
-from autoannotator.cli import app
+from autoannotator.verify.simulated import SimulatedVerifier
+from autoannotator.cli.app import app
 from autoannotator.config import Settings
 from autoannotator.data import load_dataset
 from autoannotator.errors import UserError
-from autoannotator.labelstudio import labeling_config, parse_export
-from autoannotator.store import RunStore
+from autoannotator.run.labelstudio import labeling_config, parse_export
+from autoannotator.run.store import RunStore
 from autoannotator.task import parse_labels
 
 REPO = Path(__file__).resolve().parents[1]

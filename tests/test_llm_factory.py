@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from autoannotator.agent import embedded
-from autoannotator.agent.llm import OPENAI_BASE_URL, LLMHandle, check_reachable, llm_session, resolve_endpoint
+from autoannotator.llm import embedded
+from autoannotator.llm.factory import OPENAI_BASE_URL, LLMHandle, check_reachable, llm_session, resolve_endpoint
 from autoannotator.config import Settings
 from autoannotator.errors import LLMUnavailable, UserError
 

@@ -11,15 +11,15 @@ from test_sandbox import each_backend, use
 from test_sandboxed_ensemble import make_tiny_hf
 
 from autoannotator.task import LabelDef, TaskSpec
-from autoannotator.tools.probe import (
+from autoannotator.deploy.probe import (
     RESULT_MODEL,
     CandidateProbe,
     ProbeReport,
-    make_probe_models_tool,
     probe_models,
     rank_by_downloads,
     rank_by_probe,
 )
+from autoannotator.tools.plan_tools import make_probe_models_tool
 
 LABELS = ["positive", "negative", "neutral"]
 TEXTS = ["I love it, wonderful", "Awful, it broke", "The box is blue", "", "great great great",
@@ -94,7 +94,7 @@ def test_probe_tool(tmp_path):
 
 
 def test_summary_file_is_read_safely(tmp_path):
-    from autoannotator.tools.probe import _read_summary
+    from autoannotator.deploy.probe import _read_summary
 
     stdout = 'noise\n{"ok": true, "models": {"vader": {"loaded": true}}}\n'
     (tmp_path / "host_secret.json").write_text('{"models": {"stolen": {}}}')

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -16,10 +15,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from autoannotator import runner
-from autoannotator.agent.human import HumanVerifier
-from autoannotator.agent.verifier import Verifier, VerifyPrompt, _Cache
-from autoannotator.bench.simulated import SimulatedVerifier
-from autoannotator.cli import app
+from autoannotator.verify.human import HumanVerifier
+from autoannotator.run.cache import AnswerCache
+from autoannotator.verify.llm import prompt_key
+from autoannotator.verify.prompt import VerifyPrompt
+from autoannotator.verify.simulated import SimulatedVerifier
+from autoannotator.cli.app import app
 from autoannotator.config import Settings
 from autoannotator.data import load_dataset
 from autoannotator.errors import UserError
@@ -145,8 +146,8 @@ def test_sample_reports_a_cached_llm_answer_with_its_tokens(tmp_path):
     row = int(rows.index[rows["label_source"] == "llm_verified"][0])
     # What the real Verifier would have stored for this row (same key scheme), paid by this run.
     msgs = VerifyPrompt(plan.task, Settings().llm_max_text_chars).messages(rows.loc[row, "text"])
-    key = Verifier._key(SimpleNamespace(model_id="my-llm", labels=plan.task.label_names), msgs)
-    _Cache(run_dir / "llm_cache.sqlite").put(key, "my-llm", rows.loc[row, "label"], 120, 8, False, plan.run_id)
+    key = prompt_key("my-llm", plan.task.label_names, msgs)
+    AnswerCache(run_dir / "llm_cache.sqlite").put(key, "my-llm", rows.loc[row, "label"], 120, 8, False, plan.run_id)
     out = _ok(invoke("sample", str(run_dir), str(row)))
     assert "LLM my-llm" in out and "answered for this run" in out and "tokens in/out 120/8" in out
 
@@ -185,7 +186,7 @@ def _first_verified(run_dir: Path) -> int:
 
 
 def test_errors_are_one_line_through_the_real_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "autoannotator.cli", "runs", "show", "nope", "--runs-dir",
+    proc = subprocess.run([sys.executable, "-m", "autoannotator.cli.app", "runs", "show", "nope", "--runs-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("error: no run 'nope'") and len(proc.stderr.strip().splitlines()) == 1

@@ -18,9 +18,9 @@ from autoannotator.config import Settings
 from autoannotator.ensemble import run_ensemble
 from autoannotator.sandbox import SandboxError
 from autoannotator.slm.catalog import build_model
-from autoannotator.slm.sandboxed import DeploymentSpec, SandboxedEnsemble
+from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
 from autoannotator.task import LabelDef, TaskSpec
-from autoannotator.tools.codegen import write_deployment_code
+from autoannotator.deploy.codegen import write_deployment_code
 
 LABELS = ["positive", "negative", "neutral"]
 TASK = TaskSpec(instruction="sentiment of reviews", labels=[LabelDef(name=n) for n in LABELS])

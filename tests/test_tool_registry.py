@@ -11,9 +11,10 @@ import pytest
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field
 
-from autoannotator.tools import registry as reg
 from autoannotator.tools.base import ToolException, make_tool, result_model_of
-from autoannotator.tools.registry import ToolRegistry, adapter_for, default_registry, slm_adapter_factories
+from autoannotator.slm import adapters
+from autoannotator.slm.catalog import adapter_for, slm_adapter_factories
+from autoannotator.tools.registry import ToolRegistry, default_registry
 
 BUILTINS = {"search_models", "read_model_card"}
 
@@ -41,7 +42,7 @@ def fake_entry_points(monkeypatch):
         return [ep for ep in eps if ep.group == params.get("group")]
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    monkeypatch.setattr(reg, "_warned", set())
+    monkeypatch.setattr(adapters, "_warned", set())
 
     def add(group: str, name: str, value: str) -> None:
         eps.append(importlib.metadata.EntryPoint(name=name, value=value, group=group))

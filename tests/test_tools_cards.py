@@ -6,7 +6,8 @@ import json
 
 from hub_fixtures import caches, hub, recorded_hub  # noqa: F401 (fixtures)
 
-from autoannotator.tools.cards import ModelCardResult, make_read_model_card_tool, trim_body
+from autoannotator.discovery.cards import ModelCardResult, trim_body
+from autoannotator.tools.plan_tools import make_read_model_card_tool
 
 
 SNLP = "s-nlp/roberta_toxicity_classifier"

@@ -13,9 +13,10 @@ import pytest
 from hub_fixtures import FIXTURES, caches, go_online, hub, recorded_hub  # noqa: F401 (fixtures)
 
 from autoannotator.task import LabelDef, TaskSpec
-from autoannotator.tools import hubnet
-from autoannotator.tools.candidates import ModelCandidate, weights_size
-from autoannotator.tools.hub import SearchModelsResult, _labels_from_config, make_search_models_tool
+from autoannotator.discovery import hubnet
+from autoannotator.discovery.candidates import ModelCandidate, weights_size
+from autoannotator.discovery.hub import SearchModelsResult, _labels_from_config
+from autoannotator.tools.plan_tools import make_search_models_tool
 
 
 SENTI = ["positive", "negative", "neutral"]

@@ -9,7 +9,8 @@ import pytest
 from fakes import ScriptedChatModel, rate_limit_error, server_error, timeout_error
 from langchain_core.messages import AIMessage
 
-from autoannotator.agent.verifier import Verifier, truncate_middle
+from autoannotator.verify.llm import LLMVerifier as Verifier
+from autoannotator.verify.prompt import truncate_middle
 from autoannotator.errors import LLMUnavailable
 from autoannotator.task import LabelDef, TaskSpec
 

@@ -1,1 +1,1 @@
-"""The LLM side of AutoAnnotator: the endpoint factory, the embedded server, the verifier."""
+"""The meta-controller's LLM side: the planner (which drives graphs/controller.py) and the label-set proposal."""

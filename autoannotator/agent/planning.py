@@ -11,16 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoannotator.deploy.codegen import write_deployment_code
+from autoannotator.deploy.probe import ProbeReport, probe_models, rank_by_probe
+from autoannotator.deploy.proxy import DeploymentSpec, ModelDeployment
+from autoannotator.discovery.hub import SearchModelsArgs, search_models
 from autoannotator.graphs.controller import ControllerContext, PlanDraft, run_controller
+from autoannotator.prompts import render
 from autoannotator.slm.catalog import build_model, default_selection
 from autoannotator.task import TaskSpec
-from autoannotator.tools.base import make_tool  # noqa: F401  (re-exported for plugin authors)
-from autoannotator.tools.codegen import make_write_deployment_code_tool, write_deployment_code
-from autoannotator.tools.hub import SearchModelsArgs, search_models
-from autoannotator.tools.plan_tools import make_define_task_tool, make_select_models_tool
-from autoannotator.tools.probe import make_probe_models_tool, probe_models, rank_by_probe
 from autoannotator.tools.registry import default_registry
-from autoannotator.slm.sandboxed import DeploymentSpec, ModelDeployment
 
 N_PROBE_SAMPLES = 30
 N_PROBE_CANDIDATES = 6
@@ -56,26 +55,14 @@ def deployment_spec(plan: PlanDraft, settings: Any) -> DeploymentSpec | None:
 
 
 def _hints(settings: Any) -> Callable[[str, PlanDraft], str]:
+    """The step-by-step hint a weak model gets with each forced tool call (prompts/weak_hint.md)."""
     def hint(phase: str, plan: PlanDraft) -> str:
         specs = [c["spec"] for c in plan.candidates]
-        if phase == "define_task":
-            return "Give 2 to 10 short label names, each with a one-sentence description."
-        if phase == "search_models":
-            return f"Use query {plan.instruction!r} and labels {plan.task.label_names}."
-        if phase == "read_model_card":
-            return f"Read the card of one of: {', '.join(specs[:3])}."
-        if phase == "probe_models":
-            frozen = [s for s in specs if s != TRAINABLE]
-            return f"Probe these candidates: {json.dumps(frozen[:N_PROBE_CANDIDATES])}."
-        if phase == "select_models":
-            agree = {c["spec"]: c.get("agreement_with_llm") for c in (plan.probe or {}).get("candidates", [])}
-            options = ", ".join(f"{s} (agreement {agree.get(s)})" for s in specs[:8])
-            return (f"Choose exactly {settings.k} models from: {options}. Include '{TRAINABLE}', which learns "
-                    f"from the samples you verify.")
-        if phase == "write_deployment_code":
-            frozen = _frozen([s["spec"] for s in plan.selection])
-            return f"Deploy these models: {json.dumps(frozen)}."
-        return ""
+        agree = {c["spec"]: c.get("agreement_with_llm") for c in (plan.probe or {}).get("candidates", [])}
+        return render("weak_hint.md", phase=phase, query=repr(plan.instruction), labels=plan.task.label_names,
+                      specs=specs[:3], probe=json.dumps([s for s in specs if s != TRAINABLE][:N_PROBE_CANDIDATES]),
+                      options=", ".join(f"{s} (agreement {agree.get(s)})" for s in specs[:8]), k=settings.k,
+                      trainable=TRAINABLE, deploy=json.dumps(_frozen([s["spec"] for s in plan.selection])))
 
     return hint
 
@@ -98,8 +85,6 @@ def _fallbacks(ctx_ref: list[ControllerContext], settings: Any) -> Callable[[Pla
                                       llm_labels=ctx.llm_labels).model_dump(mode="json")
             plan.decided_by["probe"] = "fallback: probe of the top candidates"
         if not plan.selection:
-            from autoannotator.tools.probe import ProbeReport
-
             ranked = [s for s in rank_by_probe(ProbeReport.model_validate(plan.probe), len(plan.candidates))
                       if s != TRAINABLE][:settings.k - 1]
             # Too few usable probed candidates: complete with the offline catalog's default choice.
@@ -136,11 +121,7 @@ def plan_run(settings: Any, *, instruction: str, task: TaskSpec, labels_given: b
         on_event=on_event, sandbox=sandbox, build_model=lambda spec: build_model(spec, plan.task, settings),
         label_samples=label_samples)
     ctx_ref.append(ctx)
-    registry = default_registry(settings, ctx)
-    for factory in (make_define_task_tool, make_select_models_tool, make_probe_models_tool,
-                    make_write_deployment_code_tool):
-        registry.register(factory(settings, ctx), source="builtin")
-    ctx.registry = registry
+    ctx.registry = default_registry(settings, ctx, group="plan")
     run_controller(ctx, initial_done=["define_task"] if labels_given else [])
     write_plan(plan, run_dir)
     return plan

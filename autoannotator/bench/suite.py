@@ -17,9 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from autoannotator import runner
-from autoannotator.agent.llm import check_reachable, llm_session
-from autoannotator.agent.verifier import Verifier
-from autoannotator.bench.simulated import SimulatedVerifier
+from autoannotator.llm.factory import check_reachable, llm_session
 from autoannotator.config import Settings
 from autoannotator.costs import LLMUsage
 from autoannotator.data import Dataset, load_dataset
@@ -28,8 +26,10 @@ from autoannotator.errors import UserError
 from autoannotator.metrics import accuracy, macro_f1
 from autoannotator.slm.base import TrainableSLM
 from autoannotator.slm.catalog import build_model, default_selection
-from autoannotator.store import RunStore
+from autoannotator.run.store import RunStore
 from autoannotator.task import LabelDef, TaskSpec, build_task
+from autoannotator.verify.base import Verifier
+from autoannotator.verify.factory import make_verifier
 
 NO_FINETUNE_BETA = 10**9
 
@@ -81,18 +81,12 @@ class Bench:
         self.stack.close()
 
     # -- verifiers --------------------------------------------------------------------------------
-    def make_verifier(self, task: TaskSpec, run_dir: Path, run_id: str):
+    def make_verifier(self, task: TaskSpec, run_dir: Path, run_id: str) -> Verifier:
         if self.verifier_spec == "human":
-            from autoannotator.agent.human import HumanVerifier
-
-            run_dir.mkdir(parents=True, exist_ok=True)
-            return HumanVerifier(task, run_dir / "llm_cache.sqlite", run_id)
+            return make_verifier("human", task, run_dir, run_id, self.settings)
         if self.llm is None:
-            return SimulatedVerifier(self.dataset.gold, task, self.p, self.settings.seed,
-                                     self.settings.llm_max_text_chars, run_id)
-        return Verifier(self.llm.chat, self.llm.model_id, task, run_dir / "llm_cache.sqlite", run_id,
-                        max_concurrency=self.settings.llm_max_concurrency, max_retries=self.settings.llm_max_retries,
-                        max_text_chars=self.settings.llm_max_text_chars)
+            return make_verifier("simulated", task, run_dir, run_id, self.settings, gold=self.dataset.gold, p=self.p)
+        return make_verifier("llm", task, run_dir, run_id, self.settings, llm=self.llm)
 
     def verifier_info(self) -> dict[str, Any]:
         if self.verifier_spec == "human":

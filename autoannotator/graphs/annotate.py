@@ -13,34 +13,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from langgraph.graph import END, START, StateGraph
 
 from autoannotator.config import Settings
 from autoannotator.data import Dataset
-from autoannotator.ensemble import run_ensemble
-from autoannotator.finetune import finetune_model, split_holdout
+from autoannotator.engine.steps import (
+    accept_records,
+    finetune_trainables,
+    majority_label,
+    row_votes,
+    score_batch,
+    verify_rows,
+)
 from autoannotator.graphs.routing import hard_positions, route_after_accept, route_after_ensemble, route_next_batch
-from autoannotator.graphs.state import AnnotateState, BatchVotes
-from autoannotator.slm.base import SLM, TrainableSLM
-from autoannotator.store import RunStore
+from autoannotator.graphs.state import AnnotateState
+from autoannotator.run.paths import RunPaths
+from autoannotator.run.store import RunStore
+from autoannotator.slm.base import SLM
 from autoannotator.task import TaskSpec
-
-SKIPPED = "skipped_empty"
+from autoannotator.verify.base import Verifier
 
 
 @dataclass
 class AnnotateContext:
+    """What the nodes work with; rebuilt on resume (only the state is checkpointed)."""
+
     dataset: Dataset
     task: TaskSpec
     models: list[SLM]
-    verifier: Any  # autoannotator.agent.verifier.Verifier (anything with .verify(items))
+    verifier: Verifier
     store: RunStore
     settings: Settings
     run_dir: Path
-    on_report: Callable[[AnnotateState], None]
     on_progress: Callable[[dict], None] = lambda event: None
     empty_rows: set[int] = field(default_factory=set)
 
@@ -60,98 +65,46 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     labels = ctx.task.label_names
     texts = ctx.dataset.texts
 
+    def text_of(row_id: int) -> str:
+        return texts[row_id]
+
     def load_batch(state: AnnotateState) -> dict:
         start = state.get("cursor", 0)
         stop = min(start + ctx.settings.batch_size, state["n_rows"])
         return {"batch_ids": list(range(start, stop)), "cursor": stop, "batch": None, "verified": {}}
 
     def ensemble(state: AnnotateState) -> dict:
-        ids = state["batch_ids"]
-        live = [i for i in ids if i not in ctx.empty_rows]
-        out = run_ensemble(ctx.models, [texts[i] for i in live], len(labels), ctx.settings.min_votes)
-        pos = {rid: j for j, rid in enumerate(live)}
-        k = len(ctx.models)
-        batch: BatchVotes = {"votes": [], "confidence": [], "majority": [], "uncertainty": []}
-        for rid in ids:
-            j = pos.get(rid)
-            if j is None:
-                batch["votes"].append([-1] * k)
-                batch["confidence"].append([0.0] * k)
-                batch["majority"].append(-1)
-                batch["uncertainty"].append(None)
-            else:
-                batch["votes"].append(out.votes[j].tolist())
-                batch["confidence"].append([round(float(c), 4) for c in out.confidence[j]])
-                batch["majority"].append(int(out.majority[j]))
-                batch["uncertainty"].append(round(float(out.uncertainty[j]), 6))
-        return {"batch": batch}
-
-    def votes_at(batch: BatchVotes, pos: int) -> dict[str, dict]:
-        return {m.name: {"label": labels[v] if v >= 0 else None, "p": c}
-                for m, v, c in zip(ctx.models, batch["votes"][pos], batch["confidence"][pos])}
+        return {"batch": score_batch(ctx.models, state["batch_ids"], text_of, ctx.empty_rows, len(labels),
+                                     ctx.settings.min_votes)}
 
     def verify(state: AnnotateState) -> dict:
         ids, batch = state["batch_ids"], state["batch"]
         positions = hard_positions(state)
-        hard = [ids[i] for i in positions]
-        set_hints = getattr(ctx.verifier, "set_hints", None)
-        if set_hints is not None:  # a human verifier shows the SLM votes next to each hard sample
-            set_hints({ids[p]: {"votes": votes_at(batch, p), "uncertainty": batch["uncertainty"][p],
-                                "majority": labels[batch["majority"][p]] if batch["majority"][p] >= 0 else None}
-                       for p in positions})
-        results = ctx.verifier.verify([(rid, texts[rid]) for rid in hard])
-        verified = {str(r.row_id): r.label for r in results}
-        pool_size = ctx.store.add_to_pool([(int(k), v) for k, v in verified.items()], state.get("batch_index", 0))
+        hints = {ids[p]: {"votes": row_votes(ctx.models, labels, batch, p), "uncertainty": batch["uncertainty"][p],
+                          "majority": majority_label(labels, batch, p)} for p in positions}
+        verified, pool_size = verify_rows(ctx.verifier, ctx.store, [(ids[p], texts[ids[p]]) for p in positions],
+                                          state.get("batch_index", 0), hints)
         ctx.on_progress({"event": "verified", "n": len(verified), "pool_size": pool_size})
         return {"verified": verified, "pool_size": pool_size}
 
     def accept(state: AnnotateState) -> dict:
-        ids, batch, verified = state["batch_ids"], state["batch"], state.get("verified") or {}
-        records = []
-        for pos, rid in enumerate(ids):
-            votes = votes_at(batch, pos)
-            majority = labels[batch["majority"][pos]] if batch["majority"][pos] >= 0 else None
-            llm_label = verified.get(str(rid))
-            if batch["uncertainty"][pos] is None:
-                label, source = None, SKIPPED
-            elif llm_label is not None:
-                label, source = llm_label, "llm_verified"
-            else:
-                label, source = majority, "slm_consensus"
-            records.append({"row_id": rid, "label": label, "label_source": source, "uncertainty":
-                            batch["uncertainty"][pos], "votes": votes, "majority": majority,
-                            "llm_label": llm_label, "batch": state.get("batch_index", 0)})
-        ctx.store.put_results(records)
+        ids, verified = state["batch_ids"], state.get("verified") or {}
+        ctx.store.put_results(accept_records(ctx.models, labels, ids, state["batch"], verified,
+                                             state.get("batch_index", 0)))
         ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified),
                          "pool_size": state.get("pool_size", 0)})
         return {"batch_index": state.get("batch_index", 0) + 1, "batch_ids": [], "batch": None, "verified": {}}
 
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1
-        pool = ctx.store.pool()
-        label_idx = {name: i for i, name in enumerate(labels)}
-        by_id = dict(pool)
-        train_ids, hold_ids = split_holdout([rid for rid, _ in pool], ctx.settings.finetune, ctx.settings.seed)
-
-        def part(ids: list[int]) -> tuple[list[str], np.ndarray]:
-            return [texts[r] for r in ids], np.array([label_idx[by_id[r]] for r in ids], dtype=np.int64)
-
-        weights = dict(state.get("weights") or {})
-        for i, model in enumerate(ctx.models):
-            if not isinstance(model, TrainableSLM):
-                continue
-            ctx.on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(train_ids)})
-            kept, record = finetune_model(model, part(train_ids), part(hold_ids), ctx.settings.finetune, round_,
-                                          ctx.run_dir / "models")
-            ctx.models[i] = kept
-            if record["weights"]:
-                weights[model.name] = record["weights"]
-            ctx.store.put_finetune_record(round_, model.name, record)
-            ctx.on_progress({"event": "finetune_done", **record})
-        return {"finetune_round": round_, "pool_at_last_finetune": len(pool), "weights": weights}
+        accepted, pool_size = finetune_trainables(ctx.models, ctx.store, text_of, labels, ctx.settings, round_,
+                                                  RunPaths(ctx.run_dir).models, ctx.on_progress)
+        weights = {**(state.get("weights") or {}), **accepted}
+        return {"finetune_round": round_, "pool_at_last_finetune": pool_size, "weights": weights}
 
     def report(state: AnnotateState) -> dict:
-        ctx.on_report(state)
+        # The runner builds the report from the store once the graph has ended: this node only marks the end.
+        ctx.on_progress({"event": "finished", "n_rows": state["n_rows"]})
         return {"finished": True}
 
     graph = StateGraph(AnnotateState)

@@ -29,7 +29,16 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
 
-PAID_TOOLS = frozenset({"start_labelling", "resume_run"})
+from autoannotator.data import load_dataset
+from autoannotator.graphs.chat_events import CONFIRM, result_payload, summarize
+from autoannotator.prompts import render
+from autoannotator.run.inspect import resolve_run, run_state
+from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.task import LabelDef, build_task, parse_labels
+from autoannotator.tools.loop_tools import LoopContext
+from autoannotator.verify.prompt import VerifyPrompt
+
+PAID_TOOLS = frozenset(CONFIRM)  # confirmed with an estimate before they run
 DEFAULT_HARD_SHARE = 0.4  # share of rows sent to the LLM when no earlier run of the data says otherwise
 TOKENS_OUT_PER_CALL = 8  # a one-label function call (measured on the embedded server)
 MAX_TOOL_ROUNDS = 6  # tool calls a strong model may chain for one user message
@@ -126,20 +135,16 @@ def route_after_tools(state: ChatState, weak: bool) -> Literal["agent", "reply"]
 class ChatContext:
     chat: Any  # a LangChain chat model (llm_session's handle.chat, or a scripted one in tests)
     weak: bool  # handle.embedded: forced through the intent router
-    loop: Any  # tools.loop_tools.LoopContext
+    loop: LoopContext
     tools: list[BaseTool]
 
 
 def _system(ctx: ChatContext, state: ChatState) -> SystemMessage:
     run = state.get("run_dir") or "none yet"
-    return SystemMessage(
-        "You are autoannotator's assistant. It labels text data: k small models vote on every row, rows where "
-        "they disagree (uncertainty U >= epsilon) go to an LLM verifier, and LLM-verified rows fine-tune the "
-        "trainable models once beta of them pile up. Use the tools to act; answer briefly, with numbers from the "
-        f"tool results. Current run: {run}. Parameters set for the next run: {state.get('params') or 'none'}.")
+    return SystemMessage(render("chat_system.md", run=run, params=state.get("params") or "none"))
 
 
-def estimate(loop: Any, tool: str, args: dict[str, Any], run_dir: str | None,
+def estimate(loop: LoopContext, tool: str, args: dict[str, Any], run_dir: str | None,
              params: dict[str, Any]) -> dict[str, Any]:
     """Rows x expected hard share x mean tokens per call x the price table: what the paid tool may cost."""
     try:
@@ -148,25 +153,37 @@ def estimate(loop: Any, tool: str, args: dict[str, Any], run_dir: str | None,
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
 
 
-def _estimate(loop: Any, tool: str, args: dict[str, Any], run_dir: str | None,
+def _estimate(loop: LoopContext, tool: str, args: dict[str, Any], run_dir: str | None,
               params: dict[str, Any]) -> dict[str, Any]:
-    from autoannotator.agent.verifier import VerifyPrompt
-    from autoannotator.cli_runs import resolve_run, run_state
-    from autoannotator.data import load_dataset
-    from autoannotator.labelstudio import load_run_dataset
-    from autoannotator.runner import RunPlan
-    from autoannotator.task import LabelDef, build_task, parse_labels
 
     settings = loop.settings.model_copy(update={**params, **{k: args[k] for k in ("k", "epsilon", "beta")
                                                              if args.get(k) is not None}})
     share, source, per_call = DEFAULT_HARD_SHARE, "default", None
+    if tool in ("verify_samples", "launch_finetune"):
+        path = resolve_run(args["run"], settings.runs_dir) if args.get("run") else Path(run_dir or "")
+        plan = RunPlan.load(path)
+        dataset, task = load_run_dataset(plan), plan.task
+        if tool == "launch_finetune":  # no LLM call: the question is about time, the pool is what trains
+            return {"rows": 0, "hard_share": 0.0, "hard_share_from": "fine-tuning calls no LLM", "est_llm_calls": 0,
+                    "tokens_per_call": [0, 0], "est_cost_usd": 0.0, "price_model": settings.prices.model,
+                    "settings": {"run": plan.run_id, "pool": run_state(path, plan).pool_size}}
+        ids = args.get("rows") or list(range(args.get("start", 0), args.get("stop") or args.get("start", 0) + 20))
+        prompt = VerifyPrompt(task, settings.llm_max_text_chars)
+        chars = [sum(len(str(m.content)) for m in prompt.messages(dataset.texts[i])) for i in ids
+                 if 0 <= i < len(dataset.texts)] or [0]
+        per_call = (sum(chars) / len(chars) / 4, TOKENS_OUT_PER_CALL)
+        return {"rows": len(ids), "hard_share": 1.0, "hard_share_from": "every row named", "est_llm_calls": len(ids),
+                "tokens_per_call": [round(per_call[0]), per_call[1]],
+                "est_cost_usd": round(len(ids) * settings.prices.cost(*per_call), 6),
+                "price_model": settings.prices.model, "settings": {"run": plan.run_id},
+                "note": "at most: rows already answered come from the run's cache, free"}
     if tool == "resume_run":
         path = resolve_run(args["run"], settings.runs_dir) if args.get("run") else Path(run_dir or "")
         plan = RunPlan.load(path)
         st, dataset, task = run_state(path, plan), load_run_dataset(plan), plan.task
-        rows = (st["total"] or len(dataset.texts)) - st["done"]
-        if st["done"] and st["llm_calls"] is not None:
-            share, source = st["llm_calls"] / st["done"], f"this run so far ({st['done']} rows)"
+        rows = (st.total or len(dataset.texts)) - st.done
+        if st.done and st.llm_calls is not None:
+            share, source = st.llm_calls / st.done, f"this run so far ({st.done} rows)"
         cfg = {"run": plan.run_id, **{k: plan.settings.get(k) for k in ("k", "epsilon", "beta")}}
     else:
         dataset = load_dataset(Path(args["data_path"]).expanduser(), args.get("text_column"), None)
@@ -245,7 +262,6 @@ def build_chat_graph(ctx: ChatContext, checkpointer: Any = None) -> Any:
                 "params": dict(ctx.loop.params), "confirmed": False}
 
     def reply(state: ChatState) -> dict:
-        from autoannotator.ui.trace import result_payload, summarize
 
         done = []
         for m in reversed(state["messages"]):

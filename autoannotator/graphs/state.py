@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, TypedDict
 
+from autoannotator.ensemble import BatchVotes
+
 
 def add_timings(old: dict[str, float] | None, new: dict[str, float] | None) -> dict[str, float]:
     merged = dict(old or {})
     for key, seconds in (new or {}).items():
         merged[key] = round(merged.get(key, 0.0) + seconds, 4)
     return merged
-
-
-class BatchVotes(TypedDict):
-    votes: list[list[int]]  # per row, per model: task-label index, -1 = abstain
-    confidence: list[list[float]]
-    majority: list[int]
-    uncertainty: list[float | None]  # None: empty text, nothing to label
 
 
 class AnnotateState(TypedDict, total=False):

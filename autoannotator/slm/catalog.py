@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from autoannotator.errors import UserError
+from autoannotator.slm.adapters import SLMFactory, load_adapter_factories
 from autoannotator.slm.base import SLM
 from autoannotator.slm.labels import build_mapping, guess_kind
 
@@ -121,9 +122,18 @@ def parse_hf_spec(spec: str) -> tuple[str, dict[str, str | None] | None]:
     return source, override
 
 
-def _plugin_adapter(spec: str):
-    from autoannotator.tools.registry import adapter_for  # lazy: the registry pulls in LangChain
+def slm_adapter_factories() -> dict[str, SLMFactory]:
+    """Third-party SLM kinds by spec prefix (``slm/adapters.py``); built-in names cannot be taken."""
+    return load_adapter_factories(BUILTINS)
 
+
+def adapter_for(spec: str) -> SLMFactory | None:
+    """The plugin factory for ``prefix:rest``, or None (build_model then reports the spec)."""
+    prefix, sep, _ = spec.partition(":")
+    return slm_adapter_factories().get(prefix.strip()) if sep else None
+
+
+def _plugin_adapter(spec: str) -> SLMFactory | None:
     return adapter_for(spec)
 
 

@@ -9,39 +9,30 @@ A plugin object is a ``BaseTool``, or a callable ``(settings, context) -> BaseTo
 A plugin that fails to import, build, or return tools is skipped with one warning line: a broken
 third-party file must never stop a labelling run. Built-ins win every name clash, then first come.
 
-SLM adapters: the entry point group ``autoannotator.slm_adapters`` maps a spec prefix (the part
-before ``:``, e.g. ``myprefix`` for ``myprefix:some-model``) to ``(spec, task, settings) -> SLM``.
+Built-ins come in two groups: ``plan`` (the meta-controller's: search_models, read_model_card,
+define_task, probe_models, select_models, write_deployment_code) and ``loop`` (the chat's: the run
+tools and the loop's steps run_ensemble, verify_samples, launch_finetune). Plugins join every group.
+SLM adapters (third-party model kinds) are registered in ``slm/adapters.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import logging
-import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
+from autoannotator.plugins import ep_label, entry_points, load_path_object, one_line
 from autoannotator.tools.base import result_model_of
-
-if TYPE_CHECKING:
-    from autoannotator.config import Settings
-    from autoannotator.slm.base import SLM
-    from autoannotator.task import TaskSpec
 
 log = logging.getLogger(__name__)
 
 TOOLS_GROUP = "autoannotator.tools"
-SLM_ADAPTERS_GROUP = "autoannotator.slm_adapters"
 BUILTIN = "builtin"
-RESERVED_SLM_PREFIXES = frozenset({"hf"})  # handled by catalog.build_model itself
-SLMFactory = Callable[[str, "TaskSpec", "Settings"], "SLM"]
 ToolFactory = Callable[[Any, Any], "BaseTool | list[BaseTool]"]
+Group = Literal["plan", "loop"]
 
 
 class ToolInfo(BaseModel):
@@ -108,22 +99,33 @@ class ToolRegistry:
 
 # --- built-ins -----------------------------------------------------------------------------------
 
-def builtin_factories() -> list[ToolFactory]:
-    """Factories of the built-in tools; add new built-ins here (imports stay lazy: startup is cheap)."""
-    from autoannotator.tools.cards import make_read_model_card_tool
-    from autoannotator.tools.hub import make_search_models_tool
+def builtin_factories(group: Group = "plan") -> list[ToolFactory]:
+    """Factories of the built-in tools of ``group``; add new built-ins here (imports stay lazy: startup is cheap)."""
+    if group == "loop":
+        from autoannotator.tools.loop_tools import make_loop_tools
 
-    return [make_search_models_tool, make_read_model_card_tool]
+        return [make_loop_tools]
+    from autoannotator.tools.plan_tools import (
+        make_define_task_tool,
+        make_probe_models_tool,
+        make_read_model_card_tool,
+        make_search_models_tool,
+        make_select_models_tool,
+        make_write_deployment_code_tool,
+    )
+
+    return [make_search_models_tool, make_read_model_card_tool, make_define_task_tool, make_probe_models_tool,
+            make_select_models_tool, make_write_deployment_code_tool]
 
 
-def default_registry(settings: Any = None, context: Any = None) -> ToolRegistry:
-    """Built-ins, then entry-point plugins, then ``settings.tool_paths`` files."""
+def default_registry(settings: Any = None, context: Any = None, group: Group = "plan") -> ToolRegistry:
+    """Built-ins of ``group``, then entry-point plugins, then ``settings.tool_paths`` files."""
     registry = ToolRegistry()
-    for factory in builtin_factories():
+    for factory in builtin_factories(group):
         for tool in _as_tools(factory(settings, context), "builtin"):
             registry.register(tool, source=BUILTIN)
-    for ep in _entry_points(TOOLS_GROUP):
-        _load_plugin(registry, f"entry point {_ep_label(ep)}", ep.load, settings, context)
+    for ep in entry_points(TOOLS_GROUP):
+        _load_plugin(registry, f"entry point {ep_label(ep)}", ep.load, settings, context)
     for spec in getattr(settings, "tool_paths", None) or []:
         _load_plugin(registry, f"config path {spec}", lambda s=str(spec): load_path_object(s), settings, context)
     return registry
@@ -136,7 +138,7 @@ def _load_plugin(registry: ToolRegistry, source: str, load: Callable[[], Any], s
         obj = load()
         tools = _as_tools(obj if isinstance(obj, (BaseTool, list, tuple)) else obj(settings, context), source)
     except Exception as exc:  # whatever a third party's code raises, the run goes on without it
-        registry._warn(f"skipped tool plugin {source}: {type(exc).__name__}: {_one_line(exc)}")
+        registry._warn(f"skipped tool plugin {source}: {type(exc).__name__}: {one_line(exc)}")
         return
     for tool in tools:
         registry.register(tool, source=source)
@@ -148,89 +150,3 @@ def _as_tools(obj: Any, source: str) -> list[BaseTool]:
     if bad or not tools:
         raise TypeError(f"{source} gave {bad[0] if bad else 'no tools'!r}, not LangChain tools")
     return tools
-
-
-def load_path_object(spec: str) -> Any:
-    """The object ``file.py:name`` names (``make_tool``, else the module's tools, if no name is given)."""
-    path_part, sep, attr = spec.rpartition(":")
-    if not sep or not attr.isidentifier():  # no factory named (or a Windows drive colon)
-        path_part, attr = spec, ""
-    path = Path(path_part).expanduser().resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    # A name unique to the file's path, so two plugins both called tools.py do not collide.
-    name = f"autoannotator_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    module = sys.modules.get(name)
-    if module is None:
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"cannot import {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # pydantic resolves a plugin's annotations through sys.modules
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-    if attr:
-        return getattr(module, attr)
-    if hasattr(module, "make_tool"):
-        return module.make_tool
-    found = [v for v in vars(module).values() if isinstance(v, BaseTool)]
-    if not found:
-        raise AttributeError(f"{path} has no make_tool and no tool objects; name one as {path}:factory")
-    return found
-
-
-def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
-    try:
-        return list(importlib.metadata.entry_points(group=group))
-    except Exception as exc:  # a broken installed distribution's metadata
-        log.warning("cannot read entry points %s: %s", group, _one_line(exc))
-        return []
-
-
-def _ep_label(ep: importlib.metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return f"{dist.name}:{ep.name}" if dist is not None else ep.name
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
-# --- SLM adapters --------------------------------------------------------------------------------
-
-_warned: set[str] = set()  # build_model asks once per model: say each problem once per process
-
-
-def slm_adapter_factories() -> dict[str, SLMFactory]:
-    """Spec prefix -> factory from ``autoannotator.slm_adapters``; broken or clashing ones skipped."""
-    from autoannotator.slm.catalog import BUILTINS
-
-    factories: dict[str, SLMFactory] = {}
-    for ep in _entry_points(SLM_ADAPTERS_GROUP):
-        prefix, why = ep.name.strip(), ""
-        if prefix in RESERVED_SLM_PREFIXES or prefix in BUILTINS:
-            why = "the name is built in"
-        elif prefix in factories:
-            why = "another adapter has that prefix"
-        else:
-            try:
-                factory = ep.load()
-                if callable(factory):
-                    factories[prefix] = factory
-                    continue
-                why = f"{factory!r} is not callable"
-            except Exception as exc:  # a broken adapter must not stop the models that work
-                why = f"{type(exc).__name__}: {_one_line(exc)}"
-        if (line := f"skipped SLM adapter {_ep_label(ep)}: {why}") not in _warned:
-            _warned.add(line)
-            log.warning(line)
-    return factories
-
-
-def adapter_for(spec: str) -> SLMFactory | None:
-    """The plugin factory for ``prefix:rest``, or None (catalog.build_model then reports the spec)."""
-    prefix, sep, _ = spec.partition(":")
-    return slm_adapter_factories().get(prefix.strip()) if sep else None

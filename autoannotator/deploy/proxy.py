@@ -1,6 +1,6 @@
 """Frozen SLMs served by deployment code running in the sandbox: k proxies, one round trip per batch.
 
-The deployment program (the vetted template ``sandbox/deploy_worker.py.jinja`` rendered by
+The deployment program (the vetted template ``prompts/deploy_worker.py.jinja`` rendered by
 ``tools/codegen.py``, or an LLM's customisation of it) is generated code, so it runs only as a
 ``Sandbox.start_worker`` process. ``SandboxedEnsemble`` exposes one proxy ``SLM`` per deployed
 model; the first proxy asked about a batch fetches every model's answer in one ``predict`` call

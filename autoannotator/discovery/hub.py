@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field, ValidationError
 
 from autoannotator.slm.catalog import classifier_labels
 from autoannotator.task import LabelDef, TaskSpec
-from autoannotator.tools.base import make_tool
-from autoannotator.tools.candidates import (
+from autoannotator.discovery.candidates import (
     ModelCandidate,
     as_list,
     as_text,
@@ -27,8 +25,8 @@ from autoannotator.tools.candidates import (
     score,
     weights_size,
 )
-from autoannotator.tools.hubnet import HUB_TIMEOUT_S, endpoint, fetch_file, hub_status, mark_down, network_errors
-from autoannotator.tools.local_models import local_candidates
+from autoannotator.discovery.hubnet import HUB_TIMEOUT_S, endpoint, fetch_file, hub_status, mark_down, network_errors
+from autoannotator.discovery.local_models import local_candidates
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +156,3 @@ def search_models(args: SearchModelsArgs, settings: Any = None, context: Any = N
                               candidates=rank(local, args.limit))
 
 
-def make_search_models_tool(settings: Any = None, context: Any = None) -> StructuredTool:
-    return make_tool(
-        lambda args: search_models(args, settings, context), name="search_models",
-        description=("Find small text classifiers (SLMs) for a labelling task: on the Hugging Face Hub when "
-                     "it is reachable, else among the models this machine can run. Give the task in words and "
-                     "its labels. Returns candidates ranked by relevance, each with its own labels, the task "
-                     "labels they cover, downloads, size, licence and languages; put a candidate's `spec` in "
-                     "the ensemble to use it. Read a candidate's card with read_model_card before choosing."),
-        args_schema=SearchModelsArgs, result_model=SearchModelsResult)

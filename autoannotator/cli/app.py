@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
+from autoannotator.cli.common import console, summary
 from autoannotator.config import load_settings
 from autoannotator.errors import UserError
 from autoannotator.task import parse_labels
@@ -22,7 +22,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Label text data with a small-model ensemble orchestrated by an LLM (AutoAnnotator).")
-console = Console(stderr=True)
 _RESUME_FROM_RUN_DIR = "\0run-dir"
 
 
@@ -59,8 +58,8 @@ def label(
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import runner
-    from autoannotator.agent.human import human_hooks
-    from autoannotator.ui.progress import LabelProgress
+    from autoannotator.verify.human import human_hooks
+    from autoannotator.cli.progress import LabelProgress
 
     settings = load_settings({
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
@@ -78,7 +77,7 @@ def label(
             text_column=text_column, gold_column=gold_column, out_path=out, run_dir=run_dir,
             resume=resume is not None, on_progress=progress, **hooks,
         )
-    _summary(report, used_dir)
+    summary(report, used_dir)
 
 
 def _floats(raw: str, name: str, cast=float) -> list:
@@ -133,23 +132,12 @@ def bench(
     console.print(f"results: {out_dir / 'results.md'}")
 
 
-from autoannotator.cli_chat import register as register_chat  # noqa: E402
-from autoannotator.cli_runs import runs_app  # noqa: E402  (after the commands: `runs` is listed last)
+from autoannotator.cli.chat import register as register_chat  # noqa: E402
+from autoannotator.cli.runs import runs_app  # noqa: E402  (after the commands: `runs` is listed last)
 
 register_chat(app)
 
 app.add_typer(runs_app, name="runs")
-
-
-def _summary(report: dict, run_dir: Path) -> None:
-    line = (f"[bold green]done[/]: {report['n_samples']} rows -> {report['run']['out_path']}  "
-            f"LLM calls {report['llm_calls']} ({report['llm_call_rate']:.1%})  est. ${report['est_cost_usd']:.6f}")
-    if report.get("accuracy") is not None:
-        line += f"  accuracy {report['accuracy']:.4f}"
-    console.print(line)
-    console.print(f"report: {run_dir / 'report.md'}")
-    for warning in report.get("warnings", []):
-        console.print(f"[yellow]warning[/]: {warning}")
 
 
 def _resume_value_optional(argv: list[str]) -> list[str]:

@@ -17,14 +17,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from langchain_core.tools import StructuredTool
+from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from autoannotator.slm.catalog import BUILTINS, classifier_labels, parse_hf_spec
-from autoannotator.tools.base import ToolException, make_tool
-from autoannotator.tools.candidates import Source, as_list, as_text
-from autoannotator.tools.hubnet import cached_file, fetch_file, hub_status, mark_down, network_errors
-from autoannotator.tools.packaged import PackagedFacts, packaged_facts
+from autoannotator.discovery.candidates import Source, as_list, as_text
+from autoannotator.discovery.hubnet import cached_file, fetch_file, hub_status, mark_down, network_errors
+from autoannotator.discovery.packaged import PackagedFacts, packaged_facts
 
 
 _HEADER = re.compile(r"\A\s*---\r?\n.*?\r?\n---\s*?\r?\n", re.DOTALL)  # a card's YAML block
@@ -171,10 +170,3 @@ def _file(path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def make_read_model_card_tool(settings: Any = None, context: Any = None) -> StructuredTool:
-    return make_tool(
-        read_model_card, name="read_model_card",
-        description=("Read a model's card before choosing it: pipeline tag, its own labels, training datasets, "
-                     "languages, licence, the metrics its authors report, and the start of the card's text. "
-                     "Takes a hub id, an hf:<id> spec, a local folder, or a packaged scorer name."),
-        args_schema=ReadModelCardArgs, result_model=ModelCardResult)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -23,94 +22,17 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from autoannotator.graphs.chat_events import (  # noqa: F401  (re-exported: the CLI's one import)
+    CONFIRM,
+    PAID,
+    events_from_message,
+    events_from_update,
+    result_payload,
+    summarize,
+)
+
 Mode = Literal["normal", "verbose", "quiet"]
-PAID = ("start_labelling", "resume_run")
 CODE_LINES = 30  # of each file in a normal trace; --verbose shows every line of every version
-
-
-# -- events from the graph -----------------------------------------------------------------------
-def result_payload(content: Any) -> Any:
-    """A ToolMessage's content as the tool's result dict (tools return JSON), else the text itself."""
-    if isinstance(content, str):
-        try:
-            return json.loads(content)
-        except ValueError:
-            return content
-    return content
-
-
-def events_from_message(m: BaseMessage) -> list[dict[str, Any]]:
-    if isinstance(m, HumanMessage):
-        return [{"type": "user", "text": str(m.content)}]
-    if isinstance(m, ToolMessage):
-        return [{"type": "tool_result", "id": m.tool_call_id, "name": m.name or "", "ok": m.status != "error",
-                 "result": result_payload(m.content)}]
-    out: list[dict[str, Any]] = []
-    if isinstance(m, AIMessage):
-        if str(m.content).strip():
-            out.append({"type": "assistant", "text": str(m.content).strip()})
-        out += [{"type": "tool_call", "id": c["id"], "name": c["name"], "args": c["args"]} for c in m.tool_calls]
-    return out
-
-
-def events_from_update(update: dict[str, Any]) -> list[dict[str, Any]]:
-    """One ``stream_mode="updates"`` chunk as trace events (an interrupt becomes a ``confirm``)."""
-    out: list[dict[str, Any]] = []
-    for node, value in update.items():
-        if node == "__interrupt__":
-            out += [{"type": "confirm", **(i.value if isinstance(i.value, dict) else {"question": i.value})}
-                    for i in value]
-        elif isinstance(value, dict):
-            for m in value.get("messages", []):
-                out += events_from_message(m)
-    return out
-
-
-# -- counters from the runner's progress events -------------------------------------------------
-class RunCounters:
-    """Passes each runner event on as a ``run_event``, plus a ``counters`` snapshot at start and per batch."""
-
-    def __init__(self, settings: Any, emit: Callable[[dict], None]) -> None:
-        self.settings, self.emit = settings, emit
-        self.verifier: Any = None  # a stand-in verifier keeps its own ledger (no answer cache to read)
-        self.run_dir: Path | None = None
-        self.run_id = ""
-        self.c: dict[str, Any] = {"done": 0, "total": None, "llm_rows": 0, "seen": 0, "pool": 0,
-                                  "beta": settings.beta}
-
-    def __call__(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "start":
-            from autoannotator.runner import RunPlan
-
-            self.run_dir = Path(event["run_dir"])
-            plan = RunPlan.load(self.run_dir)
-            self.run_id = plan.run_id
-            self.c.update(done=event["rows_done"], total=event["n_rows"],
-                          beta=int(plan.settings.get("beta", self.settings.beta)))
-        elif kind in ("verified", "accepted"):
-            self.c["pool"] = event["pool_size"]
-        self.emit({"type": "run_event", **event})
-        if kind == "accepted":
-            for key, n in (("done", event["n"]), ("seen", event["n"]), ("llm_rows", event["llm"])):
-                self.c[key] += n
-        if kind in ("start", "accepted"):
-            seen = self.c["seen"]
-            self.emit({"type": "counters", "run_id": self.run_id, **self.c, **self._usage(),
-                       "agreement": round(1 - self.c["llm_rows"] / seen, 4) if seen else None})
-
-    def _usage(self) -> dict[str, Any]:
-        from autoannotator.cli_runs import _db_read
-
-        if self.verifier is not None and hasattr(self.verifier, "ledger"):
-            u = self.verifier.ledger()
-            calls, t_in, t_out = u.calls, u.tokens_in, u.tokens_out
-        else:  # the LLM verifier writes every paid answer to the run's cache as it comes
-            calls, t_in, t_out = (_db_read(Path(self.run_dir or ".") / "llm_cache.sqlite",
-                                           "SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0) "
-                                           "FROM verify_cache WHERE paid_by_run = ?", (self.run_id,)) or [(0, 0, 0)])[0]
-        return {"llm_calls": calls, "tokens_in": t_in, "tokens_out": t_out,
-                "cost_usd": round(self.settings.prices.cost(t_in, t_out), 6)}
 
 
 def counters_line(c: dict[str, Any]) -> Text:
@@ -123,30 +45,6 @@ def counters_line(c: dict[str, Any]) -> Text:
 
 def _k(n: int) -> str:
     return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
-
-
-def summarize(name: str, result: Any) -> str:
-    """One line saying what a tool's result means (the panel's summary, a weak LLM's reply)."""
-    if not isinstance(result, dict):
-        return str(result).splitlines()[0][:300] if result else "(no result)"
-    if name in PAID:
-        acc = f", accuracy {result['accuracy']:.4f}" if result.get("accuracy") is not None else ""
-        return (f"run {result['run_id']}: {result['rows']} rows labelled, {result['llm_calls']} LLM calls "
-                f"({result['llm_call_rate']:.1%}), est. ${result['est_cost_usd']:.6f}{acc}")
-    if name == "run_status":
-        agr = "-" if result.get("agreement") is None else f"{result['agreement']:.1%}"
-        return (f"run {result['run_id']}: {result['rows_done']}/{result['rows_total'] or '?'} rows"
-                f"{' (finished)' if result['finished'] else ''}, {result['llm_calls']} LLM calls, tokens "
-                f"{result['tokens_in']}/{result['tokens_out']}, est. ${result['est_cost_usd']:.6f} at "
-                f"{result['price_model']} prices, agreement {agr}, pool {result['pool_size']}/{result['beta']}")
-    if name == "explain_row":
-        return f"row {result['row']}: {result['reason']}; LLM: {result['llm_answer']}; final: {result['final_label']}"
-    if name == "show_code":
-        return result.get("note") or "deployment code: " + ", ".join(
-            f"{f['model']} v{f['version']}" for f in result["files"])
-    if name == "set_parameter":
-        return "next run: " + ", ".join(f"{k}={v}" for k, v in result["params"].items())
-    return json.dumps(result, default=str)[:300]
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -189,7 +87,7 @@ class TraceRenderer:
             self.summaries = []
         elif kind == "tool_call":
             self.calls[e["id"]] = (e["name"], e["args"])
-            if not quiet and e["name"] not in PAID:  # a paid call's plan is the confirmation's to show
+            if not quiet and e["name"] not in CONFIRM:  # a confirmed call's plan is the confirmation's to show
                 self.console.print(Text(f"… {e['name']} {_args(e['args'])}", style="dim"))
         elif kind == "tool_result":
             name, args = self.calls.get(e["id"], (e["name"], {}))

@@ -26,9 +26,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from autoannotator.sandbox import Sandbox, SandboxError, SandboxLimits
-from autoannotator.slm.sandboxed import FROZEN_BUILTINS, DeploymentSpec, ModelDeployment, stage_work_dir
-from autoannotator.tools.base import ToolException, make_tool
-from autoannotator.tools.codegen import SMOKE_REPORT, context_labels, context_sandbox, render_deployment
+from autoannotator.deploy.proxy import DeploymentSpec, ModelDeployment, stage_work_dir
+from autoannotator.deploy.codegen import SMOKE_REPORT, render_deployment
 
 MAX_SAMPLES = 50
 MAX_REPORT_BYTES = 8 << 20  # written by the sandboxed program: read only a bounded amount
@@ -177,39 +176,3 @@ def rank_by_downloads(candidates_with_downloads: Iterable[tuple[str, int | None]
     return [spec for _, (spec, _) in ordered[:k]]
 
 
-# --- the tool --------------------------------------------------------------------------------
-
-class ProbeModelsArgs(BaseModel):
-    candidates: list[str] = Field(min_length=1, max_length=12,
-                                  description="specs from search_models, e.g. ['vader', 'hf:org/name']")
-    n_samples: int = Field(30, ge=5, le=MAX_SAMPLES, description="how many of the user's texts to try them on")
-
-
-def _as_spec(candidate: str) -> str:
-    c = candidate.strip()
-    return c if c in FROZEN_BUILTINS or c == "student" or c.startswith("hf:") else f"hf:{c}"
-
-
-def make_probe_models_tool(settings: Any = None, context: Any = None):
-    """Context: run_dir, samples, sandbox, plan.task; ``llm_labels`` (the LLM's labels of samples) if known."""
-
-    def run(args: ProbeModelsArgs) -> ProbeReport:
-        samples = list(getattr(context, "samples", []) or [])[:args.n_samples]
-        if not samples:
-            raise ToolException("no sample texts to probe on")
-        llm = getattr(context, "llm_labels", None)
-        if llm:  # the LLM labelled the first len(llm) samples: compare on exactly those
-            samples = samples[:len(llm)]
-        try:
-            return probe_models([_as_spec(c) for c in args.candidates], samples, context_labels(context),
-                                context_sandbox(context, settings), context.run_dir,
-                                llm_labels=list(llm)[:len(samples)] if llm else None)
-        except (SandboxError, ValueError) as exc:
-            raise ToolException(_one_line(exc)) from None
-
-    return make_tool(run, name="probe_models", args_schema=ProbeModelsArgs, result_model=ProbeReport,
-                     description="Run candidate models on a sample of the user's texts (in the sandbox): "
-                                 "load errors, label coverage, vote spread, abstain rate, agreement with the LLM.")
-
-
-make_probe_models_tool.RESULT_MODEL = ProbeReport  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """``write_deployment_code``: the code that deploys the chosen SLMs, as the paper's meta-controller writes it.
 
-v1 is always the VETTED template (``sandbox/deploy_worker.py.jinja``) rendered from a
+v1 is always the VETTED template (``prompts/deploy_worker.py.jinja``) rendered from a
 ``DeploymentSpec`` and smoke-tested in the sandbox: it is the fallback, so it must pass first.
 With a chat model, the LLM may then replace it with its own full program (structured output,
 ``code``); each failing smoke test goes back to the LLM for a repair, ``max_repairs`` times at
@@ -12,21 +12,18 @@ alone is the program's own word. Every version is kept: ``RUN/deploy/ensemble/v<
 
 from __future__ import annotations
 
-import ast
 import json
-import pprint
 import re
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from autoannotator.prompts import py_literal, render, render_code  # noqa: F401  (py_literal: part of this API)
 from autoannotator.sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult
-from autoannotator.slm.sandboxed import (
+from autoannotator.deploy.proxy import (
     MODELS_DIR,
     SAMPLES_FILE,
     DeploymentSpec,
@@ -35,10 +32,9 @@ from autoannotator.slm.sandboxed import (
     SandboxedEnsemble,
     stage_work_dir,
 )
-from autoannotator.tools.base import ToolException, make_tool
 
 __all__ = ["DeploymentResult", "DeploymentSpec", "DeploymentVersion", "ModelDeployment", "Preprocess",
-           "RESULT_MODEL", "make_write_deployment_code_tool", "render_deployment", "render_template",
+           "RESULT_MODEL", "render_deployment", "render_template",
            "write_deployment_code"]
 
 TEMPLATE = "deploy_worker.py.jinja"
@@ -49,29 +45,9 @@ SMOKE_LIMITS = SandboxLimits(memory_mb=4096, timeout_s=300)
 Source = Literal["template", "llm", "llm-repair"]
 
 
-def py_literal(value: Any) -> str:
-    """A Python literal for plain data only: nothing rendered into the program can become code."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises UndefinedError naming the missing variable
-    text = pprint.pformat(value, width=110, sort_dicts=False)
-    try:
-        same = ast.literal_eval(text) == value
-    except (ValueError, SyntaxError):
-        same = False
-    if not same:
-        raise ValueError(f"not plain data: {value!r}"[:200])
-    return text
-
-
-_env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
-                          trim_blocks=True, lstrip_blocks=True)
-_env.filters["py"] = py_literal
-
-
 def render_template(name: str, **variables: Any) -> str:
-    """Render sandbox/<name> strictly: a missing variable raises ``jinja2.UndefinedError``."""
-    source = resources.files("autoannotator.sandbox").joinpath(name).read_text(encoding="utf-8")
-    return _env.from_string(source).render(**variables)
+    """Render prompts/<name> strictly: a missing variable raises ``jinja2.UndefinedError``."""
+    return render_code(name, **variables)
 
 
 def render_deployment(spec: DeploymentSpec) -> str:
@@ -174,18 +150,6 @@ def smoke_test(code: str, spec: DeploymentSpec, sandbox: Sandbox, samples: list[
                              passed=passed, error=error)
 
 
-_SYSTEM = """You write the Python program that deploys small text classifiers for autoannotator.
-Return the COMPLETE program in `code`. It runs in a sandbox: no network, Hugging Face offline, writable
-only its own directory and /tmp. It may import autoannotator.slm.* (staged next to it), torch,
-transformers, numpy and the standard library. Keep the template's contract exactly:
-- `python prog.py --smoke N` labels N texts from smoke_samples.json, prints ONE JSON line
-  {"ok": bool, "n": N, "models": {name: {"loaded": bool, "error": str|null, "votes": [int]}}} and exits 0 only if all is well;
-- `python prog.py` loads every model ONCE, then calls worker_protocol.serve(handler) answering
-  {"op": "predict", "texts": [...]} with {"models": {name: {"votes": [...], "proba": [[...]]}}} and
-  {"op": "info"} with {"task_labels": [...], "models": [{"name", "native_labels", "mapping"}]}.
-Votes are task-label indices (-1: abstain); keep the model names and the label mappings as given."""
-
-
 def _strip_fences(code: str) -> str:
     m = re.search(r"```(?:python)?\n(.*?)```", code, re.DOTALL)
     return m.group(1) if m else code
@@ -193,7 +157,7 @@ def _strip_fences(code: str) -> str:
 
 def _ask(chat: Any, user: str) -> str:
     model = chat.with_structured_output(GeneratedProgram, method="function_calling")
-    reply = model.invoke([("system", _SYSTEM), ("human", user)])
+    reply = model.invoke([("system", render("codegen_system.md")), ("human", user)])
     program = reply if isinstance(reply, GeneratedProgram) else GeneratedProgram.model_validate(reply)
     code = _strip_fences(program.code).strip() + "\n"
     if len(code) > MAX_CODE_CHARS:
@@ -223,8 +187,7 @@ def write_deployment_code(spec: DeploymentSpec, run_dir: Path, sandbox: Sandbox,
         return result(None, error=f"the vetted template failed its smoke test: {v1.error}")
     if chat is None:
         return result(v1)
-    ask = (f"The deployment spec:\n{_spec_text(spec)}\n\nThe vetted template program (it passes the smoke test):\n"
-           f"{template}\nAdapt it where the spec calls for it, or return it unchanged.")
+    ask = render("codegen_adapt.md", spec=_spec_text(spec), template=template)
     source: Source = "llm"
     for _ in range(max_repairs + 1):
         try:
@@ -239,73 +202,10 @@ def write_deployment_code(spec: DeploymentSpec, run_dir: Path, sandbox: Sandbox,
         if version.passed:
             return result(version)
         smoke = json.loads(Path(version.smoke_path).read_text())
-        ask = (f"The deployment spec:\n{_spec_text(spec)}\n\nYour program:\n{code}\nfailed its smoke test "
-               f"(exit code {smoke['exit_code']}): {version.error}\nstderr (end):\n{smoke['stderr'][-3000:]}\n"
-               f"stdout (end):\n{smoke['stdout'][-1000:]}\nReturn the complete fixed program.")
+        ask = render("codegen_repair.md", spec=_spec_text(spec), code=code, exit_code=smoke["exit_code"],
+                     error=version.error, stderr=smoke["stderr"][-3000:], stdout=smoke["stdout"][-1000:])
         source = "llm-repair"
     return result(v1, fell_back=True, note=f"no LLM version passed after {max_repairs} repair(s); "
                                            f"last error: {versions[-1].error}")
 
 
-# --- the tool --------------------------------------------------------------------------------
-
-class DeployModelArgs(BaseModel):
-    spec: str = Field(description="a chosen model, e.g. 'vader' or 'hf:org/name'")
-    mapping: dict[str, str | None] | None = Field(None, description="its label -> task label (null: no opinion)")
-    batch_size: int = Field(64, ge=1, le=4096)
-    max_length: int = Field(256, ge=8, le=8192, description="tokens per text")
-    preprocess: Preprocess = Preprocess()
-
-
-class WriteDeploymentCodeArgs(BaseModel):
-    models: list[DeployModelArgs] = Field(min_length=1, max_length=16, description="the frozen models to deploy")
-    customise: bool = Field(True, description="let the LLM adapt the vetted template (false: use it as is)")
-
-
-def context_sandbox(context: Any, settings: Any = None) -> Sandbox:
-    """The context's sandbox, else one made once from ``settings.sandbox`` ('auto' by default)."""
-    sandbox = getattr(context, "sandbox", None)
-    if sandbox is None:
-        from autoannotator.sandbox import get_sandbox
-
-        sandbox = get_sandbox(getattr(settings, "sandbox", None) or "auto",
-                              gpu=getattr(settings, "device", "cpu") == "cuda")
-        try:
-            context.sandbox = sandbox
-        except AttributeError:
-            pass
-    return sandbox
-
-
-def context_labels(context: Any) -> list[str]:
-    task = getattr(getattr(context, "plan", None), "task", None) or getattr(context, "task", None)
-    if task is None:
-        raise ToolException("no task defined yet: call define_task first")
-    return list(task.label_names)
-
-
-def make_write_deployment_code_tool(settings: Any = None, context: Any = None):
-    """Context: run_dir, samples, chat, weak_llm (a weak LLM does not customise), sandbox, plan.task."""
-    device = getattr(settings, "device", "auto")
-    max_text_chars = getattr(settings, "max_text_chars", 20_000)
-
-    def run(args: WriteDeploymentCodeArgs) -> DeploymentResult:
-        try:
-            spec = DeploymentSpec(task_labels=context_labels(context), models=[
-                ModelDeployment(device=device, max_text_chars=max_text_chars, **m.model_dump()) for m in args.models])
-        except ValidationError as exc:
-            raise ToolException("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]))
-        chat = getattr(context, "chat", None) if args.customise and not getattr(context, "weak_llm", False) else None
-        try:
-            return write_deployment_code(spec, context.run_dir, context_sandbox(context, settings),
-                                         list(getattr(context, "samples", []) or []), chat=chat)
-        except SandboxError as exc:
-            raise ToolException(str(exc)) from None
-
-    return make_tool(run, name="write_deployment_code", args_schema=WriteDeploymentCodeArgs,
-                     result_model=DeploymentResult,
-                     description="Write and smoke-test (in the sandbox) the program that deploys the chosen "
-                                 "frozen models; falls back to a vetted template if the code fails.")
-
-
-make_write_deployment_code_tool.RESULT_MODEL = DeploymentResult  # type: ignore[attr-defined]

@@ -7,9 +7,8 @@ Imports stay inside the command: `autoannotator --help` must not load LangGraph.
 
 from __future__ import annotations
 
-import itertools
-import json
 import re
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-SCRIPT_ENV = "AUTOANNOTATOR_CHAT_SCRIPT"  # tests: a JSON file of scripted LLM replies, never a real model
 QUIT = {"/quit", "/exit", "/q"}
+ChatModelOpener = Callable[[Any, ExitStack, Any], "tuple[Any, bool]"]
 
 
 def register(app: typer.Typer) -> None:
@@ -36,12 +35,11 @@ def chat(
     llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where runs live (default: ./runs)."),
     config: Optional[Path] = typer.Option(None, help="TOML config file."),
-    script: Optional[Path] = typer.Option(None, "--script", hidden=True, envvar=SCRIPT_ENV),
 ) -> None:
     """Chat with the labelling loop: start runs, ask why a row went to the LLM, see the code and the costs."""
     from autoannotator.config import load_settings
     from autoannotator.errors import UserError
-    from autoannotator.ui.trace import TraceRenderer, read_trace
+    from autoannotator.cli.trace import TraceRenderer, read_trace
 
     console = Console(highlight=False)
     mode = "verbose" if verbose else "quiet" if quiet else "normal"
@@ -60,7 +58,7 @@ def chat(
                        f"chat-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     last.write_text(name)
     with ExitStack() as stack:
-        graph = _graph(settings, script, stack, chat_dir.parent / "chat.sqlite")
+        graph = build_graph(settings, stack, chat_dir.parent / "chat.sqlite")
         cfg = {"configurable": {"thread_id": name}, "recursion_limit": 100}
         renderer = TraceRenderer(console, mode, chat_dir / name / "trace.jsonl")  # type: ignore[arg-type]
         _welcome(graph, cfg, renderer, console, name, resume)
@@ -88,25 +86,31 @@ def chat(
     console.print(f"[dim]session saved: {name} — continue it with[/] autoannotator chat --resume --session {name}")
 
 
-def _graph(settings: Any, script: Path | None, stack: ExitStack, db: Path) -> Any:
+def open_chat_model(settings: Any, stack: ExitStack, loop: Any) -> tuple[Any, bool]:
+    """The configured LLM (or the embedded one), kept for the session; the loop's tools verify with it too."""
+    from autoannotator.llm.factory import llm_session
+
+    handle = stack.enter_context(llm_session(settings))
+    loop.llm = handle
+    return handle.chat, handle.embedded
+
+
+# Where the chat's model comes from: tests (tests/scripted_chat.py) put a scripted one here.
+chat_model_opener: ChatModelOpener = open_chat_model
+
+
+def build_graph(settings: Any, stack: ExitStack, db: Path) -> Any:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
+    from autoannotator import runner
     from autoannotator.graphs.chat import ChatContext, build_chat_graph
-    from autoannotator.tools.loop_tools import LoopContext, make_loop_tools
+    from autoannotator.tools.loop_tools import LoopContext
     from autoannotator.tools.registry import default_registry
 
-    loop = LoopContext(settings)
-    if script is not None:
-        model, weak = _scripted(script, loop)
-    else:
-        from autoannotator.agent.llm import llm_session
-
-        handle = stack.enter_context(llm_session(settings))
-        model, weak = handle.chat, handle.embedded
-    registry = default_registry(settings, loop)
-    for tool in make_loop_tools(settings, loop):
-        if tool.name not in registry:  # already there if make_loop_tools is wired in as a built-in
-            registry.register(tool, source="builtin")
+    loop = LoopContext(settings, label=runner.label)
+    stack.callback(loop.resources.close)
+    model, weak = chat_model_opener(settings, stack, loop)
+    registry = default_registry(settings, loop, group="loop")
     db.parent.mkdir(parents=True, exist_ok=True)
     saver = stack.enter_context(SqliteSaver.from_conn_string(str(db)))
     return build_chat_graph(ChatContext(chat=model, weak=weak, loop=loop, tools=registry.tools()), saver)
@@ -116,7 +120,7 @@ def drive(graph: Any, inputs: Any, cfg: dict, renderer: Any, console: Console) -
     """Stream one turn into the renderer; at a confirmation, ask and resume until the turn ends."""
     from langgraph.types import Command
 
-    from autoannotator.ui.trace import events_from_update
+    from autoannotator.cli.trace import events_from_update
 
     while True:
         if inputs is not None:  # None: answer the pending confirmation first
@@ -147,7 +151,7 @@ def close_dangling(graph: Any, cfg: dict) -> None:
 
 
 def _welcome(graph: Any, cfg: dict, renderer: Any, console: Console, name: str, resume: bool) -> None:
-    from autoannotator.ui.trace import events_from_message
+    from autoannotator.cli.trace import events_from_message
 
     close_dangling(graph, cfg)
     snap = graph.get_state(cfg)
@@ -165,35 +169,3 @@ def _welcome(graph: Any, cfg: dict, renderer: Any, console: Console, name: str, 
         console.print(f"[yellow]no earlier conversation in session {name}: starting it[/]")
     console.print("[dim]session[/] " + name + "[dim] · /quit or Ctrl-D to leave · e.g. "
                   "label examples/reviews.csv for sentiment with labels positive,negative[/]")
-
-
-# -- test-only: a scripted LLM and a seeded stand-in verifier, so no test ever needs a model --------
-def _scripted(path: Path, loop: Any) -> tuple[Any, bool]:
-    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-    from langchain_core.messages import AIMessage
-
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    ids = itertools.count()
-
-    class ScriptedChat(GenericFakeChatModel):
-        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-            return self
-
-    replies = [AIMessage(r) if isinstance(r, str) else AIMessage(
-        r.get("content", ""), tool_calls=[{"name": c["name"], "args": c.get("args", {}), "id": f"s{next(ids)}",
-                                           "type": "tool_call"} for c in r.get("tool_calls", [])])
-        for r in spec.get("replies", [])]
-    loop.verifier_factory, loop.verifier_info = _simulated(float(spec.get("verifier_p", 0.9))), {"simulated": True}
-    return ScriptedChat(messages=iter(replies)), bool(spec.get("weak", False))
-
-
-def _simulated(p: float) -> Any:
-    def factory(task: Any, run_dir: Path, run_id: str) -> Any:
-        from autoannotator.bench.simulated import SimulatedVerifier
-        from autoannotator.data import load_dataset
-        from autoannotator.runner import RunPlan
-
-        plan = RunPlan.load(run_dir)
-        ds = load_dataset(plan.data_path, plan.task.text_column, plan.gold_column)
-        return SimulatedVerifier(ds.gold or [None] * len(ds.texts), task, p, run_id=run_id)
-    return factory

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoannotator.slm.catalog import CatalogEntry, catalog_entries
-from autoannotator.tools.candidates import ModelCandidate, as_list, as_text, score, weights_size
-from autoannotator.tools.hubnet import cached_file
-from autoannotator.tools.packaged import packaged_facts
+from autoannotator.discovery.candidates import ModelCandidate, as_list, as_text, score, weights_size
+from autoannotator.discovery.hubnet import cached_file
+from autoannotator.discovery.packaged import packaged_facts
 
 if TYPE_CHECKING:
     from autoannotator.task import TaskSpec

@@ -1,0 +1,2 @@
+"""Deploying the chosen SLMs: the generated deployment code, the probe, and the proxy that talks to
+the sandboxed worker."""

@@ -1,1 +1,0 @@
-"""Terminal output: progress bars and live counters (rich)."""
