@@ -37,7 +37,8 @@ from autoannotator.slm.base import SLM, LabelMapping, Prediction
 FROZEN_BUILTINS = ("vader", "textblob", "afinn", "profanity")
 # What the deployment program may import from autoannotator: the adapters and what they import.
 RUNTIME_FILES = ("__init__.py", "errors.py", "slm/__init__.py", "slm/base.py", "slm/labels.py",
-                 "slm/lexicon.py", "slm/hf.py", "slm/torch_infer.py", "slm/catalog.py")
+                 "slm/lexicon.py", "slm/hf.py", "slm/torch_infer.py", "slm/catalog.py", "slm/adapters.py",
+                 "plugins.py")
 SAMPLES_FILE = "smoke_samples.json"
 MODELS_DIR = "models"  # models/<index>: a staged copy of model <index>'s folder
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
@@ -133,7 +134,7 @@ def route_after_tools(state: ChatState, weak: bool) -> Literal["agent", "reply"]
 # -- the graph -------------------------------------------------------------------------------------
 @dataclass
 class ChatContext:
-    chat: Any  # a LangChain chat model (llm_session's handle.chat, or a scripted one in tests)
+    chat: BaseChatModel  # llm_session's handle.chat, or a scripted one in tests
     weak: bool  # handle.embedded: forced through the intent router
     loop: LoopContext
     tools: list[BaseTool]

@@ -18,13 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
 
+from autoannotator.config import Settings
 from autoannotator.prompts import render
+from autoannotator.sandbox.base import Sandbox
+from autoannotator.slm.base import SLM
 from autoannotator.task import TaskSpec
+from autoannotator.tools.registry import ToolRegistry
 
 PHASES = ("define_task", "search_models", "read_model_card", "probe_models", "select_models",
           "write_deployment_code")
@@ -92,19 +97,19 @@ def must_force(state: ControllerState, weak_llm: bool) -> bool:
 # -- the graph ----------------------------------------------------------------------------------
 @dataclass
 class ControllerContext:
-    settings: Any
+    settings: Settings
     run_dir: Path
     plan: PlanDraft
     samples: list[str]
     n_rows: int
-    chat: Any
+    chat: BaseChatModel
     weak_llm: bool
-    registry: Any  # tools.registry.ToolRegistry
+    registry: ToolRegistry | None  # the plan tools, bound to this context (set once it exists)
     hints: Callable[[str, PlanDraft], str]  # step -> what the LLM may choose from
     fallbacks: Callable[[PlanDraft], None]  # fills whatever the LLM left undone
     on_event: Callable[[dict], None] = lambda event: None
-    sandbox: Any = None  # where probes and the deployment smoke test run
-    build_model: Callable[[str], Any] | None = None  # spec -> SLM, for checking a selection
+    sandbox: Sandbox | None = None  # where probes and the deployment smoke test run
+    build_model: Callable[[str], SLM] | None = None  # spec -> SLM, for checking a selection
     label_samples: Callable[[TaskSpec, list[str]], list[str]] | None = None  # the LLM's own labels
     _llm_labels: tuple[tuple[str, ...], list[str]] | None = None
 
