@@ -246,6 +246,28 @@ def export_labelstudio(run: str = typer.Argument(..., help="Run directory, id or
     typer.echo(labeling_config(plan.task.label_names))
 
 
+@runs_app.command("push-labelstudio")
+def push_labelstudio(run: str = typer.Argument(..., help="Run directory, id or id prefix."),
+                     url: str = typer.Option(..., "--url", envvar="LABEL_STUDIO_URL",
+                                             help="Label Studio's address, e.g. http://localhost:8080."),
+                     api_key: str = typer.Option(..., "--api-key", envvar="LABEL_STUDIO_API_KEY",
+                                                 help="Personal access token or legacy token (Account & Settings)."),
+                     all_rows: bool = typer.Option(False, "--all", help="Every row, not only the hard ones."),
+                     title: Optional[str] = typer.Option(None, help="Project title (default: the run id)."),
+                     runs_dir: Optional[Path] = _RUNS_DIR, config: Optional[Path] = _CONFIG) -> None:
+    """Create a Label Studio project for the run and import its hard rows (or all), its labels as predictions;
+    print the project's URL. After review, export JSON there and run `runs import-labelstudio`."""
+    from autoannotator.run.labelstudio import LabelStudioClient, push_run
+
+    run_dir, _, _ = _load(run, runs_dir, config)
+    with LabelStudioClient(url, api_key) as client:
+        pushed = push_run(run_dir, client, all_rows=all_rows, title=title)
+    typer.echo(f"created project {pushed.project_id} with {pushed.n_tasks} task(s), {pushed.n_predictions} "
+               f"prediction(s); review them, export JSON, then: "
+               f"autoannotator runs import-labelstudio {run_dir.name} EXPORT.json", err=True)
+    typer.echo(pushed.project_url)
+
+
 @runs_app.command("import-labelstudio")
 def import_labelstudio(run: str = typer.Argument(..., help="Run directory, id or id prefix."),
                        export: Path = typer.Argument(..., metavar="EXPORT.json", help="Label Studio's JSON export."),
