@@ -22,7 +22,7 @@ from labelstudio_server import LabelStudioServer
 from test_labelstudio import _results, _run, invoke
 
 from autoannotator.errors import UserError
-from autoannotator.run.labelstudio import LabelStudioClient, import_review, labeling_config
+from autoannotator.run.labelstudio import LabelStudioClient, labeling_config
 
 FLIP = {"positive": "negative", "negative": "positive"}
 
@@ -145,12 +145,17 @@ def test_push_creates_the_project_with_tasks_and_predictions(label_studio: Label
     _annotate(label_studio, stored[target]["id"], gold[target])
     with LabelStudioClient(label_studio.url, label_studio.personal_token) as client:
         client._access = "expired.or.revoked"  # the ~5 min access token ran out: the client renews it once
-        export = client.export_tasks(project_id)
-    assert [t["data"]["row_id"] for t in export] == [target]
-    (tmp_path / "export.json").write_text(json.dumps(export), encoding="utf-8")
-    section = import_review(run_dir, tmp_path / "export.json")
-    assert (section["n_reviewed"], section["n_changed"]) == (1, 1)
-    assert _results(run_dir)[target]["label_source"] == "human_reviewed"
+        assert [t["data"]["row_id"] for t in client.export_tasks(project_id)] == [target]
+
+    pulled = invoke("import-labelstudio", str(run_dir), "--project", str(project_id), "--url", label_studio.url,
+                    "--api-key", label_studio.personal_token)
+    assert pulled.exit_code == 0, (pulled.output, pulled.exception)
+    assert "1 reviewed row(s), 1 label(s) changed" in pulled.stdout
+    section = json.loads((run_dir / "report.json").read_text())["human_reviewed"]
+    assert section["imported_from"] == str((run_dir / f"labelstudio-project-{project_id}.json").resolve())
+    after = _results(run_dir)
+    assert after[target]["label_source"] == "human_reviewed" and after[target]["label"] == gold[target]
+    assert sum(r["label_source"] == "human_reviewed" for r in after) == 1
 
 
 def test_push_with_a_legacy_token_and_with_bad_keys(label_studio: LabelStudioServer, tmp_path):
@@ -181,8 +186,10 @@ def test_push_with_a_legacy_token_and_with_bad_keys(label_studio: LabelStudioSer
     assert label_studio.api("GET", "/api/jwt/settings")["legacy_api_tokens_enabled"] is True
 
 
-def test_push_to_an_unreachable_server_is_one_line(tmp_path):
+def test_push_to_an_unreachable_server_is_one_line(tmp_path, monkeypatch):
     """Needs no Label Studio: nothing listens on the port. Through the real command line."""
+    for var in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
     _, run_dir = _run(tmp_path, n=24)
     with socket.socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
@@ -198,3 +205,8 @@ def test_push_to_an_unreachable_server_is_one_line(tmp_path):
 
     bad_url = invoke("push-labelstudio", str(run_dir), "--url", "localhost:8080", "--api-key", "k")
     assert isinstance(bad_url.exception, UserError) and "must be a Label Studio address" in str(bad_url.exception)
+    neither = invoke("import-labelstudio", str(run_dir))
+    assert isinstance(neither.exception, UserError) and "either Label Studio's EXPORT.json or --project" in \
+        str(neither.exception)
+    no_url = invoke("import-labelstudio", str(run_dir), "--project", "3")
+    assert isinstance(no_url.exception, UserError) and "--project needs --url" in str(no_url.exception)
