@@ -194,7 +194,7 @@ def test_push_to_an_unreachable_server_is_one_line(tmp_path, monkeypatch):
     with socket.socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "autoannotator.cli", "runs", "push-labelstudio", str(run_dir),
+    proc = subprocess.run([sys.executable, "-m", "autoannotator.cli.app", "runs", "push-labelstudio", str(run_dir),
                            "--url", f"http://127.0.0.1:{port}", "--api-key", "k" * 40],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "COLUMNS": "300"})

@@ -62,10 +62,6 @@ _NUM = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
 _EXT = r"\.(?:csv|tsv|jsonl|ndjson|json|parquet)"
 _FILE = (r"""(?:(?P<q>["'`])(?P<{0}_q>[^"'`]+?""" + _EXT + r""")(?P=q)|(?P<{0}>[^\s"'`,;()]+""" + _EXT + r"""\b))""")
 _START = re.compile(r"\blabel\s+(?:the\s+)?(?:(?:file|data)\s+)?" + _FILE.format("path"), re.I)
-
-
-def _file(m: re.Match[str], name: str) -> str:
-    return m[name] or m[f"{name}_q"]
 # "..., and write the result to OUT.csv", "save them as x.jsonl", "into out.csv", "output: out.csv"
 _OUT = [re.compile(r"[\s,;]*(?:\b(?:and|then)\s+)*\b(?:write|save|store|put|output|export|dump)\b(?:\s+[\w-]+){0,4}?"
                    r"\s+(?:to|as|in|into|at)\s+" + _FILE.format("out"), re.I),
@@ -81,6 +77,13 @@ _LABELS = [re.compile(p + _LIST, re.I) for p in (
     r"[\s,;]*\b(?:as|into|either)\s+(?:either\s+)?",  # as positive or negative
     r"\s*[,:;]\s*(?:either\s+)?(?:as\s+)?",  # for sentiment, positive or negative
 )]
+
+
+def _file(m: re.Match[str], name: str) -> str:
+    """The path a _FILE group matched, quoted or bare."""
+    return m[name] or m[f"{name}_q"]
+
+
 _INTENTS: list[tuple[str, re.Pattern[str]]] = [
     ("start_labelling", _START),
     ("explain_row", re.compile(r"\brow\s*#?\s*(?P<row>\d+)\b", re.I)),
