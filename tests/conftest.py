@@ -35,3 +35,11 @@ def _loopback_only(self, address):
 def _no_remote_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
     yield
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server on loopback for the whole session (its first start takes minutes)."""
+    from labelstudio_server import serve
+
+    yield from serve(tmp_path_factory.mktemp("label-studio"))

@@ -328,7 +328,7 @@ def test_trace_modes_quiet_shows_only_summaries_verbose_the_full_result():
                "holdout_balanced_acc_before": 0.5, "holdout_balanced_acc_after": 0.8},
               {"type": "tool_result", "id": "c1", "name": "start_labelling", "ok": True, "result": result},
               {"type": "assistant", "text": "run r1: 10 rows labelled, 4 LLM calls (40.0%), est. $0.000250, "
-                                            "accuracy 0.9000"}]
+                                            "accuracy 0.9000; labels in /x/o.csv"}]
     screens = {}
     for mode in ("quiet", "normal", "verbose"):
         console = Console(record=True, width=120)

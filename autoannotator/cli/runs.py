@@ -246,14 +246,54 @@ def export_labelstudio(run: str = typer.Argument(..., help="Run directory, id or
     typer.echo(labeling_config(plan.task.label_names))
 
 
+@runs_app.command("push-labelstudio")
+def push_labelstudio(run: str = typer.Argument(..., help="Run directory, id or id prefix."),
+                     url: str = typer.Option(..., "--url", envvar="LABEL_STUDIO_URL",
+                                             help="Label Studio's address, e.g. http://localhost:8080."),
+                     api_key: str = typer.Option(..., "--api-key", envvar="LABEL_STUDIO_API_KEY",
+                                                 help="Personal access token or legacy token (Account & Settings)."),
+                     all_rows: bool = typer.Option(False, "--all", help="Every row, not only the hard ones."),
+                     title: Optional[str] = typer.Option(None, help="Project title (default: the run id)."),
+                     runs_dir: Optional[Path] = _RUNS_DIR, config: Optional[Path] = _CONFIG) -> None:
+    """Create a Label Studio project for the run and import its hard rows (or all), its labels as predictions;
+    print the project's URL. After review, export JSON there and run `runs import-labelstudio`."""
+    from autoannotator.run.labelstudio import LabelStudioClient, push_run
+
+    run_dir, _, _ = _load(run, runs_dir, config)
+    with LabelStudioClient(url, api_key) as client:
+        pushed = push_run(run_dir, client, all_rows=all_rows, title=title)
+    typer.echo(f"created project {pushed.project_id} with {pushed.n_tasks} task(s), {pushed.n_predictions} "
+               f"prediction(s); review them, export JSON, then: "
+               f"autoannotator runs import-labelstudio {run_dir.name} EXPORT.json", err=True)
+    typer.echo(pushed.project_url)
+
+
 @runs_app.command("import-labelstudio")
 def import_labelstudio(run: str = typer.Argument(..., help="Run directory, id or id prefix."),
-                       export: Path = typer.Argument(..., metavar="EXPORT.json", help="Label Studio's JSON export."),
+                       export: Optional[Path] = typer.Argument(None, metavar="[EXPORT.json]",
+                                                               help="Label Studio's JSON export (or --project)."),
+                       project: Optional[int] = typer.Option(None, "--project",
+                                                             help="Fetch the export of this Label Studio project."),
+                       url: Optional[str] = typer.Option(None, "--url", envvar="LABEL_STUDIO_URL",
+                                                         help="Label Studio's address, with --project."),
+                       api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LABEL_STUDIO_API_KEY",
+                                                             help="Personal access token or legacy token."),
                        runs_dir: Optional[Path] = _RUNS_DIR, config: Optional[Path] = _CONFIG) -> None:
-    """Take the labels reviewed in Label Studio into the run: store, output file and report."""
-    from autoannotator.run.labelstudio import import_review
+    """Take the labels reviewed in Label Studio into the run: store, output file and report. From an export
+    file, or straight from the project (`--project ID --url ... --api-key ...`)."""
+    from autoannotator.run.labelstudio import LabelStudioClient, import_review
 
     run_dir, plan, _ = _load(run, runs_dir, config)
+    if (export is None) == (project is None):
+        raise UserError("give either Label Studio's EXPORT.json or --project ID (with --url and --api-key)")
+    if project is not None:
+        if not url or not api_key:
+            raise UserError("--project needs --url and --api-key (or LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)")
+        with LabelStudioClient(url, api_key) as client:
+            exported = client.export_tasks(project)
+        export = run_dir / f"labelstudio-project-{project}.json"  # kept: the report names where labels came from
+        export.write_text(json.dumps(exported, ensure_ascii=False, indent=1), encoding="utf-8")
+    assert export is not None
     section = import_review(run_dir, export)
     line = (f"{section['n_reviewed']} reviewed row(s), {section['n_changed']} label(s) changed; "
             f"output rewritten: {plan.out_path}")

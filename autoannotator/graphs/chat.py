@@ -46,8 +46,9 @@ MAX_TOOL_ROUNDS = 6  # tool calls a strong model may chain for one user message
 WEAK_MAX_TOKENS = 96
 HISTORY = 40  # messages the LLM sees: a long session must not outgrow its context
 _ids = itertools.count()
-WEAK_HELP = ("I understand: `label PATH for TASK [with labels a,b] [gold column C]`, `why did row N go to the LLM?`, "
-             "`show the code`, `use epsilon X` (or beta, k), `status` / `how much did it cost?`, `resume`.")
+WEAK_HELP = ("I understand: `label PATH for TASK[, a or b] [gold column C] [and write the result to OUT.csv]`, "
+             "`why did row N go to the LLM?`, `show the code`, `use epsilon X` (or beta, k), `status` / "
+             "`how much did it cost?`, `resume`.")
 
 
 class ChatState(MessagesState, total=False):
@@ -58,9 +59,34 @@ class ChatState(MessagesState, total=False):
 
 # -- pure: the intent router and the routers ------------------------------------------------------
 _NUM = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
+# A data file named in a sentence: quoted (then it may hold spaces) or bare; trailing punctuation is not part of it.
+_EXT = r"\.(?:csv|tsv|jsonl|ndjson|json|parquet)"
+_FILE = (r"""(?:(?P<q>["'`])(?P<{0}_q>[^"'`]+?""" + _EXT + r""")(?P=q)|(?P<{0}>[^\s"'`,;()]+""" + _EXT + r"""\b))""")
+_START = re.compile(r"\blabel\s+(?:the\s+)?(?:(?:file|data)\s+)?" + _FILE.format("path"), re.I)
+# "..., and write the result to OUT.csv", "save them as x.jsonl", "into out.csv", "output: out.csv"
+_OUT = [re.compile(r"[\s,;]*(?:\b(?:and|then)\s+)*\b(?:write|save|store|put|output|export|dump)\b(?:\s+[\w-]+){0,4}?"
+                   r"\s+(?:to|as|in|into|at)\s+" + _FILE.format("out"), re.I),
+        re.compile(r"[\s,;]*(?:\band\s+)?(?:\binto\b|\boutput(?:\s+file)?\s*[:=]?|->|>)\s*" + _FILE.format("out"), re.I)]
+_GOLD = re.compile(r"[\s,;]*\b(?:and\s+)?(?:with\s+)?(?:the\s+)?gold(?:\s+labels?)?\s+(?:(?:are\s+)?in\s+)?(?:the\s+)?"
+                   r"column\s+[\"'`]?(?P<col>\w+)[\"'`]?|[\s,;]*\b(?:and\s+)?(?:the\s+)?gold\s+labels?\s+(?:are\s+)?in\s+"
+                   r"[\"'`]?(?P<col2>\w+)[\"'`]?", re.I)
+# A label set: two or more words joined by commas, slashes, "or", "and" ("positive, negative or neutral").
+_LIST = r"(?P<list>[\w-]+(?:(?:\s*[,/|]\s*(?:(?:or|and)\s+)?|\s+(?:or|and)\s+)[\w-]+)+)"
+_LABELS = [re.compile(p + _LIST, re.I) for p in (
+    r"[\s,;]*\b(?:with\s+|using\s+)?(?:the\s+)?labels?(?:\s+set)?\s*(?::|=|\bare\b|\bof\b)?\s*",  # with labels a,b
+    r"\s*\(\s*(?:(?:as|either)\s+)?",  # (positive/negative)
+    r"[\s,;]*\b(?:as|into|either)\s+(?:either\s+)?",  # as positive or negative
+    r"\s*[,:;]\s*(?:either\s+)?(?:as\s+)?",  # for sentiment, positive or negative
+)]
+
+
+def _file(m: re.Match[str], name: str) -> str:
+    """The path a _FILE group matched, quoted or bare."""
+    return m[name] or m[f"{name}_q"]
+
+
 _INTENTS: list[tuple[str, re.Pattern[str]]] = [
-    ("start_labelling", re.compile(r"\blabel\s+(?P<path>\S+\.(?:csv|tsv|jsonl|json|parquet))\s+for\s+(?P<task>.+)",
-                                   re.I)),
+    ("start_labelling", _START),
     ("explain_row", re.compile(r"\brow\s*#?\s*(?P<row>\d+)\b", re.I)),
     ("show_code", re.compile(r"\bshow\b.*\bcode\b(?:.*\b(?:of|for)\s+(?P<model>[\w:./-]+))?", re.I)),
     ("set_parameter", re.compile(r"\b(?:use|set)\s+(?P<name>ε|β|eps|epsilon|beta|k)\s*(?:=|to|of)?\s*" + _NUM, re.I)),
@@ -76,14 +102,10 @@ def route_intent(text: str) -> dict[str, Any] | None:
         if not m:
             continue
         if name == "start_labelling":
-            task, args = m["task"].strip().rstrip("."), {"data_path": m["path"]}
-            if lab := re.search(r"\s*,?\s*\bwith\s+labels?\s+([\w\-]+(?:\s*,\s*[\w\-]+)+)", task, re.I):
-                args["labels"] = re.sub(r"\s+", "", lab[1])
-                task = task.replace(lab[0], "")
-            if gold := re.search(r"\s*,?\s*\b(?:and\s+)?gold(?:\s+column)?\s+(\w+)", task, re.I):
-                args["gold_column"] = gold[1]
-                task = task.replace(gold[0], "")
-            return {"name": name, "args": {**args, "task": f"label these texts for {task.strip(' ,')}"}}
+            args = parse_label_request(text)
+            if args is None:
+                continue
+            return {"name": name, "args": args}
         if name == "explain_row":
             return {"name": name, "args": {"row": int(m["row"])}}
         if name == "show_code":
@@ -92,6 +114,60 @@ def route_intent(text: str) -> dict[str, Any] | None:
             return {"name": name, "args": {"name": m["name"].lower(), "value": float(m[2])}}
         return {"name": name, "args": {}}
     return None
+
+
+def _cut(text: str, m: re.Match[str]) -> str:
+    return text[:m.start()] + " " + text[m.end():]
+
+
+def parse_label_request(text: str) -> dict[str, Any] | None:
+    """start_labelling's arguments from "label FILE for TASK[, LABELS] [gold column C] [and write it to OUT]".
+
+    What the request names is honoured: the label set ("positive or negative", "as a, b or c", "with labels
+    a,b", "(a/b)") and the output file are taken out of the sentence, and what "for" leaves is the task
+    ("sentiment"), not the whole sentence. None when the words name no file, or neither a task nor labels.
+    """
+    start = _START.search(text)
+    if not start:
+        return None
+    args: dict[str, Any] = {"data_path": _file(start, "path")}
+    rest = text[start.end():]
+    for pattern in _OUT:
+        if out := pattern.search(rest):
+            args["out"], rest = _file(out, "out"), _cut(rest, out)
+            break
+    if gold := _GOLD.search(rest):
+        args["gold_column"], rest = gold["col"] or gold["col2"], _cut(rest, gold)
+    task_at = re.search(r"^\s*,?\s*\bfor\s+", rest, re.I)
+    body = rest[task_at.end():] if task_at else rest
+    for pattern in _LABELS:
+        lab = pattern.search(body)
+        # A bare list ("for sentiment, positive or negative") must end the phrase, not open a longer one.
+        if lab and (pattern is not _LABELS[-1] or not body[lab.end():].strip(" .!?)")):
+            args["labels"] = ",".join(w for w in re.split(r"\s*[,/|]\s*(?:(?:or|and)\s+)?|\s+(?:or|and)\s+",
+                                                         lab["list"]) if w)
+            body = body[:lab.start()] + " " + body[lab.end():].lstrip(" )")
+            break
+    task = " ".join(body.split()).strip(" ,;:.!?")
+    if task_at is None:  # "label x.csv as positive or negative": the labels are the task
+        if "labels" not in args:
+            return None
+        task = " or ".join(args["labels"].split(","))
+    return {**args, "task": f"label these texts for {task}"}
+
+
+def honour_request(reply: AIMessage, text: str) -> AIMessage:
+    """The model's start_labelling call with what the user's words named (label set, output file, gold column)
+    put in as named: a model that adds a "neutral" the user did not ask for, or drops the output file, would
+    otherwise label with other labels or write elsewhere. The rest is the model's; the confirmation shows all."""
+    asked = parse_label_request(text)
+    if not asked or not any(c["name"] == "start_labelling" for c in reply.tool_calls):
+        return reply
+    named = {k: asked[k] for k in ("labels", "out", "gold_column") if k in asked}
+    same_file = lambda c: Path(str(c["args"].get("data_path", ""))).name == Path(asked["data_path"]).name  # noqa: E731
+    calls = [{**c, "args": {**c["args"], **named}} if c["name"] == "start_labelling" and same_file(c) else c
+             for c in reply.tool_calls]
+    return reply.model_copy(update={"tool_calls": calls})
 
 
 def is_yes(answer: Any) -> bool:
@@ -238,7 +314,7 @@ def build_chat_graph(ctx: ChatContext, checkpointer: Any = None) -> Any:
             reply = AIMessage(f"(the LLM call failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
         if ctx.weak and not reply.tool_calls:
             reply = AIMessage(f"{str(reply.content).strip()}\n\n{WEAK_HELP}".strip())
-        return {"messages": [reply]}
+        return {"messages": [honour_request(reply, last_human(state))]}
 
     def confirm(state: ChatState) -> dict:
         # Re-runs from the top on resume: everything before interrupt() must be cheap and side-effect free.

@@ -61,8 +61,9 @@ def summarize(name: str, result: Any) -> str:
         return str(result).splitlines()[0][:300] if result else "(no result)"
     if name in PAID:
         acc = f", accuracy {result['accuracy']:.4f}" if result.get("accuracy") is not None else ""
+        written = f"; labels in {result['out_path']}" if result.get("out_path") else ""
         return (f"run {result['run_id']}: {result['rows']} rows labelled, {result['llm_calls']} LLM calls "
-                f"({result['llm_call_rate']:.1%}), est. ${result['est_cost_usd']:.6f}{acc}")
+                f"({result['llm_call_rate']:.1%}), est. ${result['est_cost_usd']:.6f}{acc}{written}")
     if name == "run_status":
         agr = "-" if result.get("agreement") is None else f"{result['agreement']:.1%}"
         return (f"run {result['run_id']}: {result['rows_done']}/{result['rows_total'] or '?'} rows"

@@ -4,21 +4,33 @@ Export writes Label Studio's JSON import format (one task per row, the run's lab
 scored 1 - U) and the labeling config that matches it. Import reads Label Studio's JSON export,
 sets each reviewed row's label with label_source ``human_reviewed``, rewrites the labelled output
 file and updates report.json (counts, accuracy, and a ``human_reviewed`` section).
+
+``LabelStudioClient`` speaks the few REST calls a push needs (create a project, import tasks, export
+annotations) to a real server (checked against label-studio 1.23.2): it takes either kind of API key,
+a legacy token (``Authorization: Token``) or a personal access token, which is a JWT refresh token
+traded at ``/api/token/refresh/`` for a short-lived ``Bearer`` access token.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
+
+import httpx
 
 from autoannotator.ensemble import is_hard
 from autoannotator.errors import UserError
 from autoannotator.run.report import model_agreement, quality, write_report
 from autoannotator.run.output import write_run_output
+from autoannotator.run.paths import RunPaths
 from autoannotator.run.plan import RunPlan, load_run_dataset
 from autoannotator.run.store import RunStore
 
@@ -153,3 +165,155 @@ def _refresh_report(report: dict, results: list[dict], gold: list[str | None] | 
         section["accuracy_before"], section["accuracy_after"] = accuracy_before, report["accuracy"]
     report["warnings"] = list(dict.fromkeys(report.get("warnings", []) + warnings))
     report["human_reviewed"] = section
+
+
+# -- a Label Studio server, over HTTP -------------------------------------------------------------
+def _jwt_claims(key: str) -> dict[str, Any] | None:
+    """The (unverified) claims of a JWT, or None when the key is not one (a legacy token is 40 hex digits)."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _detail(response: httpx.Response) -> str:
+    """Label Studio's one-line reason for an error response (its JSON ``detail``), else the status text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        detail = body.get("detail") or body.get("validation_errors") or body
+        return " ".join(str(detail).split())[:300]
+    return " ".join(str(body).split())[:300]
+
+
+class LabelStudioClient:
+    """The REST calls autoannotator makes to a Label Studio server; failures are one-line ``UserError``s."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 120.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UserError(f"--url must be a Label Studio address like http://localhost:8080, not {url!r}")
+        if not api_key.strip():
+            raise UserError("no Label Studio API key: pass --api-key (Account & Settings > Personal Access Token)")
+        self.url = url.strip().rstrip("/")
+        self._key = api_key.strip()
+        self._claims = _jwt_claims(self._key)
+        self._access: str | None = None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "LabelStudioClient":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- auth and transport --
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise UserError(f"Label Studio at {self.url} did not answer {method} {path} in time") from None
+        except httpx.HTTPError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise UserError(f"cannot reach Label Studio at {self.url}: {reason}") from None
+
+    def _auth(self, renew: bool = False) -> dict[str, str]:
+        if self._claims is None:
+            return {"Authorization": f"Token {self._key}"}
+        if self._claims.get("token_type") not in (None, "refresh"):
+            raise UserError("that Label Studio API key is a short-lived access token; pass the personal access "
+                            "token itself (Account & Settings > Personal Access Token)")
+        if self._access is None or renew:
+            resp = self._send("POST", "/api/token/refresh/", json={"refresh": self._key})
+            try:
+                access = resp.json().get("access") if resp.status_code == 200 else None
+            except (ValueError, AttributeError):
+                access = None
+            if not isinstance(access, str):
+                raise UserError(f"Label Studio at {self.url} refused the personal access token "
+                                f"({resp.status_code}: {_detail(resp)}); create a new one in Account & Settings")
+            self._access = access
+        return {"Authorization": f"Bearer {self._access}"}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One authenticated API call; its JSON answer. A personal access token's access token lasts
+        about 5 minutes, so a 401 with one is retried once with a fresh access token."""
+        resp = self._send(method, path, headers=self._auth(), **kwargs)
+        if resp.status_code == 401 and self._claims is not None:
+            resp = self._send(method, path, headers=self._auth(renew=True), **kwargs)
+        if resp.status_code in (401, 403):
+            detail = _detail(resp)
+            hint = ("legacy tokens are turned off for this organization: pass a personal access token instead"
+                    if "legacy token" in detail.lower() else "check --api-key (Account & Settings)")
+            raise UserError(f"Label Studio at {self.url} refused the API key ({resp.status_code}: {detail}); {hint}")
+        if resp.status_code == 404:
+            raise UserError(f"Label Studio at {self.url} has no {path} (404): is this a Label Studio server?")
+        if resp.status_code >= 400:
+            raise UserError(f"Label Studio at {self.url}: {method} {path} failed ({resp.status_code}: {_detail(resp)})")
+        try:
+            return resp.json()
+        except ValueError:
+            raise UserError(f"{self.url}{path} answered something that is not JSON: is this a Label Studio "
+                            f"server?") from None
+
+    # -- the calls --
+    def create_project(self, title: str, label_config: str) -> dict[str, Any]:
+        project = self.request("POST", "/api/projects", json={"title": title, "label_config": label_config})
+        if not isinstance(project, dict) or not isinstance(project.get("id"), int):
+            raise UserError(f"Label Studio at {self.url} did not return the new project's id")
+        return project
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Tasks with their predictions; Label Studio's import summary (task_count, prediction_count, ...)."""
+        summary = self.request("POST", f"/api/projects/{project_id}/import", json=tasks)
+        return summary if isinstance(summary, dict) else {}
+
+    def export_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's annotated tasks in Label Studio's JSON export format (what import_review reads)."""
+        exported = self.request("GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON"})
+        if not isinstance(exported, list):
+            raise UserError(f"Label Studio at {self.url} exported a {type(exported).__name__}, not a list of tasks")
+        return exported
+
+    def project_url(self, project_id: int) -> str:
+        return f"{self.url}/projects/{project_id}/data"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    project_id: int
+    project_url: str
+    n_tasks: int
+    n_predictions: int
+
+
+def push_run(run_dir: Path, client: LabelStudioClient, all_rows: bool = False, title: str | None = None) -> PushResult:
+    """Create a Label Studio project for the run (its labelling config) and import its hard rows (or all)
+    as tasks with the run's labels as predictions: the first half of the review round trip."""
+    plan = RunPlan.load(run_dir)
+    store = RunStore(RunPaths(run_dir).store)
+    try:
+        results = store.results()
+    finally:
+        store.close()
+    tasks = export_tasks(plan, results, load_run_dataset(plan).texts, all_rows)
+    if not tasks:
+        raise UserError(f"run {plan.run_id} has no hard rows to review; pass --all to push every row")
+    title = title or f"autoannotator {plan.run_id}"[:50]  # Label Studio's limit: 3 to 50 characters
+    project = client.create_project(title, labeling_config(plan.task.label_names))
+    summary = client.import_tasks(project["id"], tasks)
+    n_tasks = int(summary.get("task_count", -1))
+    if n_tasks != len(tasks):
+        raise UserError(f"Label Studio imported {n_tasks} of {len(tasks)} tasks into project {project['id']}")
+    return PushResult(project["id"], client.project_url(project["id"]), n_tasks,
+                      int(summary.get("prediction_count", 0)))

@@ -21,6 +21,7 @@ from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from autoannotator.config import Settings
+from autoannotator.data import SUPPORTED
 from autoannotator.errors import UserError
 from autoannotator.run.counters import RunCounters
 from autoannotator.run.inspect import code_versions, deploy_folders, read_report, resolve_run, row_answer, row_text, \
@@ -86,6 +87,8 @@ class StartArgs(BaseModel):
     labels: str | None = Field(None, description="comma-separated label set (default: chosen by the LLM)")
     gold_column: str | None = Field(None, description="column with known labels, to score accuracy")
     text_column: str | None = Field(None, description="column holding the text (default: text)")
+    out: str | None = Field(None, description="file to write the labelled rows to, if the user names one (CSV, TSV, "
+                                              "JSONL, JSON or Parquet; default: inside the run directory)")
     k: int | None = Field(None, description="number of small models")
     epsilon: float | None = Field(None, description="uncertainty threshold: U >= epsilon goes to the LLM")
     beta: int | None = Field(None, description="hard-sample pool size that triggers fine-tuning")
@@ -222,8 +225,11 @@ def start_labelling(ctx: LoopContext, args: StartArgs) -> RunSummary:
     data = Path(args.data_path).expanduser()
     if not data.is_file():
         raise UserError(f"no such data file: {data}")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.suffix.lower() not in SUPPORTED:  # before the run, not after it
+        raise UserError(f"cannot write {out}: the output file must end in one of {', '.join(SUPPORTED)}")
     return _label(ctx, settings, data, instruction=args.task, labels=parse_labels(args.labels) if args.labels
-                  else None, gold_column=args.gold_column, text_column=args.text_column)
+                  else None, gold_column=args.gold_column, text_column=args.text_column, out_path=out)
 
 
 def resume_run(ctx: LoopContext, args: RunArgs) -> RunSummary:
@@ -493,7 +499,8 @@ def launch_finetune(ctx: LoopContext, args: RunArgs) -> FinetuneResult:
 _TOOLS: list[tuple[str, Callable[..., Any], type[BaseModel], type[BaseModel], str]] = [
     ("start_labelling", start_labelling, StartArgs, RunSummary,
      "Label a data file: the small models vote, the LLM verifies their disagreements. Long and paid: the user "
-     "confirms first. Give the data path and the task in words; labels, gold column, k, epsilon, beta optional."),
+     "confirms first. Give the data path and the task in words (\"sentiment\", not the whole request); the label "
+     "set and the output file exactly as the user named them; gold column, k, epsilon, beta optional."),
     ("run_status", run_status, RunArgs, StatusResult,
      "How a run goes or went: rows done, LLM calls, tokens, estimated cost, pool size vs beta, agreement."),
     ("explain_row", explain_row, RowArgs, ExplainResult,
