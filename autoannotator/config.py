@@ -56,9 +56,12 @@ class Settings(BaseSettings):
     # LLM: an OpenAI-compatible endpoint, or the embedded SmolLM2 server when none is configured.
     llm_base_url: str | None = None
     llm_model: str | None = None
+    # The key for the configured endpoint, sent to whatever host llm_base_url names.
     llm_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("llm_api_key", "AUTOANNOTATOR_LLM_API_KEY", "OPENAI_API_KEY")
+        None, validation_alias=AliasChoices("llm_api_key", "AUTOANNOTATOR_LLM_API_KEY")
     )
+    # OpenAI's own key: sent only to api.openai.com (autoannotator/llm/keys.py), never to another host.
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY"))
     llm_timeout_s: float = 60.0
     llm_max_concurrency: int = Field(4, ge=1, le=256)
     llm_max_retries: int = Field(4, ge=0, le=20)
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_llm(self) -> bool:
-        return not self.llm_base_url and not (self.llm_model and self.llm_api_key)
+        return not self.llm_base_url and not (self.llm_model and (self.llm_api_key or self.openai_api_key))
 
 
 def find_config_file(explicit: Path | None = None) -> Path | None:
