@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 60.0
     llm_max_concurrency: int = Field(4, ge=1, le=256)
     llm_max_retries: int = Field(4, ge=0, le=20)
+    # Backoff between attempts: base x 2^attempt, jittered, at most max; a server's Retry-After wins
+    # (capped at llm_retry_after_cap_s: a server asking for an hour is treated as down, not obeyed).
+    llm_backoff_base_s: float = Field(1.0, ge=0.0, le=60.0)
+    llm_backoff_max_s: float = Field(30.0, ge=0.0, le=600.0)
+    llm_retry_after_cap_s: float = Field(60.0, ge=0.0, le=3600.0)
     llm_max_text_chars: int = Field(4000, ge=100)
     embedded_model_path: Path | None = None
     embedded_threads: int | None = None
@@ -82,8 +87,10 @@ class Settings(BaseSettings):
     tool_paths: list[str] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Where the generated deployment code (the frozen SLMs) runs: docker, local (bubblewrap), auto
-    # (docker when an engine answers, else local), or none (in-process, no generated code).
-    sandbox: Literal["auto", "docker", "local", "none"] = "auto"
+    # (docker when an engine answers, else bubblewrap, else in-process from the vetted template: never
+    # LLM-written code unisolated), none (in-process, no generated code), or unsafe-local (generated
+    # code as a plain subprocess, NOT isolated: only when asked for by name).
+    sandbox: Literal["auto", "docker", "local", "none", "unsafe-local"] = "auto"
     max_text_chars: int = Field(20_000, ge=100)
     seed: int = 0
     finetune: FinetuneSettings = FinetuneSettings()

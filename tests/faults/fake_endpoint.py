@@ -14,6 +14,7 @@ API (kept stable: the scaling benchmark reuses it)
         ep.fail_every("503", n=5)                  # every 5th chat request
         ep.fail_when(lambda text: "reset" if "boom" in text else None)   # by the text to classify
         ep.log                                     # list[Request]: every chat request, in arrival order
+                                                   # (n, prompt_hash, text, at, status, mode, label, auth)
         ep.answered()                              # Counter: prompt hash -> times answered with 200
         ep.clear()                                 # forget queued faults and the log
 
@@ -78,6 +79,7 @@ class Request:
     mode: str | None = None  # the fault injected, if any
     label: str | None = None  # the label answered in a tool call, if any
     done_at: float | None = None
+    auth: str | None = None  # the Authorization header as sent (which key reached this host)
 
 
 @dataclass
@@ -217,7 +219,7 @@ class FakeEndpoint:
                 method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                keep = await self._route(method, path.split("?")[0], body, writer)
+                keep = await self._route(method, path.split("?")[0], body, writer, headers.get("authorization"))
                 if not keep:
                     return
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
@@ -237,7 +239,8 @@ class FakeEndpoint:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
 
-    async def _route(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _route(self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter,
+                     auth: str | None = None) -> bool:
         if method == "GET" and path.rstrip("/").endswith("/models"):
             await self._send(writer, 200, json.dumps(
                 {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]}).encode())
@@ -258,7 +261,7 @@ class FakeEndpoint:
             await self._send(writer, 200, b"{}")
             return True
         if method == "POST" and path.rstrip("/").endswith("/chat/completions"):
-            return await self._chat(body, writer)
+            return await self._chat(body, writer, auth)
         await self._send(writer, 404, b'{"error": {"message": "not found"}}')
         return True
 
@@ -291,7 +294,7 @@ class FakeEndpoint:
                 self._window.append(now)
         return None
 
-    async def _chat(self, body: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _chat(self, body: bytes, writer: asyncio.StreamWriter, auth: str | None = None) -> bool:
         try:
             req = json.loads(body)
         except json.JSONDecodeError:
@@ -300,7 +303,7 @@ class FakeEndpoint:
         messages = req.get("messages") or []
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
         text = _text_of(messages)
-        record = Request(n=next(self._count), prompt_hash=digest, text=text, at=time.monotonic())
+        record = Request(n=next(self._count), prompt_hash=digest, text=text, at=time.monotonic(), auth=auth)
         with self._lock:
             self.log.append(record)
             self._in_flight += 1
