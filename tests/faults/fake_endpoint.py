@@ -15,7 +15,7 @@ API (kept stable: the scaling benchmark reuses it)
         ep.fail_when(lambda text: "reset" if "boom" in text else None)   # by the text to classify
         ep.log                                     # list[Request]: every chat request, in arrival order
                                                    # (n, prompt_hash, text, at, status, mode, label, auth)
-        ep.answered()                              # Counter: prompt hash -> times answered with 200
+        ep.answered()                              # Counter: prompt hash -> times answered with a valid label
         ep.clear()                                 # forget queued faults and the log
 
 Fault modes: "429" (optionally retry_after), "500", "503", "hang" (sleeps ``hang_s``, longer than the
@@ -80,6 +80,7 @@ class Request:
     label: str | None = None  # the label answered in a tool call, if any
     done_at: float | None = None
     auth: str | None = None  # the Authorization header as sent (which key reached this host)
+    valid: bool = False  # a 200 carrying a label from the request's own enum (or any label, with no enum)
 
 
 @dataclass
@@ -196,9 +197,9 @@ class FakeEndpoint:
             self.log.clear()
 
     def answered(self) -> collections.Counter[str]:
-        """prompt hash -> how many times a 200 carrying a label went back for it."""
+        """prompt hash -> how many times a 200 carrying a valid label went back for it."""
         with self._lock:
-            return collections.Counter(r.prompt_hash for r in self.log if r.status == 200 and r.label is not None)
+            return collections.Counter(r.prompt_hash for r in self.log if r.valid)
 
     def answered_texts(self) -> collections.Counter[str]:
         with self._lock:
@@ -352,7 +353,8 @@ class FakeEndpoint:
                 await self._send(writer, 200, json.dumps(_completion(self.model, [_choice(msg, "stop")], req)).encode())
                 return True
         label = self._label(req, record.text, fault.mode if fault else None)
-        record.status, record.label = 200, label
+        allowed = _enum(req)
+        record.status, record.label, record.valid = 200, label, (label in allowed) if allowed else True
         tool = _tool_name(req)
         msg = {"role": "assistant", "content": None, "tool_calls": [{
             "id": f"call_{record.n}", "type": "function",

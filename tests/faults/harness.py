@@ -95,10 +95,12 @@ def assert_no_prompt_answered_twice(endpoint) -> None:
 
 
 def one_line_error(stderr: str) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert lines, "no message"
+    """The final message (rich wraps long lines at the console width: they are joined back)."""
     assert "internal error" not in stderr and "Traceback" not in stderr, stderr
-    return lines[-1]
+    starts = [stderr.rfind(p) for p in ("error:", "terminated", "interrupted")]
+    start = max(starts)
+    assert start >= 0, f"no message in {stderr!r}"
+    return " ".join(stderr[start:].split())
 
 
 def sources(rows: list[dict[str, str]]) -> Counter:
