@@ -132,10 +132,11 @@ class LLMVerifier:
                         results[i] = VerifyResult(row_id=prepared[i][0], label=None, tokens_in=0, tokens_out=0,
                                                   cached=False, paid_by_run=self.run_id, failed=True)
                     return
-            # Written at once: a crash later in the batch loses only the calls still in flight.
-            if not self._cache.put(key, self.model_id, label, t_in, t_out, estimated, self.run_id):
-                # Another process answered this prompt first: this answer was paid for too.
-                self._cache.log_extra(key, self.model_id, self.run_id, "duplicate", t_in, t_out, estimated)
+                # Written at once, before the slot goes to the next request: a crash loses only the
+                # answers still in flight.
+                if not self._cache.put(key, self.model_id, label, t_in, t_out, estimated, self.run_id):
+                    # Another process answered this prompt first: this answer was paid for too.
+                    self._cache.log_extra(key, self.model_id, self.run_id, "duplicate", t_in, t_out, estimated)
             first, *dupes = positions
             results[first] = VerifyResult(row_id=prepared[first][0], label=label, tokens_in=t_in,
                                           tokens_out=t_out, cached=False, paid_by_run=self.run_id,
