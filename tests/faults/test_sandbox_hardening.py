@@ -168,3 +168,41 @@ def test_docker_has_no_dev_shm_and_a_cpu_backstop(tmp_path):
     assert kw["cap_drop"] == ["ALL"] and kw["nano_cpus"] == 2_000_000_000
     cpu = [u for u in kw["ulimits"] if u["Name"] == "cpu"][0]
     assert cpu["Hard"] == 201
+
+
+def test_a_run_with_auto_and_no_isolation_runs_no_generated_code(tmp_path, endpoint, monkeypatch):
+    from harness import cli_inprocess, label_args, write_data
+
+    import autoannotator.sandbox.local as local
+
+    _no_docker(monkeypatch)
+    monkeypatch.setattr(local, "_bwrap_problem", lambda flags: "bubblewrap (bwrap) is not installed")
+    data = write_data(tmp_path / "data.csv", 16)
+    args = [a if a != "none" else "auto" for a in label_args(data, tmp_path / "run", endpoint)]
+    assert "auto" in args
+    with _nowarn():
+        code, err = cli_inprocess(args, monkeypatch)
+    assert code == 0, err
+    plan = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert plan["sandbox"] == "none" and plan["deployment_code"] is None
+    assert not (tmp_path / "run" / "deploy").exists()  # no program was written, let alone run
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    notes = [w for w in report["warnings"] if "no sandbox here" in w]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert " ".join(err.split()).count("no sandbox here") == 1
+
+
+def test_docker_dev_shm_is_not_writable_for_real(tmp_path):
+    ok, why = DockerSandbox.available()
+    if not ok:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"docker unavailable under CI: {why}")
+        pytest.skip(f"docker unavailable: {why}")
+    script = tmp_path / "shm.py"
+    script.write_text("import os\n"
+                      "try:\n    open('/dev/shm/x', 'w').write('x'); print('WROTE')\n"
+                      "except OSError as e:\n    print('REFUSED', e.errno)\n"
+                      "print('MOUNTED' if any(' /dev/shm ' in l for l in open('/proc/mounts')) else 'NO-SHM')\n")
+    res = get_sandbox("docker").run(script, tmp_path / "work", limits=SandboxLimits(timeout_s=60))
+    assert res.ok, res.stderr
+    assert "REFUSED" in res.stdout and "WROTE" not in res.stdout and "NO-SHM" in res.stdout
