@@ -73,3 +73,17 @@ def test_config_file_names_the_key(tmp_path, monkeypatch):
     cfg.write_text('llm_api_key = "from-config"\n')
     s = load_settings(config_file=cfg)
     assert s.llm_api_key.get_secret_value() == "from-config" and s.openai_api_key is None
+
+
+def test_factory_applies_the_rule(monkeypatch):
+    from autoannotator.llm.factory import OPENAI_BASE_URL, resolve_endpoint
+
+    monkeypatch.setattr(keys, "_warned", set())
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    ep = resolve_endpoint(Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m"))
+    assert ep.api_key is None and "OPENAI_API_KEY is not sent to 127.0.0.1" in ep.warning
+    assert resolve_endpoint(Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m")).warning is None  # once
+    ep = resolve_endpoint(Settings(llm_model="gpt-4o-mini"))
+    assert (ep.base_url, ep.api_key) == (OPENAI_BASE_URL, "sk-openai")
+    monkeypatch.setenv("AUTOANNOTATOR_LLM_API_KEY", "named")
+    assert resolve_endpoint(Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m")).api_key == "named"

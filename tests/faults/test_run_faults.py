@@ -58,13 +58,13 @@ def test_transient_faults_are_retried(tmp_path, endpoint, monkeypatch, mode, ret
 
 
 def test_retry_after_is_honoured(tmp_path, endpoint, monkeypatch):
-    endpoint.fail("429", times=1, retry_after=1.0)
+    endpoint.fail("429", times=1, retry_after=3.0)
     code, err, data, run_dir = _run(tmp_path, endpoint, monkeypatch)
     assert code == 0, err
     first = endpoint.log[0]
     second = next(r for r in endpoint.log[1:] if r.prompt_hash == first.prompt_hash)
     assert first.status == 429
-    assert second.at - first.at >= 0.95  # backoff base is 0.01 s here: only Retry-After explains the wait
+    assert second.at - first.at >= 2.95  # backoff is at most 1.5 s (base 1 s) even unconfigured: only Retry-After explains it
 
 
 def test_hang_longer_than_the_timeout_is_retried_and_counted(tmp_path, endpoint, monkeypatch):
