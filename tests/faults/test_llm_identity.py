@@ -42,3 +42,32 @@ def test_switch_records_both():
 def test_old_run_without_a_record_adopts_the_requested_one():
     assert resume_llm(None, A, switch=False, run_id="r")[0].identity == A
     assert resume_llm(None, None, switch=False, run_id="r") == (None, None)
+
+
+def _plan(**kw):
+    from autoannotator.run.plan import RunPlan
+    from autoannotator.task import LabelDef, TaskSpec
+
+    task = TaskSpec(instruction="x", labels=[LabelDef(name="a"), LabelDef(name="b")])
+    return RunPlan(run_id="r", created_at="now", data_path="d", data_fingerprint="f", gold_column=None,
+                   out_path="o", task=task, model_specs=[], settings={}, **kw)
+
+
+def test_embedded_run_resumes_embedded_and_endpoint_run_resumes_its_endpoint():
+    from autoannotator.config import Settings
+    from autoannotator.run.plan import record_llm, settings_for_resume
+
+    plan = _plan()
+    record_llm(plan, base_url="http://127.0.0.1:5555/v1", model_id="embedded:SmolLM2.gguf", embedded=True,
+               settings=Settings())
+    assert plan.llm.identity.label == "embedded:SmolLM2.gguf"
+    s, note = settings_for_resume(plan, Settings(), switch_llm=False)
+    assert s.llm_base_url is None and s.uses_embedded_llm and note is None
+
+    plan = _plan()
+    record_llm(plan, base_url="http://127.0.0.1:9/v1", model_id="m@http://127.0.0.1:9/v1", embedded=False,
+               settings=Settings(llm_max_text_chars=1234))
+    s, _ = settings_for_resume(plan, Settings(), switch_llm=False)  # nothing said: the run's endpoint
+    assert (s.llm_base_url, s.llm_model, s.llm_max_text_chars) == ("http://127.0.0.1:9/v1", "m", 1234)
+    with pytest.raises(UserError, match="embedded|switch-llm"):
+        settings_for_resume(plan, Settings(llm_base_url="http://127.0.0.1:10/v1", llm_model="m"), switch_llm=False)
