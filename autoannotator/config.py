@@ -56,12 +56,20 @@ class Settings(BaseSettings):
     # LLM: an OpenAI-compatible endpoint, or the embedded SmolLM2 server when none is configured.
     llm_base_url: str | None = None
     llm_model: str | None = None
+    # The key for the configured endpoint, sent to whatever host llm_base_url names.
     llm_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("llm_api_key", "AUTOANNOTATOR_LLM_API_KEY", "OPENAI_API_KEY")
+        None, validation_alias=AliasChoices("llm_api_key", "AUTOANNOTATOR_LLM_API_KEY")
     )
+    # OpenAI's own key: sent only to api.openai.com (autoannotator/llm/keys.py), never to another host.
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY"))
     llm_timeout_s: float = 60.0
     llm_max_concurrency: int = Field(4, ge=1, le=256)
     llm_max_retries: int = Field(4, ge=0, le=20)
+    # Backoff between attempts: base x 2^attempt, jittered, at most max; a server's Retry-After wins
+    # (capped at llm_retry_after_cap_s: a server asking for an hour is treated as down, not obeyed).
+    llm_backoff_base_s: float = Field(1.0, ge=0.0, le=60.0)
+    llm_backoff_max_s: float = Field(30.0, ge=0.0, le=600.0)
+    llm_retry_after_cap_s: float = Field(60.0, ge=0.0, le=3600.0)
     llm_max_text_chars: int = Field(4000, ge=100)
     embedded_model_path: Path | None = None
     embedded_threads: int | None = None
@@ -79,8 +87,10 @@ class Settings(BaseSettings):
     tool_paths: list[str] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Where the generated deployment code (the frozen SLMs) runs: docker, local (bubblewrap), auto
-    # (docker when an engine answers, else local), or none (in-process, no generated code).
-    sandbox: Literal["auto", "docker", "local", "none"] = "auto"
+    # (docker when an engine answers, else bubblewrap, else in-process from the vetted template: never
+    # LLM-written code unisolated), none (in-process, no generated code), or unsafe-local (generated
+    # code as a plain subprocess, NOT isolated: only when asked for by name).
+    sandbox: Literal["auto", "docker", "local", "none", "unsafe-local"] = "auto"
     max_text_chars: int = Field(20_000, ge=100)
     seed: int = 0
     finetune: FinetuneSettings = FinetuneSettings()
@@ -106,7 +116,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_llm(self) -> bool:
-        return not self.llm_base_url and not (self.llm_model and self.llm_api_key)
+        return not self.llm_base_url and not (self.llm_model and (self.llm_api_key or self.openai_api_key))
 
 
 def find_config_file(explicit: Path | None = None) -> Path | None:

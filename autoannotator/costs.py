@@ -8,10 +8,12 @@ from autoannotator.config import PriceTable
 
 
 class LLMUsage(BaseModel):
-    calls: int = 0
+    calls: int = 0  # every request the endpoint answered (extra_calls included)
     tokens_in: int = 0
     tokens_out: int = 0
     tokens_estimated: bool = False
+    extra_calls: int = 0  # answered but not kept: no valid label, unusable body, a duplicate
+    timed_out: int = 0  # sent and never answered in time: counted, not priced (billing unknown)
 
 
 def cost_summary(usage: LLMUsage, n_samples: int, n_verified_rows: int, prices: PriceTable) -> dict:
@@ -25,6 +27,8 @@ def cost_summary(usage: LLMUsage, n_samples: int, n_verified_rows: int, prices: 
     baseline = per_call * n_samples if per_call is not None else None
     return {
         "llm_calls": usage.calls,
+        "llm_calls_not_kept": usage.extra_calls,
+        "llm_requests_timed_out": usage.timed_out,
         "llm_call_rate": round(usage.calls / n_samples, 4) if n_samples else 0.0,
         "llm_verified_rows": n_verified_rows,
         "llm_tokens_in": usage.tokens_in,

@@ -8,6 +8,7 @@ and ``models/`` (fine-tuned weights).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -24,27 +25,30 @@ from autoannotator.config import FinetuneSettings, Settings
 from autoannotator.data import Dataset, default_output_path, load_dataset
 from autoannotator.deploy.codegen import write_deployment_code
 from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
-from autoannotator.errors import UserError
+from autoannotator.errors import LLMUnavailable, UserError
 from autoannotator.finetune import load_trained
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
 from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
 from autoannotator.run.output import write_run_output
 from autoannotator.run.paths import RunPaths
-from autoannotator.run.plan import FROZEN_SETTINGS, RunPlan, new_run_id
+from autoannotator.run.lock import RunLock
+from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, load_run_dataset, new_run_id, record_llm,
+                                    resume_inputs, settings_for_resume)
+from autoannotator.run.precheck import check_output_writable, check_run_dir_writable
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
 from autoannotator.run.store import RunStore
-from autoannotator.sandbox import get_sandbox
+from autoannotator.sandbox import fallback_note, get_sandbox
 from autoannotator.sandbox.base import SandboxError
 from autoannotator.slm.base import SLM, TrainableSLM
 from autoannotator.slm.catalog import build_model, default_selection
-from autoannotator.task import LabelDef, TaskSpec, build_task
+from autoannotator.task import LabelDef, LabelSource, TaskSpec, build_task
 from autoannotator.verify.base import Verifier
 from autoannotator.verify.factory import make_verifier
 
 log = logging.getLogger(__name__)
 
 VerifierFactory = Callable[[TaskSpec, Path, str], Verifier]
-__all__ = ["RunPlan", "label", "write_run_output"]
+__all__ = ["RunPlan", "label", "retry_failed", "write_run_output"]
 
 
 def label(
@@ -61,14 +65,17 @@ def label(
     on_progress: Callable[[dict], None] = lambda event: None,
     verifier_factory: VerifierFactory | None = None,
     verifier_info: dict[str, Any] | None = None,
+    switch_llm: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``.
 
     ``verifier_factory(task, run_dir, run_id)`` replaces the LLM verifier (the benchmark's, which
     holds its own LLM session or simulates one; ``verifier_info`` describes it for the report); no
-    LLM is started here then, so the label set must be given.
+    LLM is started here then, so the label set must be given. A resumed run keeps its LLM (run.json
+    records it); another one is refused unless ``switch_llm``.
     """
     timings: dict[str, float] = {}
+    llm_note: str | None = None
     if resume:
         if run_dir is None:
             raise UserError("--resume needs the run directory: --resume RUN_DIR")
@@ -76,6 +83,8 @@ def label(
         frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
         frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
         settings = settings.model_copy(update=frozen)
+        if verifier_factory is None:
+            settings, llm_note = settings_for_resume(plan, settings, switch_llm=switch_llm)
         data_path = Path(plan.data_path) if data_path is None else data_path
     elif not instruction:
         raise UserError("say what to label: --task \"label these reviews for sentiment\"")
@@ -92,17 +101,24 @@ def label(
             build_task(instruction, labels, dataset.text_column)
         run_id = new_run_id(instruction)
         run_dir = run_dir or settings.runs_dir / run_id
-        if RunPaths(run_dir).is_run():
-            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Before any LLM call: the run directory and the output must take a file (found at the end, the
+    # work and its LLM calls were lost), and no other process may hold this run.
+    check_run_dir_writable(run_dir)
+    check_output_writable(Path(out_path) if out_path is not None else
+                          Path(plan.out_path) if resume else default_output_path(data_path, run_dir))
 
     with ExitStack() as stack:
+        stack.enter_context(RunLock(run_dir))
+        if not resume and RunPaths(run_dir).is_run():
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
         llm = None
         if verifier_factory is None:
             start = time.perf_counter()
             llm = stack.enter_context(llm_session(settings, log_dir=run_dir))
             check_reachable(llm)
             timings["llm_start"] = time.perf_counter() - start
+            if llm.warning:
+                dataset.warnings.append(llm.warning)
         if not resume:
             labels_given = bool(labels)
             task_source = "user (--labels)"
@@ -122,13 +138,24 @@ def label(
                 model_specs=list(settings.models),
                 settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
             )
+            if llm is not None:
+                record_llm(plan, base_url=llm.base_url, model_id=llm.model_id, embedded=llm.embedded,
+                           settings=settings)
             start = time.perf_counter()
             _plan_models(plan, settings, dataset, llm, labels_given=labels_given, task_source=task_source,
                          run_dir=run_dir, on_progress=on_progress)
             timings["plan"] = time.perf_counter() - start
             plan.save(run_dir)
-        elif out_path is not None:
-            plan.out_path = str(out_path)
+        else:
+            if out_path is not None:
+                plan.out_path = str(out_path)
+            if llm is not None:
+                record_llm(plan, base_url=llm.base_url, model_id=llm.model_id, embedded=llm.embedded,
+                           settings=settings)
+                plan.save(run_dir)  # the LLM record (a switch, or a run made before records existed)
+            if llm_note:
+                on_progress({"event": "note", "text": llm_note})
+                dataset.warnings.append(llm_note)
 
         start = time.perf_counter()
         models = _load_models(plan, settings, stack)
@@ -140,7 +167,8 @@ def label(
             make_verifier("llm", plan.task, run_dir, plan.run_id, settings, llm=llm)
         saver = stack.enter_context(SqliteSaver.from_conn_string(str(paths.checkpoints)))
 
-        llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded} if llm else
+        llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded,
+                     "all": plan.llm.all_labels() if plan.llm else [llm.model_id]} if llm else
                     {"model_id": verifier.model_id, "base_url": None, "embedded": False, **(verifier_info or {})})
         ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
                               settings=settings, run_dir=run_dir, on_progress=on_progress,
@@ -156,13 +184,11 @@ def label(
         on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
                      "models": [m.name for m in models], "llm": llm_info["model_id"], "run_dir": str(run_dir)})
         graph_start = time.perf_counter()
-        if not resumed:
-            graph.invoke({"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
-                          "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
-                          "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
-                          "weights": {}, "timings": {}}, config, durability="sync")
-        elif snapshot.next:  # stopped part-way: go on from the last checkpoint
-            graph.invoke(None, config, durability="sync")
+        try:
+            _invoke(graph, config, resumed, snapshot, store, dataset, settings, models)
+        except LLMUnavailable as exc:  # the endpoint is down: nothing answered is lost
+            raise LLMUnavailable(f"{exc}; the answers so far are kept: resume with "
+                                 f"`autoannotator label --resume {run_dir}`") from None
         final = graph.get_state(config).values
         node_s = final.get("timings", {})
         if not resumed:
@@ -176,10 +202,27 @@ def label(
     return report, run_dir
 
 
+def _invoke(graph: Any, config: dict[str, Any], resumed: bool, snapshot: Any, store: RunStore, dataset: Dataset,
+            settings: Settings, models: list[SLM]) -> None:
+    if not resumed:
+        graph.invoke({"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
+                      "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
+                      "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
+                      "weights": {}, "timings": {}}, config, durability="sync")
+    else:  # stopped anywhere: go on from where the store says, not from the checkpoint's next step
+        graph.invoke(resume_inputs(snapshot.values, store, len(dataset.texts)), config, durability="sync")
+
+
 def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHandle | None, *, labels_given: bool, task_source: str,
                  run_dir: Path, on_progress: Callable[[dict], None]) -> None:
     """Fill the plan's models and deployment: the user's --models, else the meta-controller's choice."""
     sandbox = None if settings.sandbox == "none" else get_sandbox(settings.sandbox, gpu=settings.device == "cuda")
+    planner_sandbox = sandbox
+    if sandbox is not None and not sandbox.runs_generated_code:  # auto found no isolation: in-process
+        note = fallback_note(sandbox)
+        if note:
+            dataset.warnings.append(note)
+        sandbox = None
     plan.sandbox = sandbox.name if sandbox else "none"
     if not plan.model_specs and llm is not None:
         def label_samples(task: TaskSpec, texts: list[str]) -> list[str]:
@@ -187,14 +230,14 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
             # llm_calls then equal its LLM-verified rows exactly.
             probe = make_verifier("llm", task, run_dir, f"{plan.run_id}:plan", settings, llm=llm,
                                   model_id=f"{llm.model_id} (probe)")
-            return [r.label for r in probe.verify(list(enumerate(texts)))]
+            return [r.label or "" for r in probe.verify(list(enumerate(texts)))]
 
         on_progress({"event": "note", "text": "the meta-controller is choosing and deploying the models"})
         # A weak LLM's label proposals are junk, so the label set chosen for it already stands.
         drafted = plan_run(settings, instruction=plan.task.instruction, task=plan.task,
                            labels_given=labels_given or llm.embedded, task_source=task_source,
                            texts=dataset.texts, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
-                           sandbox=sandbox or get_sandbox("auto"), label_samples=label_samples,
+                           sandbox=planner_sandbox or get_sandbox("auto"), label_samples=label_samples,
                            on_event=on_progress)
         plan.task = drafted.task
         plan.model_specs = [s["spec"] for s in drafted.selection]
@@ -243,8 +286,53 @@ def _restore_weights(models: list[SLM], weights: dict[str, str]) -> None:
             load_trained(model, Path(weights[model.name]))
 
 
+def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
+                 on_progress: Callable[[dict], None] = lambda event: None) -> tuple[dict[str, Any], Path]:
+    """Ask the run's LLM again about its ``llm_failed`` rows; rewrite the output and the report.
+    Rows that get a valid label now become ``llm_verified`` (and join the hard-sample pool)."""
+    plan = RunPlan.load(run_dir)
+    frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
+    frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
+    settings, note = settings_for_resume(plan, settings.model_copy(update=frozen), switch_llm=switch_llm)
+    dataset = load_run_dataset(plan)
+    paths = RunPaths(run_dir)
+    with ExitStack() as stack:
+        stack.enter_context(RunLock(run_dir))
+        store = RunStore(paths.store)
+        stack.callback(store.close)
+        failed = [r for r in store.results() if r["label_source"] == LabelSource.LLM_FAILED.value]
+        if not failed:
+            raise UserError(f"run {plan.run_id} has no llm_failed rows to retry")
+        check_output_writable(Path(plan.out_path))
+        llm = stack.enter_context(llm_session(settings, log_dir=run_dir))
+        check_reachable(llm)
+        record_llm(plan, base_url=llm.base_url, model_id=llm.model_id, embedded=llm.embedded, settings=settings)
+        plan.save(run_dir)
+        verifier = make_verifier("llm", plan.task, run_dir, plan.run_id, settings, llm=llm)
+        on_progress({"event": "note", "text": f"asking {llm.model_id} again about {len(failed)} llm_failed rows"})
+        answers = {r.row_id: r for r in verifier.verify([(r["row_id"], dataset.texts[r["row_id"]]) for r in failed])}
+        fixed = []
+        for rec in failed:
+            got = answers.get(rec["row_id"])
+            if got is not None and not got.failed and got.label is not None:
+                fixed.append({**rec, "label": got.label, "label_source": LabelSource.LLM_VERIFIED.value,
+                              "llm_label": got.label})
+        store.put_results(fixed)
+        for rec in fixed:
+            store.add_to_pool([(rec["row_id"], rec["label"])], rec["batch"])
+        previous = json.loads(paths.report_json.read_text(encoding="utf-8")) if paths.report_json.is_file() else {}
+        llm_info = {"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded,
+                    "all": plan.llm.all_labels() if plan.llm else [llm.model_id]}
+        if note:
+            dataset.warnings.append(note)
+        report = _finish(plan, dataset, store, verifier, settings, [], llm_info,
+                         dict(previous.get("timings_s") or {}), run_dir, model_descriptions=previous.get("models"))
+    return report, run_dir
+
+
 def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings,
-            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> dict[str, Any]:
+            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path,
+            model_descriptions: list[dict] | None = None) -> dict[str, Any]:
     results = store.results()
     if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
         raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
@@ -253,7 +341,8 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
-        results=results, usage=verifier.ledger(), settings=settings, models=[m.describe() for m in models],
+        results=results, usage=verifier.ledger(), settings=settings,
+        models=model_descriptions if model_descriptions is not None else [m.describe() for m in models],
         finetune_records=store.finetune_records(), timings=timings,
         gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
         llm=llm_info,

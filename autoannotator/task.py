@@ -15,6 +15,7 @@ class LabelSource(str, Enum):
     LLM_VERIFIED = "llm_verified"  # the verifier (LLM or person) answered
     SKIPPED_EMPTY = "skipped_empty"  # a blank text: nothing to label
     HUMAN_REVIEWED = "human_reviewed"  # set afterwards in Label Studio
+    LLM_FAILED = "llm_failed"  # asked, never a valid label: the models' majority (or none) stands
 
     def __str__(self) -> str:  # what the output file and report.json show
         return self.value

@@ -54,10 +54,18 @@ def test_last_resort_maps_plain_text(tmp_path):
     chat.assert_complete()
 
 
-def test_useless_answers_raise(tmp_path):
-    chat = ScriptedChatModel([AIMessage("I cannot decide"), {"label": "maybe"}])
-    with pytest.raises(LLMUnavailable, match="no valid label after 2 attempts"):
-        make(chat, tmp_path, max_retries=1).verify([(1, "x")])
+def test_useless_answers_fail_the_row_not_the_run_and_are_paid(tmp_path):
+    # Issue 12 item 6: the row comes back failed (it keeps the models' label as llm_failed); both
+    # answers were paid for and are counted; nothing is cached, so `runs retry-failed` asks again.
+    chat = ScriptedChatModel([AIMessage("I cannot decide"), {"label": "maybe"}, {"label": "negative"}])
+    v = make(chat, tmp_path, max_retries=1)
+    out = v.verify([(1, "x")])
+    assert len(out) == 1 and out[0].failed and out[0].label is None
+    usage = v.ledger()
+    assert usage.calls == 2 and usage.extra_calls == 2 and usage.tokens_in > 0
+    again = v.verify([(1, "x")])
+    assert again[0].label == "negative" and not again[0].cached
+    assert v.ledger().calls == 3
     chat.assert_complete()
 
 

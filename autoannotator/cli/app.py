@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -43,8 +44,10 @@ def label(
     models: Optional[str] = typer.Option(None, help="Comma-separated model specs (vader, textblob, afinn, "
                                                     "profanity, student, hf:<id or path>)."),
     batch_size: Optional[int] = typer.Option(None, help="Rows per batch."),
-    sandbox: Optional[str] = typer.Option(None, help="Where generated deployment code runs: auto, docker, local "
-                                                     "(bubblewrap) or none (in-process)."),
+    sandbox: Optional[str] = typer.Option(None, help="Where generated deployment code runs: auto (docker, else "
+                                                     "bubblewrap, else in-process with no LLM-written code), docker, "
+                                                     "local (bubblewrap), none (in-process), or unsafe-local "
+                                                     "(generated code NOT isolated)."),
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (default: embedded SmolLM2)."),
     llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
     out: Optional[Path] = typer.Option(None, help="Output file (default: RUN_DIR/<name>.labelled.<ext>)."),
@@ -55,6 +58,8 @@ def label(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
     verifier: Optional[str] = typer.Option(None, metavar="[llm|human]", help="Who verifies the hard samples: llm "
                                            "(default) or human (you, in the terminal); --resume keeps the run's."),
+    switch_llm: bool = typer.Option(False, "--switch-llm", help="With --resume: go on with the LLM given now "
+                                    "instead of the run's own (the report lists both)."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import runner
@@ -75,7 +80,7 @@ def label(
         report, used_dir = runner.label(
             settings, data, instruction=task, labels=parse_labels(labels) if labels else None,
             text_column=text_column, gold_column=gold_column, out_path=out, run_dir=run_dir,
-            resume=resume is not None, on_progress=progress, **hooks,
+            resume=resume is not None, on_progress=progress, switch_llm=switch_llm, **hooks,
         )
     summary(report, used_dir)
 
@@ -152,7 +157,28 @@ def _resume_value_optional(argv: list[str]) -> list[str]:
     return out
 
 
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a scheduler, docker stop) is handled like Ctrl-C: answers in flight are stored,
+    the run stops resumably, rc 143 (128 + 15) says which signal it was."""
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    global _terminated
+    _terminated = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main() -> None:
     try:
         rc = app(args=_resume_value_optional(sys.argv[1:]), prog_name="autoannotator", standalone_mode=False)
         # Typer turns Ctrl-C into Exit(130), which standalone_mode=False returns instead of raising.
@@ -164,8 +190,10 @@ def main() -> None:
         console.print(f"[red]error[/]: {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: resume with `autoannotator label --resume RUN_DIR`")
-        sys.exit(130)
+        what = "terminated (SIGTERM)" if _terminated else "interrupted"
+        console.print(f"[yellow]{what}[/]: answers received so far are kept; resume with "
+                      "`autoannotator label --resume RUN_DIR`", highlight=False)
+        sys.exit(143 if _terminated else 130)
     except Exception as exc:
         # Typer vendors its own click: recognise its usage errors and exits by shape, not by class.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):

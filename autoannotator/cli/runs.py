@@ -225,6 +225,20 @@ def resume(run: str = typer.Argument(..., help="Run directory, id or id prefix."
     summary(report, used_dir)
 
 
+@runs_app.command("retry-failed")
+def retry_failed(run: str = typer.Argument(..., help="Run directory, id or id prefix."),
+                 switch_llm: bool = typer.Option(False, "--switch-llm", help="Ask the LLM configured now, not the "
+                                                 "run's own (the report lists both)."),
+                 runs_dir: Optional[Path] = _RUNS_DIR, config: Optional[Path] = _CONFIG) -> None:
+    """Ask the run's LLM again about the rows it never gave a valid label (label_source llm_failed)."""
+    from autoannotator import runner
+    from autoannotator.cli.common import summary
+
+    run_dir, _, settings = _load(run, runs_dir, config)
+    report, used_dir = runner.retry_failed(settings, run_dir, switch_llm=switch_llm)
+    summary(report, used_dir)
+
+
 @runs_app.command("export-labelstudio")
 def export_labelstudio(run: str = typer.Argument(..., help="Run directory, id or id prefix."),
                        out_file: Path = typer.Argument(..., metavar="OUT.json", help="Label Studio tasks to write."),

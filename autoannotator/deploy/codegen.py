@@ -169,6 +169,11 @@ def _spec_text(spec: DeploymentSpec) -> str:
     return json.dumps(spec.model_dump(mode="json"), indent=1)
 
 
+def may_customise(sandbox: Sandbox) -> bool:
+    """Whether LLM-written code may run in ``sandbox``: not in the vetted-only fallback of ``auto``."""
+    return bool(getattr(sandbox, "runs_generated_code", True))
+
+
 def write_deployment_code(spec: DeploymentSpec, run_dir: Path, sandbox: Sandbox, samples: list[str],
                           chat: Any = None, max_repairs: int = 2, *, n_smoke: int = 4,
                           limits: SandboxLimits = SMOKE_LIMITS) -> DeploymentResult:
@@ -185,7 +190,7 @@ def write_deployment_code(spec: DeploymentSpec, run_dir: Path, sandbox: Sandbox,
 
     if not v1.passed:  # nothing to fall back to: the models themselves cannot run here
         return result(None, error=f"the vetted template failed its smoke test: {v1.error}")
-    if chat is None:
+    if chat is None or not may_customise(sandbox):  # no isolation: never ask for (or run) LLM-written code
         return result(v1)
     ask = render("codegen_adapt.md", spec=_spec_text(spec), template=template)
     source: Source = "llm"

@@ -62,8 +62,9 @@ def verify_rows(verifier: Verifier, store: RunStore, items: list[tuple[int, str]
     if hints and isinstance(verifier, HintedVerifier):  # a human sees the SLM votes next to each sample
         verifier.set_hints(hints)
     results = verifier.verify(items)
-    verified = {str(r.row_id): r.label for r in results}
-    pool_size = store.add_to_pool([(int(k), v) for k, v in verified.items()], batch_index)
+    # A failed row maps to None: it keeps the models' label (llm_failed) and stays out of the pool.
+    verified = {str(r.row_id): (None if getattr(r, "failed", False) else r.label) for r in results}
+    pool_size = store.add_to_pool([(int(k), v) for k, v in verified.items() if v is not None], batch_index)
     return verified, pool_size
 
 
@@ -76,6 +77,8 @@ def accept_records(models: Sequence[SLM], labels: Sequence[str], row_ids: Sequen
         llm_label = verified.get(str(rid))
         if batch["uncertainty"][pos] is None:
             label, source = None, LabelSource.SKIPPED_EMPTY
+        elif llm_label is None and str(rid) in verified:  # asked, no valid label: `runs retry-failed`
+            label, source = majority, LabelSource.LLM_FAILED
         elif llm_label is not None:
             label, source = llm_label, LabelSource.LLM_VERIFIED
         else:

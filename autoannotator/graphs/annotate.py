@@ -28,6 +28,7 @@ from autoannotator.engine.steps import (
 )
 from autoannotator.graphs.routing import hard_positions, route_after_accept, route_after_ensemble, route_next_batch
 from autoannotator.graphs.state import AnnotateState
+from autoannotator.run.faultpoint import faultpoint
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
@@ -52,9 +53,11 @@ class AnnotateContext:
 
 def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[AnnotateState], dict]:
     def node(state: AnnotateState) -> dict:
+        faultpoint("before", name)  # the fault suite's crash points; nothing unless its env var is set
         start = time.perf_counter()
         update = fn(state)
         update["timings"] = {name: time.perf_counter() - start}
+        faultpoint("after", name)
         return update
 
     node.__name__ = name

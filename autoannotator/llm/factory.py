@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 from langchain_openai import ChatOpenAI
 
-from autoannotator.llm.embedded import EmbeddedServer
 from autoannotator.errors import LLMUnavailable, UserError
+from autoannotator.llm.embedded import EmbeddedServer
+from autoannotator.llm.keys import choose_api_key, warn_once
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 BLOCK_REMOTE_ENV = "AUTOANNOTATOR_BLOCK_REMOTE_LLM"
@@ -33,6 +34,7 @@ class Endpoint:
     base_url: str | None  # None: the embedded server, whose URL is known only once it runs
     model: str | None
     api_key: str | None = field(default=None, repr=False)
+    warning: str | None = None  # e.g. OPENAI_API_KEY withheld from this host
 
     @property
     def embedded(self) -> bool:
@@ -47,16 +49,26 @@ class LLMHandle:
     embedded: bool
     api_key: str | None = field(default=None, repr=False)
     server: EmbeddedServer | None = field(default=None, repr=False)
+    warning: str | None = None
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value else None
 
 
 def resolve_endpoint(settings: Any) -> Endpoint:
-    """Which endpoint the settings select; no I/O."""
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    """Which endpoint the settings select, with the key it may be sent (``llm/keys.py``: OPENAI_API_KEY
+    only ever goes to api.openai.com); no I/O. A withheld key is warned about once per process
+    (``Endpoint.warning``, then ``LLMHandle.warning``: the runner shows it)."""
+    named, openai_key = _secret(settings.llm_api_key), _secret(getattr(settings, "openai_api_key", None))
     if settings.llm_base_url:
         if not settings.llm_model:
             raise UserError(f"llm_base_url is set ({settings.llm_base_url}) but llm_model is not: "
                             "set AUTOANNOTATOR_LLM_MODEL to the model name that endpoint serves")
-        return Endpoint(settings.llm_base_url.rstrip("/"), settings.llm_model, key)
+        base_url = settings.llm_base_url.rstrip("/")
+        choice = choose_api_key(base_url, llm_api_key=named, openai_api_key=openai_key)
+        return Endpoint(base_url, settings.llm_model, choice.key, warning=warn_once(choice, base_url))
+    key = named or openai_key
     if settings.llm_model and key:
         return Endpoint(OPENAI_BASE_URL, settings.llm_model, key)
     return Endpoint(None, None, None)
@@ -104,7 +116,8 @@ def llm_session(settings: Any, log_dir: Path | None = None) -> Iterator[LLMHandl
         guard_remote(endpoint.base_url)
         chat = _chat(endpoint.base_url, endpoint.model, endpoint.api_key, timeout_s)
         yield LLMHandle(chat=chat, model_id=f"{endpoint.model}@{endpoint.base_url}",
-                        base_url=endpoint.base_url, embedded=False, api_key=endpoint.api_key)
+                        base_url=endpoint.base_url, embedded=False, api_key=endpoint.api_key,
+                        warning=endpoint.warning)
         return
     with EmbeddedServer(settings, log_dir=log_dir) as server:
         guard_remote(server.base_url)  # always loopback; checked for uniformity

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,9 +28,14 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def run_on_llm_loop(coro: Coroutine[Any, Any, T]) -> T:
+def run_on_llm_loop(coro: Coroutine[Any, Any, T], *, on_interrupt: Callable[[], None] | None = None,
+                    grace_s: float = 0.0) -> T:
     """Run ``coro`` on the shared LLM loop and wait for it. Any async use of a ChatOpenAI must go
-    through here: once its async client has run on this loop, another loop cannot reuse it."""
+    through here: once its async client has run on this loop, another loop cannot reuse it.
+
+    Interrupted (Ctrl-C, SIGTERM raised as KeyboardInterrupt in this thread): ``on_interrupt()`` tells
+    the coroutine to start nothing new, the requests in flight get ``grace_s`` to finish (their answers
+    are stored: not paid again on resume), then whatever is left is cancelled and the interrupt re-raised."""
     loop = _background_loop()
     try:
         running = asyncio.get_running_loop()
@@ -43,5 +48,11 @@ def run_on_llm_loop(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return future.result()
     except BaseException:
-        future.cancel()  # e.g. Ctrl-C: stop the in-flight requests too
+        if on_interrupt is not None and grace_s > 0 and not future.done():
+            on_interrupt()
+            try:
+                future.result(timeout=grace_s)
+            except BaseException:  # noqa: BLE001 - a second Ctrl-C, the grace running out, a failure
+                pass
+        future.cancel()  # stop what is still in flight
         raise

@@ -6,6 +6,9 @@
 - ``request_log``: every answered request, duplicates included: the audit trail that shows a
   resumed run never re-asked what an earlier process had already paid for.
 - ``human_skipped``: rows a human skipped twice (the models' majority stands for them).
+- ``extra_requests``: answered requests whose answer is not the cached one (no valid label, an
+  unusable body, a duplicate another process paid first) and attempts that timed out: the ledger
+  counts and prices the first kind (the endpoint answered them) and counts the second apart.
 
 A connection per operation keeps it usable from any thread; WAL keeps readers from blocking writers.
 """
@@ -35,7 +38,13 @@ _SCHEMA = (
         key TEXT NOT NULL, run_id TEXT NOT NULL, pid INTEGER NOT NULL, at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS human_skipped (
         key TEXT PRIMARY KEY, row_id INTEGER NOT NULL, run_id TEXT NOT NULL, at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS extra_requests (
+        key TEXT NOT NULL, model_id TEXT NOT NULL, run_id TEXT NOT NULL, outcome TEXT NOT NULL,
+        tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, tokens_estimated INTEGER NOT NULL,
+        pid INTEGER NOT NULL, at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS extra_requests_run ON extra_requests (run_id)",
 )
+TIMEOUT = "timeout"  # an extra_requests outcome: sent, not answered in time (billing unknown)
 _CHUNK = 500  # SQLite caps the number of bound parameters
 
 
@@ -98,13 +107,29 @@ class AnswerCache:
                              tokens_estimated=bool(r[5]), paid_by_run=r[6]) for r in rows]
 
     def put(self, key: str, model_id: str, label: str, tokens_in: int, tokens_out: int,
-            estimated: bool, run_id: str) -> None:
+            estimated: bool, run_id: str) -> bool:
+        """Store an answer; False when one was stored for the key first (its record and payer stand;
+        the caller logs this answer as a duplicate it paid for)."""
         with self._conn() as conn, conn:
             # OR IGNORE: if another process answered the same key first, its record (and payer) stands.
             now = _now()
-            conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
-                         (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id, now))
+            cur = conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
+                               (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id, now))
             conn.execute("INSERT INTO request_log VALUES (?,?,?,?)", (key, run_id, os.getpid(), now))
+            return cur.rowcount == 1
+
+    def log_extra(self, key: str, model_id: str, run_id: str, outcome: str, tokens_in: int, tokens_out: int,
+                  estimated: bool) -> None:
+        """A request beyond the cached answer (see the module docstring), written the moment it is known."""
+        with self._conn() as conn, conn:
+            conn.execute("INSERT INTO extra_requests VALUES (?,?,?,?,?,?,?,?,?)",
+                         (key, model_id, run_id, outcome, tokens_in, tokens_out, int(estimated), os.getpid(),
+                          _now()))
+
+    def extras(self, run_id: str) -> dict[str, int]:
+        """outcome -> how many of the run's extra requests had it."""
+        return dict(self._read("SELECT outcome, COUNT(*) FROM extra_requests WHERE run_id = ? GROUP BY outcome",
+                               (run_id,)))
 
     def forget(self, key: str) -> None:
         """Take an answer back (a human's undo)."""
@@ -123,7 +148,14 @@ class AnswerCache:
         found = self._read("SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), "
                            f"COALESCE(MAX(tokens_estimated),0) FROM verify_cache WHERE {where}", params)
         calls, t_in, t_out, est = found[0] if found else (0, 0, 0, 0)
-        return LLMUsage(calls=calls, tokens_in=t_in, tokens_out=t_out, tokens_estimated=bool(est))
+        x_where = where.replace("paid_by_run", "run_id")
+        extra = self._read("SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), "
+                           f"COALESCE(MAX(tokens_estimated),0) FROM extra_requests WHERE {x_where} AND outcome != ?",
+                           [*params, TIMEOUT])
+        x_calls, x_in, x_out, x_est = extra[0] if extra else (0, 0, 0, 0)
+        timed = self._read(f"SELECT COUNT(*) FROM extra_requests WHERE {x_where} AND outcome = ?", [*params, TIMEOUT])
+        return LLMUsage(calls=calls + x_calls, tokens_in=t_in + x_in, tokens_out=t_out + x_out,
+                        tokens_estimated=bool(est or x_est), extra_calls=x_calls, timed_out=timed[0][0] if timed else 0)
 
     def requests(self, run_id: str | None = None) -> list[tuple[str, str, int]]:
         """(key, run_id, pid) of every answered request, oldest first."""

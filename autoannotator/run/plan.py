@@ -12,7 +12,9 @@ from pydantic import BaseModel
 
 from autoannotator.data import Dataset, load_dataset
 from autoannotator.errors import UserError
+from autoannotator.llm.identity import LLMIdentity, LLMRecord, answer_settings, identity_of, resume_llm
 from autoannotator.run.paths import RunPaths
+from autoannotator.run.store import RunStore
 from autoannotator.task import TaskSpec
 
 # Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
@@ -33,6 +35,8 @@ class RunPlan(BaseModel):
     deployment_code: str | None = None
     deployment: dict[str, Any] | None = None
     sandbox: str = "none"
+    # The LLM the run is labelled by, for life (llm/identity.py): a resume keeps it unless --switch-llm.
+    llm: LLMRecord | None = None
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunPlan":
@@ -62,3 +66,59 @@ def load_run_dataset(plan: RunPlan) -> Dataset:
     if dataset.fingerprint != plan.data_fingerprint:
         raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
     return dataset
+
+
+def requested_llm(settings: Any) -> LLMIdentity | None:
+    """The LLM the settings name explicitly; None when they name none (the embedded default)."""
+    if settings.llm_base_url:
+        return identity_of(settings.llm_base_url, settings.llm_model)
+    if settings.llm_model and (settings.llm_api_key or getattr(settings, "openai_api_key", None)):
+        from autoannotator.llm.factory import OPENAI_BASE_URL
+
+        return identity_of(OPENAI_BASE_URL, settings.llm_model)
+    return None
+
+
+def settings_for_resume(plan: RunPlan, settings: Any, *, switch_llm: bool) -> tuple[Any, str | None]:
+    """The settings a resumed run talks to its LLM with: the run's own LLM (and its answer settings)
+    unless the user names another and says ``--switch-llm``; refused in one line otherwise."""
+    record, note = resume_llm(plan.llm, requested_llm(settings), switch=switch_llm, run_id=plan.run_id)
+    if record is None:
+        return settings, None
+    update: dict[str, Any] = dict(record.settings)
+    ident = record.identity
+    if ident.embedded:
+        update.update(llm_base_url=None, llm_model=None)
+    else:
+        update.update(llm_base_url=ident.base_url, llm_model=ident.model)
+    plan.llm = record
+    return settings.model_copy(update=update), note
+
+
+def record_llm(plan: RunPlan, *, base_url: str, model_id: str, embedded: bool, settings: Any) -> None:
+    """Write the identity of the LLM actually started into the plan (a new run, or an old run's first resume)."""
+    if embedded:
+        ident = identity_of(None, None, embedded_model=model_id.removeprefix("embedded:"))
+    else:
+        ident = identity_of(base_url, model_id.rsplit("@", 1)[0])
+    if plan.llm is None:
+        plan.llm = LLMRecord(identity=ident, settings=answer_settings(settings))
+    elif plan.llm.identity.embedded and ident.embedded:
+        plan.llm.identity = ident  # the GGUF name is known only once the server ran
+
+
+def resume_inputs(values: dict[str, Any], store: RunStore, n_rows: int) -> dict[str, Any]:
+    """The graph's input for a resumed run, from the store, not from where the checkpoint stopped.
+
+    A kill between a step's writes and its checkpoint leaves the checkpoint one step behind the store
+    (seen: rows stored, checkpoint "finished", every later resume failing). So the store decides where
+    to go on: the first row without a result, its batch index and the pool; the checkpoint only
+    supplies what the store does not hold (fine-tuning counters, accepted weights). The batch in
+    progress is redone from its start: its LLM answers come from the answer cache, not paid again.
+    """
+    cursor, batch_index = store.resume_point()
+    keep = ("n_rows", "epsilon", "beta", "has_trainable", "pool_at_last_finetune", "finetune_round", "weights")
+    inputs = {k: values[k] for k in keep if k in values}
+    inputs.update(n_rows=n_rows, cursor=min(cursor, n_rows), batch_index=batch_index, pool_size=store.pool_size(),
+                  batch_ids=[], batch=None, verified={}, finished=False)
+    return inputs

@@ -91,12 +91,18 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"- Labels: {', '.join(report['run'].get('labels', []))}",
               f"- Samples: {report['n_samples']}  (by source: "
               + ", ".join(f"{k} {v}" for k, v in report["label_sources"].items()) + ")",
-              f"- LLM: {report['llm'].get('model_id')} ({'embedded' if report['llm'].get('embedded') else 'endpoint'})",
+              f"- LLM: {report['llm'].get('model_id')} ({'embedded' if report['llm'].get('embedded') else 'endpoint'})"
+              + (f"; this run switched LLMs: {' -> '.join(report['llm']['all'])}"
+                 if len(report["llm"].get("all") or []) > 1 else ""),
               f"- Sandbox: {report['sandbox']}",
               f"- LLM calls: {report['llm_calls']} ({report['llm_call_rate']:.1%} of samples), tokens in/out "
               f"{report['llm_tokens_in']}/{report['llm_tokens_out']}"
               + (f" (plus {report['llm_calls_planning']} calls labelling the probe samples while planning)"
-                 if report["llm_calls_planning"] else ""),
+                 if report["llm_calls_planning"] else "")
+              + (f"; {report['llm_calls_not_kept']} of them answered without a usable label or twice"
+                 if report.get("llm_calls_not_kept") else "")
+              + (f"; {report['llm_requests_timed_out']} more timed out (not priced)"
+                 if report.get("llm_requests_timed_out") else ""),
               f"- Estimated cost at {report['price_table']['model']} prices: ${report['est_cost_usd']:.6f}; "
               f"labelling everything with the LLM (estimate): "
               + (f"${report['all_llm_baseline_cost_usd']:.6f}" if report["all_llm_baseline_cost_usd"] is not None

@@ -114,5 +114,16 @@ class RunStore:
         found = self._select_results("WHERE row_id = ?", (row_id,))
         return found[0] if found else None
 
+    def resume_point(self) -> tuple[int, int]:
+        """(the first row id with no result, the next batch index): where a resumed run goes on. The
+        store is the truth: a checkpoint may lag one step behind it after a kill, never ahead."""
+        cursor = 0
+        for (row_id,) in self._db.execute("SELECT row_id FROM results ORDER BY row_id"):
+            if row_id != cursor:
+                break
+            cursor += 1
+        last = self._db.execute("SELECT MAX(batch) FROM results").fetchone()[0]
+        return cursor, (last + 1 if last is not None else 0)
+
     def n_results(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

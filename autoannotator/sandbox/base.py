@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -46,6 +47,9 @@ class SandboxLimits(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)  # wall clock of a run; start-up bound of a worker
     tmpfs_mb: int = Field(default=256, ge=1)  # size of /tmp inside (RAM, also charged to memory_mb)
     file_mb: int = Field(default=2048, ge=1)  # largest single file the code may write (RLIMIT_FSIZE)
+    # A long-lived worker is stopped after this long (wall clock), whatever it does: generated code
+    # must not outlive the run that needs it by days. Its CPU time is capped to lifetime x cpus too.
+    worker_lifetime_s: float = Field(default=12 * 3600.0, gt=0)
 
 
 class SandboxResult(BaseModel):
@@ -167,6 +171,22 @@ class Worker(ABC):
         self.socket_path = socket_path
         self._client: Client | None = None
         self._closed = False
+        self._expired = False
+        self._lifetime: threading.Timer | None = None
+
+    def limit_lifetime(self, seconds: float) -> None:
+        """Stop the worker after ``seconds`` from the host side (a hung or busy worker dies too)."""
+        def expire() -> None:
+            self._expired = True
+            try:
+                self._stop()
+            except Exception:  # noqa: BLE001 - a timer thread has no one to tell
+                pass
+
+        self._lifetime_s = seconds
+        self._lifetime = threading.Timer(seconds, expire)
+        self._lifetime.daemon = True
+        self._lifetime.start()
 
     @abstractmethod
     def exit_code(self) -> int | None:
@@ -196,6 +216,10 @@ class Worker(ABC):
             time.sleep(0.02)
 
     def call(self, payload: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
+        if self._expired:
+            self.close()
+            raise SandboxError(f"{self.backend} worker reached its lifetime limit "
+                               f"({getattr(self, '_lifetime_s', 0):g} s) and was stopped; resume the run to start a new one")
         if self._client is None:
             raise SandboxError(f"{self.backend} worker is closed")
         try:
@@ -209,6 +233,8 @@ class Worker(ABC):
         raise AssertionError("unreachable")
 
     def _fail(self, what: str) -> None:
+        if self._expired:  # the host stopped it: say why, not just that the socket went away
+            what = f"reached its lifetime limit ({getattr(self, '_lifetime_s', 0):g} s) and was stopped"
         code = None
         for _ in range(50):  # a worker that just died may need a moment to be reaped
             code = self.exit_code()
@@ -232,6 +258,8 @@ class Worker(ABC):
         if self._closed:
             return
         self._closed = True
+        if self._lifetime is not None:
+            self._lifetime.cancel()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -258,6 +286,9 @@ class Worker(ABC):
 
 class Sandbox(ABC):
     name: str = "abstract"
+    isolated: bool = True  # no network, no host files beyond what it is shown
+    # False: may run only the program's own vetted templates, never LLM-written code (see get_sandbox).
+    runs_generated_code: bool = True
     isolated: bool = False
 
     @abstractmethod

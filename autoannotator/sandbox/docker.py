@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import sys
 import tarfile
@@ -171,17 +172,23 @@ class DockerSandbox(Sandbox):
             env["PATH"] = f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
         python = sys.executable if self.image is None else "python"
         uid = f"{SANDBOX_UID}:{SANDBOX_UID}" if drops_to_nobody() else f"{os.getuid()}:{os.getgid()}"
+        wall = limits.worker_lifetime_s if worker else limits.timeout_s
+        cpu_s = math.ceil(wall * max(1.0, limits.cpus)) + 1
         return self.client.containers.create(
             image, [python, f"{inner}/{rel}", *args],
             name=f"aa-sandbox-{uuid.uuid4().hex[:12]}", labels={LABEL: "1", OWNER_LABEL: str(os.getpid())},
             user=uid, working_dir=inner, environment=env, volumes=self._mounts(work),
-            network_mode="none", read_only=True,
+            # ipc_mode none: no /dev/shm at all (Docker's default is a writable 64 MB tmpfs, a side channel
+            # and scratch space past the memory limit); /dev itself stays root's and read-only to the code.
+            network_mode="none", read_only=True, ipc_mode="none",
             tmpfs={"/tmp": f"size={limits.tmpfs_mb}m,mode=1777"},
             mem_limit=f"{limits.memory_mb}m", memswap_limit=f"{limits.memory_mb}m",
             pids_limit=limits.pids, nano_cpus=int(limits.cpus * 1e9),
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
             ulimits=[Ulimit(name="fsize", soft=limits.file_mb << 20, hard=limits.file_mb << 20),
-                     Ulimit(name="core", soft=0, hard=0)],
+                     Ulimit(name="core", soft=0, hard=0),
+                     # CPU seconds: a backstop behind the wall clock (a run's timeout, a worker's lifetime).
+                     Ulimit(name="cpu", soft=cpu_s, hard=cpu_s)],
             # Bounded logs: a chatty script must not fill the host's disk.
             log_config=LogConfig(type="json-file", config={"max-size": "2m", "max-file": "1"}),
             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if self.gpu else None,
@@ -246,6 +253,7 @@ class DockerSandbox(Sandbox):
             worker.close()
             raise SandboxError(f"docker worker failed to start: {str(exc).splitlines()[0][:200]}") from None
         worker._wait_ready(limits.timeout_s)
+        worker.limit_lifetime(limits.worker_lifetime_s)
         return worker
 
 

@@ -36,10 +36,10 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import IO
 
+from autoannotator.sandbox import seccomp
 from autoannotator.sandbox.base import (
     SANDBOX_UID,
     SOCKET_NAME,
@@ -64,12 +64,17 @@ _LAUNCH = (
     "spec=json.loads(sys.argv[1])\n"
     "for p in spec['cgroups']: open(p,'w').write(str(os.getpid()))\n"
     "for n,v in spec['rlimits'].items(): resource.setrlimit(getattr(resource,n),(v,v))\n"
+    "if spec.get('cpus'): os.sched_setaffinity(0,spec['cpus'])\n"
     "os.execv(sys.argv[2],sys.argv[2:])\n"
 )
 # Runs inside bwrap as root, after the mounts are set up: become nobody for good, then enter
 # the work dir (which only nobody may enter: bwrap, capability-less by then, cannot).
 _DROP = (
-    "import os,sys\n"
+    "import ctypes,os,sys\n"
+    "libc=ctypes.CDLL(None,use_errno=True)\n"
+    # Empty the capability bounding set (PR_CAPBSET_DROP, needs CAP_SETPCAP, which goes with it):
+    # nothing exec'd later can regain a capability, not even via a setuid binary.
+    "for cap in range(64): libc.prctl(24,cap,0,0,0)\n"
     f"os.setgroups([]);os.setgid({SANDBOX_UID});os.setuid({SANDBOX_UID})\n"
     "os.chdir(sys.argv[1]);os.execv(sys.argv[2],sys.argv[2:])\n"
 )
@@ -259,13 +264,26 @@ def _bwrap_problem(ns_flags: tuple[str, ...]) -> str | None:
     return None
 
 
+def _cpu_set(cpus: float) -> list[int]:
+    """The cores a sandboxed process may run on: ceil(cpus) of ours. With no cgroup (not root) this is
+    the CPU cap; with one, cpu.max also enforces fractions."""
+    try:
+        mine = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
+    return mine[:max(1, math.ceil(cpus))] if mine else []
+
+
 _Spawned = tuple[subprocess.Popen, "_Cgroup | None", IO, IO, Path]  # process, cgroup, stdout, stderr, work dir
 
 
 class LocalSandbox(Sandbox):
     name = "local"
 
-    def __init__(self, *, gpu: bool = False, hide: list[Path] | None = None, use_bwrap: bool = True) -> None:
+    def __init__(self, *, gpu: bool = False, hide: list[Path] | None = None, use_bwrap: bool = True,
+                 vetted_only: bool = False) -> None:
+        """``use_bwrap=False`` runs code NOT isolated: only for ``--sandbox unsafe-local`` (the user's
+        explicit choice) or with ``vetted_only`` (the program's own templates, never LLM-written code)."""
         self.gpu = gpu
         self.as_root = drops_to_nobody()
         # Root: no user namespace (see the module docstring); the rest of --unshare-all.
@@ -275,6 +293,8 @@ class LocalSandbox(Sandbox):
         )
         self.isolation_problem = _bwrap_problem(self.ns_flags) if use_bwrap else "bubblewrap disabled by the caller"
         self.isolated = self.isolation_problem is None
+        self.runs_generated_code = self.isolated or not vetted_only
+        self.name = "local" if self.isolated else ("vetted-only" if vetted_only else "unsafe-local")
         hidden = [Path(h) for h in _HIDDEN] + [Path(h).resolve() for h in (hide or [])]
         cwd = Path.cwd().resolve()
         if _safe_to_hide(cwd):
@@ -282,11 +302,8 @@ class LocalSandbox(Sandbox):
         existing = [h for h in hidden if h.is_dir() and not h.is_symlink()]
         # Drop any hidden dir inside another: the outer tmpfs hides it already.
         self.hidden = sorted({h for h in existing if not any(h != o and h.is_relative_to(o) for o in existing)})
-        if not self.isolated:
-            msg = (f"LocalSandbox: generated code will run NOT ISOLATED ({self.isolation_problem}): it can read "
-                   "your files and use the network. Install bubblewrap or use the docker sandbox.")
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if not self.isolated:  # only reached by an explicit --sandbox unsafe-local (see get_sandbox)
+            log.info("unsafe-local sandbox: generated code runs NOT isolated (%s)", self.isolation_problem)
 
     def _readable(self) -> list[Path]:
         """The Python installation (interpreter and venv), bound back on top of hidden dirs."""
@@ -296,7 +313,8 @@ class LocalSandbox(Sandbox):
         return sorted(p for p in paths if any(p.is_relative_to(h) for h in self.hidden))
 
     def _argv(self, work: Path, rel: str, args: list[str], limits: SandboxLimits,
-              env: dict[str, str], cgroup: _Cgroup | None, one_shot: bool) -> list[str]:
+              env: dict[str, str], cgroup: _Cgroup | None, one_shot: bool,
+              seccomp_fd: int | None = None) -> list[str]:
         py = sys.executable
         rlimits = {
             "RLIMIT_FSIZE": limits.file_mb << 20,
@@ -305,15 +323,19 @@ class LocalSandbox(Sandbox):
         }
         if cgroup is None or not cgroup.has("memory.limit_in_bytes" if not cgroup.v2 else "memory.max"):
             rlimits["RLIMIT_AS"] = limits.memory_mb << 20
-        if one_shot:  # a backstop behind the wall-clock timeout; workers live long
-            rlimits["RLIMIT_CPU"] = math.ceil(limits.timeout_s * max(1.0, limits.cpus)) + 1
-        spec = json.dumps({"cgroups": cgroup.procs_files if cgroup else [], "rlimits": rlimits})
+        # A backstop behind the wall clock: a one-shot run's timeout, a worker's lifetime.
+        wall = limits.timeout_s if one_shot else limits.worker_lifetime_s
+        rlimits["RLIMIT_CPU"] = math.ceil(wall * max(1.0, limits.cpus)) + 1
+        spec = json.dumps({"cgroups": cgroup.procs_files if cgroup else [], "rlimits": rlimits,
+                           "cpus": _cpu_set(limits.cpus)})
         launch = [py, "-I", "-S", "-c", _LAUNCH, spec]
         target = [py, f"{work}/{rel}", *args]
         if not self.isolated:
             return launch + target
         bw = [shutil.which("bwrap") or "bwrap", *self.ns_flags, "--die-with-parent", "--new-session",
               "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        if seccomp_fd is not None:
+            bw += ["--seccomp", str(seccomp_fd)]
         for h in self.hidden:
             scratch = h == Path("/tmp")  # the code's scratch space; the other tmpfs only hold mount points
             if _bwrap_has_size():
@@ -328,11 +350,11 @@ class LocalSandbox(Sandbox):
                "--chdir", "/" if self.as_root else str(work), "--clearenv"]
         for k, v in env.items():
             bw += ["--setenv", k, v]
-        if self.as_root:  # only what the drop to nobody needs; gone after setuid
-            bw += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                   py, "-I", "-S", "-c", _DROP, str(work)]
-        else:
-            bw += ["--"]
+        if self.as_root:  # only what the drop to nobody needs; all gone, bounding set included, after it
+            bw += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                   "--cap-add", "CAP_SETPCAP", "--", py, "-I", "-S", "-c", _DROP, str(work)]
+        else:  # inside its user namespace: an empty bounding set
+            bw += ["--cap-drop", "ALL", "--"]
         return launch + bw + target
 
     def _spawn(self, script: Path, work_dir: Path, args: list[str], limits: SandboxLimits,
@@ -345,17 +367,27 @@ class LocalSandbox(Sandbox):
         cgroup = _Cgroup.create(limits)
         # Output goes to host temp files: outside the sandbox's view, and no pipe to keep drained.
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        program = seccomp.filter_program() if self.isolated else None
+        bpf = tempfile.TemporaryFile() if program is not None else None
         try:
-            argv = self._argv(work, rel, args, limits, env, cgroup, one_shot)
+            if bpf is not None:
+                bpf.write(program)
+                bpf.flush()
+                bpf.seek(0)
+            fds = (bpf.fileno(),) if bpf is not None else ()
+            argv = self._argv(work, rel, args, limits, env, cgroup, one_shot, fds[0] if fds else None)
             # Without bwrap, env is all the child gets; with bwrap, --clearenv sets it inside.
             proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=fds)
         except BaseException:
             out.close()
             err.close()
             if cgroup:
                 cgroup.remove()
             raise
+        finally:
+            if bpf is not None:  # bwrap has read it (or holds its own copy of the descriptor)
+                bpf.close()
         return proc, cgroup, out, err, work
 
     def run(self, script: Path, work_dir: Path, args: list[str] | None = None,
@@ -388,6 +420,7 @@ class LocalSandbox(Sandbox):
         proc, cgroup, out, err, work = self._spawn(script, work_dir, [], limits, env, one_shot=False)
         worker = _LocalWorker(proc, cgroup, out, err, work / SOCKET_NAME)
         worker._wait_ready(limits.timeout_s)
+        worker.limit_lifetime(limits.worker_lifetime_s)
         return worker
 
 

@@ -17,12 +17,13 @@ from autoannotator.costs import LLMUsage
 
 class VerifyResult(BaseModel):
     row_id: int
-    label: str
+    label: str | None  # None only when failed
     tokens_in: int  # spent by this call: 0 for a cache hit
     tokens_out: int
     cached: bool
     paid_by_run: str  # the run whose request produced this answer
     tokens_estimated: bool = False  # the endpoint reported no usage; counted as len(text)/4
+    failed: bool = False  # no valid label after every attempt: the row keeps the models' label (llm_failed)
 
 
 @runtime_checkable

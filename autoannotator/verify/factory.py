@@ -28,7 +28,10 @@ def make_verifier(kind: VerifierKind, task: TaskSpec, run_dir: Path, run_id: str
             raise ValueError("an LLM verifier needs the LLM handle")
         return LLMVerifier(llm.chat, model_id or llm.model_id, task, answers, run_id,
                            max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
-                           max_text_chars=settings.llm_max_text_chars)
+                           max_text_chars=settings.llm_max_text_chars, backoff_base_s=settings.llm_backoff_base_s,
+                           backoff_max_s=settings.llm_backoff_max_s,
+                           retry_after_cap_s=settings.llm_retry_after_cap_s,
+                           grace_s=min(10.0, float(settings.llm_timeout_s)))
     if kind == "human":
         from autoannotator.verify.human import HumanVerifier  # lazy: it draws with rich, in a terminal
 

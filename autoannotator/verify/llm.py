@@ -2,8 +2,16 @@
 
 One request per distinct prompt, its answer constrained to the task's labels (a ``Literal`` schema
 sent as a forced function call: grammar-constrained on llama.cpp), retried with backoff on transient
-errors, bounded in concurrency, and written to the run's answer cache (``run/cache.py``) the moment
-it arrives, so that no sample is ever paid for twice.
+errors (``llm/retry.py``: connection, timeout, 429, 5xx, a malformed body, empty ``choices``; a
+server's ``Retry-After`` is honoured, capped), bounded in concurrency, and written to the run's
+answer cache (``run/cache.py``) the moment it arrives, so that no sample is ever paid for twice.
+
+Every request the endpoint answered is counted: the answer kept is the cache entry; an answer with no
+valid label, an unusable body, or a duplicate (another process paid first) is an extra request in
+the ledger; an attempt that timed out is counted apart (the server may or may not have billed it).
+A row that never gets a valid label after its attempts comes back ``failed`` (its row keeps the
+models' label as ``llm_failed``) instead of ending the run; only an endpoint that keeps failing
+transiently ends it (``LLMUnavailable``, resumable).
 """
 
 from __future__ import annotations
@@ -12,10 +20,10 @@ import asyncio
 import hashlib
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -23,6 +31,7 @@ from langchain_core.messages import BaseMessage
 from autoannotator.costs import LLMUsage
 from autoannotator.errors import LLMUnavailable
 from autoannotator.llm.loop import run_on_llm_loop
+from autoannotator.llm.retry import is_transient, retry_after_seconds
 from autoannotator.run.cache import AnswerCache
 from autoannotator.task import TaskSpec
 from autoannotator.verify.base import VerifyResult
@@ -42,19 +51,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
 
 
-def _retryable(exc: BaseException) -> bool:
-    # APITimeoutError is an APIConnectionError; InternalServerError covers most 5xx.
-    if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500
-    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, TimeoutError, ConnectionError))
+class _NoValidLabel(Exception):
+    """Every attempt got an answer, none with a usable label: the row fails, the run goes on."""
+
+
+class _Stopped(Exception):
+    """Interrupted between two attempts: the row is simply not done (a resume asks again)."""
 
 
 class LLMVerifier:
     def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path, run_id: str,
                  max_concurrency: int = 4, max_retries: int = 4, max_text_chars: int = 4000,
-                 backoff_base_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, retry_after_cap_s: float = 60.0,
+                 grace_s: float = 10.0) -> None:
         self.model_id = model_id
         self.task = task
         self.run_id = run_id
@@ -63,12 +72,15 @@ class LLMVerifier:
         self.max_text_chars = max_text_chars
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self.grace_s = grace_s  # on Ctrl-C/SIGTERM: how long requests in flight may finish (and be kept)
         self.labels = task.label_names
         self._by_lower = {name.lower(): name for name in self.labels}
         self._structured = chat.with_structured_output(
             label_schema(self.labels), method="function_calling", include_raw=True)
         self.prompt = VerifyPrompt(task, max_text_chars)
         self._cache = AnswerCache(cache_path)
+        self._stopping = threading.Event()
 
     # -- prompts and keys ---------------------------------------------------------------------------
     def messages(self, text: str) -> list[BaseMessage]:
@@ -79,8 +91,13 @@ class LLMVerifier:
 
     # -- public API ---------------------------------------------------------------------------------
     def verify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
-        """Label ``(row_id, text)`` pairs; results in input order. Blocks; safe inside a running loop."""
-        return run_on_llm_loop(self.averify(items)) if items else []
+        """Label ``(row_id, text)`` pairs; results in input order. Blocks; safe inside a running loop.
+        Interrupted (Ctrl-C, SIGTERM), it starts no new request and lets those in flight finish for
+        up to ``grace_s``: what they answer is stored, so a resume does not pay for it again."""
+        if not items:
+            return []
+        self._stopping.clear()
+        return run_on_llm_loop(self.averify(items), on_interrupt=self._stopping.set, grace_s=self.grace_s)
 
     def ledger(self, run_id: str | None = None) -> LLMUsage:
         return self._cache.ledger(run_id or self.run_id)
@@ -103,10 +120,23 @@ class LLMVerifier:
 
         async def one(key: str, positions: list[int]) -> None:
             async with semaphore:
+                if self._stopping.is_set():  # interrupted: start nothing new
+                    return
                 msgs = prepared[positions[0]][1]
-                label, t_in, t_out, estimated = await self._ask(msgs)
-            # Written at once: a crash later in the batch loses only the calls still in flight.
-            self._cache.put(key, self.model_id, label, t_in, t_out, estimated, self.run_id)
+                try:
+                    label, t_in, t_out, estimated = await self._ask(key, msgs)
+                except _Stopped:
+                    return
+                except _NoValidLabel:
+                    for i in positions:
+                        results[i] = VerifyResult(row_id=prepared[i][0], label=None, tokens_in=0, tokens_out=0,
+                                                  cached=False, paid_by_run=self.run_id, failed=True)
+                    return
+                # Written at once, before the slot goes to the next request: a crash loses only the
+                # answers still in flight.
+                if not self._cache.put(key, self.model_id, label, t_in, t_out, estimated, self.run_id):
+                    # Another process answered this prompt first: this answer was paid for too.
+                    self._cache.log_extra(key, self.model_id, self.run_id, "duplicate", t_in, t_out, estimated)
             first, *dupes = positions
             results[first] = VerifyResult(row_id=prepared[first][0], label=label, tokens_in=t_in,
                                           tokens_out=t_out, cached=False, paid_by_run=self.run_id,
@@ -123,54 +153,66 @@ class LLMVerifier:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return [r for r in results if r is not None]
+        return [r for r in results if r is not None]  # interrupted: the caller re-raises anyway
 
     # -- one sample ---------------------------------------------------------------------------------
-    async def _ask(self, messages: list[BaseMessage]) -> tuple[str, int, int, bool]:
-        """(label, tokens_in, tokens_out, estimated) summed over every attempt that got an answer."""
+    async def _ask(self, key: str, messages: list[BaseMessage]) -> tuple[str, int, int, bool]:
+        """(label, tokens_in, tokens_out, estimated) of the attempt whose answer is kept. Every other
+        answered attempt goes to the ledger as an extra request as soon as it comes back."""
         attempts = self.max_retries + 1
-        t_in = t_out = 0
-        estimated = False
-        raws: list[Any] = []
+        raws: list[tuple[Any, int, int, bool]] = []
         last_error: BaseException | None = None
         for attempt in range(attempts):
+            if self._stopping.is_set():
+                raise _Stopped(key)
             try:
                 out = await self._structured.ainvoke(messages)
             except Exception as exc:
-                if not _retryable(exc):
+                if not is_transient(exc):
                     raise
                 last_error = exc
+                self._count_failed_attempt(key, exc, messages)
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._delay(attempt, exc))
                 continue
             raw = out.get("raw")
             a, b, est = self._usage(raw, messages)
-            t_in, t_out, estimated = t_in + a, t_out + b, estimated or est
             label = self._parsed_label(out.get("parsed"), raw)
             if label is not None:
-                return label, t_in, t_out, estimated
-            raws.append(raw)  # an invalid answer: ask again at once, the endpoint itself is fine
-        for raw in reversed(raws):  # last resort: the answer's plain text names a label
-            label = self._text_label(raw)
+                self._log_invalid(key, raws)
+                return label, a, b, est
+            raws.append((raw, a, b, est))  # an invalid answer: ask again at once, the endpoint itself is fine
+        for j in range(len(raws) - 1, -1, -1):  # last resort: an answer's plain text names a label
+            label = self._text_label(raws[j][0])
             if label is not None:
-                return label, t_in, t_out, estimated
-        if last_error is not None:
-            raise LLMUnavailable(f"the LLM ({self.model_id}) kept failing after {attempts} attempts: "
-                                 f"{_one_line(last_error)}")
-        snippet = " ".join(str(getattr(raws[-1], "content", "")).split())[:80] if raws else ""
-        raise LLMUnavailable(f"the LLM ({self.model_id}) gave no valid label after {attempts} attempts "
-                             f"(last answer: {snippet!r}); labels are {', '.join(self.labels)}")
+                _, a, b, est = raws[j]
+                self._log_invalid(key, raws[:j] + raws[j + 1:])
+                return label, a, b, est
+        if raws:  # the endpoint answers, but never with a label: this row fails, the run goes on
+            self._log_invalid(key, raws)
+            raise _NoValidLabel(key)
+        assert last_error is not None
+        raise LLMUnavailable(f"the LLM ({self.model_id}) kept failing after {attempts} attempts: "
+                             f"{_one_line(last_error)}")
+
+    def _log_invalid(self, key: str, raws: list[tuple[Any, int, int, bool]]) -> None:
+        """Answers without a usable label were paid for too: each is an extra request in the ledger."""
+        for _, a, b, est in raws:
+            self._cache.log_extra(key, self.model_id, self.run_id, "invalid_answer", a, b, est)
+
+    def _count_failed_attempt(self, key: str, exc: BaseException, messages: list[BaseMessage]) -> None:
+        if isinstance(exc, openai.APITimeoutError):  # sent, maybe processed and billed: counted apart
+            self._cache.log_extra(key, self.model_id, self.run_id, "timeout", 0, 0, True)
+        elif not isinstance(exc, (openai.APIStatusError, openai.APIConnectionError)):
+            # A 200 whose body was unusable (malformed JSON, no choices): answered, so maybe billed.
+            chars_in = sum(len(str(m.content)) for m in messages)
+            self._cache.log_extra(key, self.model_id, self.run_id, "unusable_answer", max(1, chars_in // 4), 0, True)
 
     def _delay(self, attempt: int, exc: BaseException) -> float:
         delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.5)
-        response = getattr(exc, "response", None)
-        retry_after = response.headers.get("retry-after") if isinstance(response, httpx.Response) else None
-        try:  # a 429's Retry-After is the server telling us exactly how long to wait
-            if retry_after is not None:
-                delay = max(delay, min(float(retry_after), self.backoff_max_s))
-        except ValueError:
-            pass
-        return delay
+        asked = retry_after_seconds(exc, cap_s=self.retry_after_cap_s)
+        # The server said exactly how long to wait: never retry before that, never wait past the cap.
+        return delay if asked is None else max(asked, min(delay, asked * 1.5 + 0.05))
 
     def _parsed_label(self, parsed: Any, raw: Any) -> str | None:
         value = getattr(parsed, "label", None)
