@@ -70,6 +70,9 @@ class FinetuneSettings(BaseModel):
     warm_start: bool = True
     warm_start_rows: int = Field(512, ge=0)
     warm_start_min_confidence: float = Field(1.0, ge=0.0, le=1.0)
+    # Rows are labelled in a seeded shuffled order (the output keeps the input's order): a file sorted
+    # by label would otherwise feed the first rounds one label only. False: the file's order.
+    shuffle_rows: bool = True
     # Forgetting: the first forgetting_rows labelled rows (processing order) are scored before and after
     # each round; weights that lose more than forgetting_margin accuracy there are refused.
     forgetting_rows: int = Field(200, ge=0)

@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,9 +194,9 @@ def _take_new(new: list[LabelledRow], cap: int, rng: np.random.Generator) -> lis
     return [r for r in new if r.row_id in picked]
 
 
-def as_arrays(rows: Sequence[LabelledRow], texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def as_arrays(rows: Sequence[LabelledRow], text_of: Callable[[int], str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts, label indices, weights) for a list of rows."""
-    return ([texts[r.row_id] for r in rows], np.array([r.label for r in rows], dtype=np.int64),
+    return ([text_of(r.row_id) for r in rows], np.array([r.label for r in rows], dtype=np.int64),
             np.array([r.weight for r in rows], dtype=np.float32))
 
 
@@ -313,11 +313,11 @@ def finetune_model(
     return (candidate if accepted else model), record
 
 
-def run_round(model: TrainableSLM, plan: RoundPlan, texts: Sequence[str], cfg: FinetuneSettings, round_: int,
-              save_dir: Path) -> tuple[TrainableSLM, dict]:
-    """``finetune_model`` on a ``plan_round`` plan."""
-    hold_t, hold_y, _ = as_arrays(plan.holdout, texts)
-    forget_t, forget_y, _ = as_arrays(plan.forgetting, texts)
-    return finetune_model(model, as_arrays(plan.train, texts), (hold_t, hold_y), cfg, round_, save_dir,
+def run_round(model: TrainableSLM, plan: RoundPlan, text_of: Callable[[int], str], cfg: FinetuneSettings,
+              round_: int, save_dir: Path) -> tuple[TrainableSLM, dict]:
+    """``finetune_model`` on a ``plan_round`` plan; ``text_of`` maps a row id to its text."""
+    hold_t, hold_y, _ = as_arrays(plan.holdout, text_of)
+    forget_t, forget_y, _ = as_arrays(plan.forgetting, text_of)
+    return finetune_model(model, as_arrays(plan.train, text_of), (hold_t, hold_y), cfg, round_, save_dir,
                           forgetting=(forget_t, forget_y) if plan.forgetting else None, epochs=plan.epochs,
                           plan=plan.summary)

@@ -99,7 +99,7 @@ def main() -> None:
                 plan = plan_round(upto, LABELS, cfg, beta=args.beta, seen_upto=seen_upto, round_=round_,
                                   seed=args.seed)
                 started = time.perf_counter()
-                models[name], rec = run_round(models[name], plan, texts, cfg, round_, Path(tmp))
+                models[name], rec = run_round(models[name], plan, texts.__getitem__, cfg, round_, Path(tmp))
                 wall = time.perf_counter() - started
                 seconds[name].append((rec["train_seconds"], wall))
                 print(f"{round_:>5} {name:>8} {len(plan.train):>6} {plan.n_new:>5} {plan.n_replay:>6} "

@@ -244,7 +244,8 @@ class MiniLMStudent(TrainableSLM):
         path.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
-        self.model.encoder.save_pretrained(path)  # safetensors
+        with quiet_transformers():  # no "Writing model shards" bar in the middle of a run's progress
+            self.model.encoder.save_pretrained(path)  # safetensors
         save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, str(path / HEAD_FILE))
         self.tokenizer.save_pretrained(path)
         state = {"is_trained": self.is_trained, "rounds": self.rounds, "task_labels": self.native_labels,
