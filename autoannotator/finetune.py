@@ -321,3 +321,28 @@ def run_round(model: TrainableSLM, plan: RoundPlan, text_of: Callable[[int], str
     return finetune_model(model, as_arrays(plan.train, text_of), (hold_t, hold_y), cfg, round_, save_dir,
                           forgetting=(forget_t, forget_y) if plan.forgetting else None, epochs=plan.epochs,
                           plan=plan.summary)
+
+
+def finetune_summary(records: Sequence[dict]) -> dict[str, dict]:
+    """Per trainable model: when it first voted, and what its first and last rounds cost.
+
+    ``first_vote_rows_labelled`` counts the rows labelled before that round (0 for a warm start:
+    the model votes from the first batch). The seconds are each round's whole cost (training plus
+    scoring the judging slices), the figure the O(beta) rule keeps flat.
+    """
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["model"] for r in records):
+        mine = sorted((r for r in records if r["model"] == name), key=lambda r: r["round"])
+        voting = next((r for r in mine if r.get("accepted") and r.get("votes")), None)
+        first, last = mine[0], mine[-1]
+        out[name] = {
+            "rounds": len(mine),
+            "rejected": sum(1 for r in mine if not r.get("accepted")),
+            "first_vote_round": voting["round"] if voting else None,
+            "first_vote_rows_labelled": voting.get("rows_labelled") if voting else None,
+            "first_round_seconds": first.get("seconds"),
+            "last_round_seconds": last.get("seconds"),
+            "last_over_first": round(last["seconds"] / first["seconds"], 3) if first.get("seconds") else None,
+            "total_seconds": round(sum(r.get("seconds") or 0.0 for r in mine), 2),
+        }
+    return out

@@ -133,3 +133,17 @@ def test_the_guard_refuses_weights_that_forget_the_earliest_rows(tmp_path):
     kept, rec = finetune_model(model, (texts, truth_now), (texts, truth_now), FinetuneSettings(forgetting_margin=1.0),
                                3, tmp_path, forgetting=(texts, truth_early))
     assert rec["accepted"] and kept is not model  # a margin of 1 tolerates any loss
+
+
+def test_the_summary_says_when_each_model_first_voted_and_what_rounds_cost():
+    from autoannotator.finetune import finetune_summary
+
+    recs = [{"model": "student", "round": 1, "accepted": True, "votes": False, "rows_labelled": 0, "seconds": 10.0},
+            {"model": "tfidf", "round": 1, "accepted": True, "votes": True, "rows_labelled": 0, "seconds": 1.0},
+            {"model": "student", "round": 2, "accepted": False, "votes": False, "rows_labelled": 300, "seconds": 12.0},
+            {"model": "student", "round": 3, "accepted": True, "votes": True, "rows_labelled": 600, "seconds": 11.0}]
+    s = finetune_summary(recs)
+    assert s["student"] == {"rounds": 3, "rejected": 1, "first_vote_round": 3, "first_vote_rows_labelled": 600,
+                            "first_round_seconds": 10.0, "last_round_seconds": 11.0, "last_over_first": 1.1,
+                            "total_seconds": 33.0}
+    assert s["tfidf"]["first_vote_round"] == 1 and s["tfidf"]["first_vote_rows_labelled"] == 0

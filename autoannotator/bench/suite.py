@@ -178,7 +178,7 @@ class Bench:
             if not rec.get("weights"):
                 points.append({"round": rec["round"], "model": rec["model"], "accepted": False})
                 continue
-            student = build_model("student", self.task, self.settings)
+            student = build_model(rec["model"], self.task, self.settings)  # 'student' or 'tfidf'
             student.load(Path(rec["weights"]))
             votes = student.predict_ungated(self.dataset.texts).votes  # what the weights say, voting or not
             pred = [self.labels[v] if v >= 0 else None for v in votes]

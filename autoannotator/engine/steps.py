@@ -105,6 +105,7 @@ def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callab
         on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(plan.train)})
         kept, record = run_round(model, plan, text_of, settings.finetune, round_, models_dir)
         record["kind"] = kind
+        record["rows_labelled"] = 0 if kind == "warm_start" else len(records)
         models[i] = kept
         if record["weights"]:
             weights[model.name] = record["weights"]
