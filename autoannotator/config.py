@@ -70,6 +70,15 @@ class FinetuneSettings(BaseModel):
     warm_start: bool = True
     warm_start_rows: int = Field(512, ge=0)
     warm_start_min_confidence: float = Field(1.0, ge=0.0, le=1.0)
+    # The warm start is one small round, so it gets the full recipe's passes: one pass over ~250
+    # rows is 16 steps, too few for the new head (on yelp it collapsed onto the common label).
+    warm_start_epochs: int = Field(3, ge=1)
+    # Scale each label's rows in a round so every label carries the same total weight (each factor
+    # capped at balance_cap): the settled rows are skewed (the lexicons agree far more often on
+    # positive sentences), and a skewed round pulls the head onto the common label, while the vote
+    # gate scores balanced accuracy.
+    balance_labels: bool = True
+    balance_cap: float = Field(5.0, ge=1.0)
     # Rows are labelled in a seeded shuffled order (the output keeps the input's order): a file sorted
     # by label would otherwise feed the first rounds one label only. False: the file's order.
     shuffle_rows: bool = True

@@ -149,12 +149,44 @@ def _gate_slice(verified_hold: list[LabelledRow], settled_hold: list[LabelledRow
     return verified_hold + settled_hold, "verified+settled"
 
 
+def balance(rows: list[LabelledRow], cap: float) -> list[LabelledRow]:
+    """The same rows, each label's weights scaled so every label present carries the same total (factors <= cap)."""
+    totals: dict[int, float] = {}
+    for r in rows:
+        totals[r.label] = totals.get(r.label, 0.0) + r.weight
+    if len(totals) < 2:
+        return rows
+    target = sum(totals.values()) / len(totals)
+    factor = {y: min(cap, target / t) for y, t in totals.items()}
+    return [LabelledRow(r.row_id, r.label, r.verified, round(r.weight * factor[r.label], 6)) for r in rows]
+
+
 def plan_round(records: Sequence[dict], label_names: Sequence[str], cfg: FinetuneSettings, *, beta: int,
-               seen_upto: int, round_: int, seed: int = 0) -> RoundPlan:
+               seen_upto: int, round_: int, seed: int = 0, epochs: int | None = None) -> RoundPlan:
     """What a round trains on and is judged on; ``records`` are every labelled row in processing order.
 
-    ``seen_upto`` is how many of ``records`` earlier rounds covered (0 for the first round).
+    ``seen_upto`` is how many of ``records`` earlier rounds covered (0 for the first round);
+    ``epochs`` overrides the configured passes (the warm start makes the full recipe's).
     """
+    plan = _plan_rows(records, label_names, cfg, beta=beta, seen_upto=seen_upto, round_=round_, seed=seed)
+    if epochs is not None:
+        plan.epochs = plan.summary["epochs"] = epochs
+    if cfg.balance_labels:
+        plan.train = balance(plan.train, cfg.balance_cap)
+        plan.summary["train_weight"] = round(sum(r.weight for r in plan.train), 2)
+    plan.summary["label_shares"] = _label_shares(plan.train, label_names)
+    return plan
+
+
+def _label_shares(rows: list[LabelledRow], label_names: Sequence[str]) -> dict[str, float]:
+    """Share of the round's rows per label (before weighting): what a one-sided round looks like in the record."""
+    counts = np.bincount([r.label for r in rows], minlength=len(label_names)) if rows else np.zeros(len(label_names))
+    return {name: round(float(c) / max(1, len(rows)), 3) for name, c in zip(label_names, counts)}
+
+
+def _plan_rows(records: Sequence[dict], label_names: Sequence[str], cfg: FinetuneSettings, *, beta: int,
+               seen_upto: int, round_: int, seed: int) -> RoundPlan:
+    """plan_round's choice of rows, before the epochs override and the label balance."""
     rows = labelled_rows(records, label_names, cfg)
     position = {int(rec["row_id"]): i for i, rec in enumerate(records)}
     _, v_hold = split_holdout([r.row_id for r in rows if r.verified], cfg, seed)

@@ -147,3 +147,22 @@ def test_the_summary_says_when_each_model_first_voted_and_what_rounds_cost():
                             "first_round_seconds": 10.0, "last_round_seconds": 11.0, "last_over_first": 1.1,
                             "total_seconds": 33.0}
     assert s["tfidf"]["first_vote_round"] == 1 and s["tfidf"]["first_vote_rows_labelled"] == 0
+
+
+def test_a_skewed_round_is_rebalanced_so_each_label_weighs_the_same():
+    from autoannotator.finetune import LabelledRow, balance
+
+    rows = [LabelledRow(i, 0, False, 1.0) for i in range(8)] + [LabelledRow(8 + i, 1, True, 1.0) for i in range(2)]
+    out = balance(rows, cap=5.0)
+    by_label = {y: sum(r.weight for r in out if r.label == y) for y in (0, 1)}
+    assert by_label[0] == pytest.approx(by_label[1]) == pytest.approx(5.0)
+    capped = balance(rows[:9], cap=2.0)  # 8 against 1: the lone row's factor stops at 2
+    assert capped[-1].weight == 2.0 and [r.row_id for r in capped] == list(range(9))
+    assert balance(rows[:8], cap=5.0) == rows[:8]  # one label: nothing to balance
+    plan = plan_round([_rec(i, "a") for i in range(80)] + [_rec(100 + i, "b") for i in range(20)], LABELS,
+                      FinetuneSettings(), beta=100, seen_upto=0, round_=1)
+    assert plan.summary["label_shares"]["a"] > 0.7
+    w = {y: sum(r.weight for r in plan.train if r.label == y) for y in (0, 1)}
+    assert w[0] == pytest.approx(w[1], rel=1e-3)
+    assert plan_round([_rec(i, "a") for i in range(10)] + [_rec(10, "b")], LABELS, FinetuneSettings(), beta=5,
+                      seen_upto=0, round_=1, epochs=3).epochs == 3

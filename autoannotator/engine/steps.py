@@ -101,7 +101,8 @@ def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callab
         if not isinstance(model, TrainableSLM):
             continue
         plan = plan_round(records, labels, settings.finetune, beta=settings.beta, seen_upto=seen_upto,
-                          round_=round_, seed=settings.seed)
+                          round_=round_, seed=settings.seed,
+                          epochs=settings.finetune.warm_start_epochs if kind == "warm_start" else None)
         on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(plan.train)})
         kept, record = run_round(model, plan, text_of, settings.finetune, round_, models_dir)
         record["kind"] = kind
