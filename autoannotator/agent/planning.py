@@ -60,7 +60,7 @@ def _hints(settings: Any) -> Callable[[str, PlanDraft], str]:
         specs = [c["spec"] for c in plan.candidates]
         agree = {c["spec"]: c.get("agreement_with_llm") for c in (plan.probe or {}).get("candidates", [])}
         return render("weak_hint.md", phase=phase, query=repr(plan.instruction), labels=plan.task.label_names,
-                      specs=specs[:3], probe=json.dumps([s for s in specs if s != TRAINABLE][:N_PROBE_CANDIDATES]),
+                      specs=specs[:3], probe=json.dumps([s for s in specs if s not in TRAINABLE_BUILTINS][:N_PROBE_CANDIDATES]),
                       options=", ".join(f"{s} (agreement {agree.get(s)})" for s in specs[:8]), k=settings.k,
                       trainable=TRAINABLE, deploy=json.dumps(_frozen([s["spec"] for s in plan.selection])))
 

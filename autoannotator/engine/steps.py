@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from autoannotator.config import Settings
 from autoannotator.finetune import plan_round, run_round
