@@ -47,6 +47,46 @@ class FinetuneSettings(BaseModel):
     # ... and by this many standard errors of that accuracy (0.5 / sqrt(slice size)), when that is more.
     rejoin_standard_errors: float = Field(2.0, ge=0.0)
 
+    # What a round trains on (finetune.plan_round). Every labelled row, not only the LLM-verified pool:
+    # a verified row weighs 1, a row the SLMs settled weighs settled_weight x its confidence (the run's
+    # posterior when it records one, else the share of the voters that agreed); below the floor it is left out.
+    train_on_settled: bool = True
+    settled_weight: float = Field(1.0, ge=0.0, le=1.0)
+    settled_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    # A share of the settled rows, by a hash of the row id, never trained on: the vote gate's slice
+    # when the verified slice cannot judge (before any LLM call, or one label only).
+    settled_holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Incremental rounds: continue from the current weights on round_size_factor x beta rows, for
+    # incremental_epochs passes: replay_share of them replayed from earlier rows, the rest new since
+    # the last round (verified rows first; replay fills in when there are fewer). A round's cost then
+    # depends on beta, not on how many rows the run has labelled. incremental=False retrains on
+    # everything, `epochs` times (the paper's recipe, plus the settled rows).
+    incremental: bool = True
+    incremental_epochs: int = Field(1, ge=1)
+    round_size_factor: float = Field(2.0, gt=0.0)
+    replay_share: float = Field(0.25, ge=0.0, lt=1.0)
+    # Warm start: before the first LLM call, train on the confident agreements among the first
+    # warm_start_rows rows, so the student can vote from the first batch.
+    warm_start: bool = True
+    warm_start_rows: int = Field(512, ge=0)
+    warm_start_min_confidence: float = Field(1.0, ge=0.0, le=1.0)
+    # The warm start is one small round, so it gets the full recipe's passes: one pass over ~250
+    # rows is 16 steps, too few for the new head (on yelp it collapsed onto the common label).
+    warm_start_epochs: int = Field(3, ge=1)
+    # Scale each label's rows in a round so every label carries the same total weight (each factor
+    # capped at balance_cap): the settled rows are skewed (the lexicons agree far more often on
+    # positive sentences), and a skewed round pulls the head onto the common label, while the vote
+    # gate scores balanced accuracy.
+    balance_labels: bool = True
+    balance_cap: float = Field(5.0, ge=1.0)
+    # Rows are labelled in a seeded shuffled order (the output keeps the input's order): a file sorted
+    # by label would otherwise feed the first rounds one label only. False: the file's order.
+    shuffle_rows: bool = True
+    # Forgetting: the first forgetting_rows labelled rows (processing order) are scored before and after
+    # each round; weights that lose more than forgetting_margin accuracy there are refused.
+    forgetting_rows: int = Field(200, ge=0)
+    forgetting_margin: float = Field(0.05, ge=0.0, le=1.0)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(

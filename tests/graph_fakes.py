@@ -51,7 +51,7 @@ class MemoStudent(TrainableSLM):
             out[i, col] = 1.0
         return out
 
-    def train_on(self, texts, labels, cfg):
+    def train_on(self, texts, labels, cfg, **kwargs):
         self.memory.update({t: int(lbl) for t, lbl in zip(texts, labels)})
         self.rounds += 1
         return {"n": len(texts)}

@@ -27,7 +27,7 @@ class ConstantStudent(TrainableSLM):
         out[:, self.label_idx] = 1.0
         return out
 
-    def train_on(self, texts, labels, cfg):
+    def train_on(self, texts, labels, cfg, **kwargs):
         self.label_idx = self.learns
         return {"n": len(texts)}
 
@@ -44,11 +44,11 @@ class ConstantStudent(TrainableSLM):
 def test_split_holdout_is_stable_and_disjoint():
     cfg = FinetuneSettings(holdout_fraction=0.2, min_holdout=3)
     train, hold = split_holdout(list(range(100)), cfg)
-    assert len(hold) == 20 and not set(train) & set(hold) and len(train) + len(hold) == 100
+    assert 10 <= len(hold) <= 30 and not set(train) & set(hold) and len(train) + len(hold) == 100
     train2, hold2 = split_holdout(list(range(100)), cfg)
     assert hold == hold2
     _, small = split_holdout(list(range(6)), cfg)
-    assert len(small) == 3  # min_holdout, capped at half the pool
+    assert 3 <= len(small) <= 4  # at least min_holdout (capped at half the pool), plus any the hash picks
 
 
 def test_guard_keeps_better_and_rejects_worse(tmp_path):
@@ -92,7 +92,7 @@ class LookupStudent(ConstantStudent):
         out[np.arange(len(texts)), [self.answers[t] for t in texts]] = 1.0
         return out
 
-    def train_on(self, texts, labels, cfg):
+    def train_on(self, texts, labels, cfg, **kwargs):
         self.trained = True
         return {"n": len(texts)}
 

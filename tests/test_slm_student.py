@@ -90,3 +90,45 @@ def test_a_student_saved_by_the_older_cls_head_format_is_refused_clearly(trained
     (tmp_path / "old" / "head.safetensors").unlink()
     with pytest.raises(UserError, match="older autoannotator"):  # the CLI prints it as one line
         MiniLMStudent(LABELS, device="cpu").load(tmp_path / "old")
+
+
+def test_bucketed_batches_cover_each_row_once_with_less_padding():
+    from autoannotator.slm.student import bucketed_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1000)
+    batches = bucketed_batches(lengths, 16, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+
+    def padded(bs):
+        return sum(len(b) * lengths[b].max() for b in bs)
+
+    random_batches = np.array_split(rng.permutation(1000), 63)
+    assert padded(batches) < 0.8 * padded(random_batches)
+
+
+def test_sample_weights_decide_which_labels_the_student_learns():
+    """Each text twice, with its label and with the other: the weights say which copy counts."""
+    student = MiniLMStudent(LABELS, device="cpu", seed=0)
+    few, few_y = POS[:6] + NEG[:6], np.array([0] * 6 + [1] * 6)  # half the toy set: a CPU test stays short
+    texts = few + few
+    y = np.concatenate([few_y, 1 - few_y])
+    w = np.concatenate([np.ones(len(few_y)), np.full(len(few_y), 0.02)])
+    metrics = student.train_on(texts, y, CFG, sample_weight=w)
+    assert metrics["weight_mean"] == pytest.approx(w.mean(), abs=1e-3) and metrics["amp"] == "fp32"
+    assert (student.predict(TEXTS).votes == Y).mean() >= 0.8  # right on the 12 it saw and the 12 it did not
+    with pytest.raises(ValueError, match="sample weights"):
+        student.train_on(TEXTS, Y, CFG, sample_weight=-np.ones(len(Y)))
+
+
+def test_a_round_continues_from_the_current_weights(trained):
+    student, _ = trained
+    twin = student.clone()
+    before = twin.native_proba(TEXTS)
+    frozen = CFG.model_copy(update={"lr": 0.0, "head_lr": 0.0})
+    twin.train_on(TEXTS[:4], Y[:4], frozen, epochs=1)
+    assert twin.rounds == student.rounds + 1
+    np.testing.assert_allclose(twin.native_proba(TEXTS), before, atol=1e-6)  # lr 0: nothing re-initialised
+    twin.train_on(POS[:2] + NEG[:2], np.array([0, 0, 1, 1]), CFG, epochs=1)  # a small round keeps what it knew
+    assert (twin.predict(TEXTS).votes == Y).mean() >= 0.8

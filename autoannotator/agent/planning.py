@@ -13,7 +13,7 @@ from typing import Any
 
 from autoannotator.deploy.codegen import write_deployment_code
 from autoannotator.deploy.probe import ProbeReport, probe_models, rank_by_probe
-from autoannotator.deploy.proxy import DeploymentSpec, ModelDeployment
+from autoannotator.deploy.proxy import TRAINABLE_BUILTINS, DeploymentSpec, ModelDeployment
 from autoannotator.discovery.hub import SearchModelsArgs, search_models
 from autoannotator.graphs.controller import ControllerContext, PlanDraft, run_controller
 from autoannotator.prompts import render
@@ -34,7 +34,7 @@ def probe_samples(texts: list[str], n: int = N_PROBE_SAMPLES) -> list[str]:
 
 
 def _frozen(specs: list[str]) -> list[str]:
-    return [s for s in specs if s != TRAINABLE]
+    return [s for s in specs if s not in TRAINABLE_BUILTINS]
 
 
 def deployment_spec_for(task: TaskSpec, frozen_specs: list[str], settings: Any) -> DeploymentSpec | None:
@@ -60,7 +60,7 @@ def _hints(settings: Any) -> Callable[[str, PlanDraft], str]:
         specs = [c["spec"] for c in plan.candidates]
         agree = {c["spec"]: c.get("agreement_with_llm") for c in (plan.probe or {}).get("candidates", [])}
         return render("weak_hint.md", phase=phase, query=repr(plan.instruction), labels=plan.task.label_names,
-                      specs=specs[:3], probe=json.dumps([s for s in specs if s != TRAINABLE][:N_PROBE_CANDIDATES]),
+                      specs=specs[:3], probe=json.dumps([s for s in specs if s not in TRAINABLE_BUILTINS][:N_PROBE_CANDIDATES]),
                       options=", ".join(f"{s} (agreement {agree.get(s)})" for s in specs[:8]), k=settings.k,
                       trainable=TRAINABLE, deploy=json.dumps(_frozen([s["spec"] for s in plan.selection])))
 
@@ -79,7 +79,7 @@ def _fallbacks(ctx_ref: list[ControllerContext], settings: Any) -> Callable[[Pla
             plan.decided_by["candidates"] = f"fallback: search_models ({found.mode})"
         if plan.probe is None or not any(c.get("loaded") for c in plan.probe.get("candidates", [])):
             # The trainable student runs in-process (it trains there); probing its untrained head says nothing.
-            specs = [c["spec"] for c in plan.candidates if c["spec"] != TRAINABLE][:N_PROBE_CANDIDATES]
+            specs = [c["spec"] for c in plan.candidates if c["spec"] not in TRAINABLE_BUILTINS][:N_PROBE_CANDIDATES]
             samples = ctx.samples[:len(ctx.llm_labels)] if ctx.llm_labels else ctx.samples
             plan.probe = probe_models(specs, samples, plan.task.label_names, ctx.sandbox, ctx.run_dir,
                                       llm_labels=ctx.llm_labels).model_dump(mode="json")

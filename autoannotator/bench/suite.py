@@ -147,7 +147,10 @@ class Bench:
     def autoannotator(self, name: str, specs: list[str], epsilon: float, beta: int,
                       trajectory: bool) -> tuple[BenchRow, list[dict]]:
         # The same models as the other rows: the comparison is of strategies, not of model choices.
-        settings = self.settings.model_copy(update={"epsilon": epsilon, "beta": beta, "models": specs})
+        update: dict = {"epsilon": epsilon, "beta": beta, "models": specs}
+        if beta == NO_FINETUNE_BETA:  # no fine-tuning means no warm-start round either
+            update["finetune"] = self.settings.finetune.model_copy(update={"warm_start": False})
+        settings = self.settings.model_copy(update=update)
         run_dir = self.out_dir / "runs" / name.replace(" ", "_")
         start = time.perf_counter()
         report, _ = runner.label(
@@ -178,7 +181,7 @@ class Bench:
             if not rec.get("weights"):
                 points.append({"round": rec["round"], "model": rec["model"], "accepted": False})
                 continue
-            student = build_model("student", self.task, self.settings)
+            student = build_model(rec["model"], self.task, self.settings)  # 'student' or 'tfidf'
             student.load(Path(rec["weights"]))
             votes = student.predict_ungated(self.dataset.texts).votes  # what the weights say, voting or not
             pred = [self.labels[v] if v >= 0 else None for v in votes]

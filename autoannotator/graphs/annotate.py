@@ -1,10 +1,15 @@
 """The annotation loop as a LangGraph StateGraph.
 
-    START -> load_batch -> ensemble -(U >= eps?)-> verify -> accept -(pool >= beta?)-> finetune
-                                     \\-------------------> accept -> load_batch | report -> END
+    START -(warm start?)-> warm_start -> load_batch -> ensemble -(U >= eps?)-> verify -> accept
+                                                              \\-------------------> accept
+    accept -(beta new verified?)-> finetune -> load_batch | report -> END
 
 Nodes close over an ``AnnotateContext`` (loaded models, verifier, stores) that is rebuilt on
 resume; the checkpointed state holds only cursors, the current batch and counters.
+
+Rows are taken in ``processing_order``: a seeded shuffle by default, derived from the seed and
+the row count alone, so a resumed run walks the same order with nothing stored but its cursor.
+Results are keyed by row id, so the output keeps the input's order.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from langgraph.graph import END, START, StateGraph
 
 from autoannotator.config import Settings
@@ -24,7 +30,9 @@ from autoannotator.engine.steps import (
     majority_label,
     row_votes,
     score_batch,
+    train_on_records,
     verify_rows,
+    warm_start_records,
 )
 from autoannotator.graphs.routing import hard_positions, route_after_accept, route_after_ensemble, route_next_batch
 from autoannotator.graphs.state import AnnotateState
@@ -64,17 +72,48 @@ def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[Annotate
     return node
 
 
+def processing_order(n_rows: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """Row ids in the order the loop takes them; a function of (seed, n_rows) only, so resume finds it again."""
+    if not shuffle:
+        return np.arange(n_rows)
+    return np.random.default_rng([seed, n_rows]).permutation(n_rows)
+
+
 def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     labels = ctx.task.label_names
     texts = ctx.dataset.texts
+    cfg = ctx.settings.finetune
+    order = processing_order(len(texts), ctx.settings.seed, cfg.shuffle_rows)
 
     def text_of(row_id: int) -> str:
         return texts[row_id]
 
+    def route_start(state: AnnotateState) -> str:
+        """A run with trainable models warms them up before its first batch (once; when the settings ask)."""
+        if cfg.warm_start and state.get("has_trainable") and not state.get("warm_started") \
+                and not state.get("finetune_round", 0) and state.get("cursor", 0) == 0:
+            return "warm_start"
+        return route_next_batch(state)
+
+    def warm_start(state: AnnotateState) -> dict:
+        """Before any LLM call: train on the frozen models' confident agreements among the first rows."""
+        ids = [int(r) for r in order[:cfg.warm_start_rows] if int(r) not in ctx.empty_rows]
+        records = warm_start_records(ctx.models, ids, text_of, labels, ctx.settings)
+        found = {r["label"] for r in records}
+        if len(found) < 2:  # one label or none: nothing a classifier could learn
+            ctx.on_progress({"event": "note", "text": f"warm start skipped: the agreements among the first "
+                                                      f"{len(ids)} rows hold {len(found)} label(s)"})
+            return {"warm_started": True}
+        weights = train_on_records(ctx.models, records, text_of, labels, ctx.settings, 1,
+                                   RunPaths(ctx.run_dir).models, ctx.store, kind="warm_start",
+                                   on_progress=ctx.on_progress)
+        return {"warm_started": True, "finetune_round": 1, "finetune_seen": 0,
+                "weights": {**(state.get("weights") or {}), **weights}}
+
     def load_batch(state: AnnotateState) -> dict:
         start = state.get("cursor", 0)
         stop = min(start + ctx.settings.batch_size, state["n_rows"])
-        return {"batch_ids": list(range(start, stop)), "cursor": stop, "batch": None, "verified": {}}
+        return {"batch_ids": order[start:stop].tolist(), "cursor": stop, "batch": None, "verified": {}}
 
     def ensemble(state: AnnotateState) -> dict:
         return {"batch": score_batch(ctx.models, state["batch_ids"], text_of, ctx.empty_rows, len(labels),
@@ -100,10 +139,13 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
 
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1
+        seen = ctx.store.n_results()  # every row so far; the next round's new rows come after these
         accepted, pool_size = finetune_trainables(ctx.models, ctx.store, text_of, labels, ctx.settings, round_,
-                                                  RunPaths(ctx.run_dir).models, ctx.on_progress)
+                                                  RunPaths(ctx.run_dir).models, ctx.on_progress,
+                                                  seen_upto=state.get("finetune_seen", 0))
         weights = {**(state.get("weights") or {}), **accepted}
-        return {"finetune_round": round_, "pool_at_last_finetune": pool_size, "weights": weights}
+        return {"finetune_round": round_, "pool_at_last_finetune": pool_size, "finetune_seen": seen,
+                "weights": weights}
 
     def report(state: AnnotateState) -> dict:
         # The runner builds the report from the store once the graph has ended: this node only marks the end.
@@ -111,10 +153,11 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         return {"finished": True}
 
     graph = StateGraph(AnnotateState)
-    for name, fn in [("load_batch", load_batch), ("ensemble", ensemble), ("verify", verify), ("accept", accept),
-                     ("finetune", finetune), ("report", report)]:
+    for name, fn in [("warm_start", warm_start), ("load_batch", load_batch), ("ensemble", ensemble),
+                     ("verify", verify), ("accept", accept), ("finetune", finetune), ("report", report)]:
         graph.add_node(name, _timed(name, fn))
-    graph.add_conditional_edges(START, route_next_batch, ["load_batch", "report"])
+    graph.add_conditional_edges(START, route_start, ["warm_start", "load_batch", "report"])
+    graph.add_conditional_edges("warm_start", route_next_batch, ["load_batch", "report"])
     graph.add_edge("load_batch", "ensemble")
     graph.add_conditional_edges("ensemble", route_after_ensemble, ["verify", "accept"])
     graph.add_edge("verify", "accept")

@@ -31,6 +31,8 @@ class AnnotateState(TypedDict, total=False):
     pool_size: int
     pool_at_last_finetune: int
     finetune_round: int
+    warm_started: bool  # the warm-start node ran (whether or not it trained)
+    finetune_seen: int  # labelled rows (processing order) that earlier rounds covered: later ones are new
     weights: dict[str, str]  # trainable model name -> accepted weights folder
     timings: Annotated[dict[str, float], add_timings]
     finished: bool

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autoannotator.costs import LLMUsage, cost_summary
+from autoannotator.finetune import finetune_summary
 from autoannotator.metrics import accuracy_counts
 
 EMBEDDED_WARNING = (
@@ -62,6 +63,7 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         **cost_summary(usage, n, sources.get("llm_verified", 0), settings.prices),
         "finetune_rounds": finetune_records,
         "n_finetune_rounds": len({r["round"] for r in finetune_records}),
+        "finetune_summary": finetune_summary(finetune_records),
         "models": models,
         "model_agreement": model_agreement(results, [m["name"] for m in models]),
         "settings": {"k": settings.k, "epsilon": settings.epsilon, "beta": settings.beta,
@@ -120,14 +122,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {m['name']} | {m['kind']} | {m['trainable']} | {agr.get('coverage')} | {agr.get('agreement')} |")
     if report["finetune_rounds"]:
         lines += ["", "## Fine-tuning rounds", "",
-                  "| round | model | train | holdout | balanced acc before | balanced acc after | chance | "
-                  "needed to vote | acc after | kept | votes |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| round | kind | model | rows labelled | train | holdout | balanced acc before | "
+                  "balanced acc after | chance | needed to vote | acc after | earliest rows before / after | "
+                  "kept | votes | seconds |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in report["finetune_rounds"]:
-            lines.append(f"| {r['round']} | {r['model']} | {r['n_train']} | {r['n_holdout']} | "
+            lines.append(f"| {r['round']} | {r.get('kind', 'full')} | {r['model']} | {r.get('rows_labelled')} | "
+                         f"{r['n_train']} | {r['n_holdout']} | "
                          f"{r.get('holdout_balanced_acc_before')} | {r.get('holdout_balanced_acc_after')} | "
                          f"{r.get('holdout_chance')} | {r.get('holdout_required')} | {r['holdout_acc_after']} | "
-                         f"{r['accepted']} | {r.get('votes')} |")
+                         f"{r.get('forgetting_acc_before')} / {r.get('forgetting_acc_after')} | "
+                         f"{r['accepted']}{' (' + r['rejected_for'] + ')' if r.get('rejected_for') else ''} | "
+                         f"{r.get('votes')} | {r.get('seconds')} |")
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]

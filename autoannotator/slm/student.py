@@ -2,7 +2,8 @@
 
 It is the ensemble member continual fine-tuning improves, so it speaks the task's labels
 directly (identity mapping). Until its first round it abstains: a random head's votes
-would be noise that looks like opinion.
+would be noise that looks like opinion. Each round continues from the current weights with
+per-row loss weights (``finetune.plan_round`` decides the rows and weights).
 
 The head reads the mean-pooled, unit-length sentence embedding, the representation
 all-MiniLM-L6-v2 was trained to produce, not BERT's [CLS] pooler (untrained in this checkpoint).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +37,36 @@ HEAD_FILE = "head.safetensors"
 # Unit-length embeddings give logits in [-|w|, |w|]; the fixed scale lets a freshly initialised
 # head reach confident probabilities without first growing its weights (a cosine classifier).
 LOGIT_SCALE = 10.0
+
+
+def _check_weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
+    """Per-row loss weights as float32: all ones when none are given; negative or non-finite ones are a bug."""
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float32)
+    w = np.asarray(sample_weight, dtype=np.float32)
+    if w.shape != (n,):
+        raise ValueError(f"{w.shape[0] if w.ndim else 0} sample weights for {n} rows")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample weights must be finite and >= 0")
+    return w
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     bucket_batches: int = 32) -> list[np.ndarray]:
+    """Row indices in batches of similar length, in random order; each row exactly once.
+
+    Rows are shuffled, cut into spans of ``bucket_batches`` batches, sorted by length inside each
+    span and cut into batches; the batches are then shuffled. A batch mixes lengths far less than
+    a random one (less padding), while the span keeps the order random from epoch to epoch.
+    """
+    perm = rng.permutation(len(lengths))
+    span = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(perm), span):
+        chunk = perm[start:start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def minilm_path() -> str:
@@ -107,55 +137,97 @@ class MiniLMStudent(TrainableSLM):
         return [{"params": enc, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
                 {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay}]
 
-    def train_on(self, texts: Sequence[str], labels: np.ndarray, cfg) -> dict:
-        """Cross-entropy fine-tune with AdamW, 10 % linear warm-up then linear decay; seeded per round."""
+    def train_on(self, texts: Sequence[str], labels: np.ndarray, cfg, *, sample_weight: np.ndarray | None = None,
+                 epochs: int | None = None) -> dict:
+        """Weighted cross-entropy with AdamW from the current weights; 10 % warm-up then linear decay; seeded per round.
+
+        Texts are tokenized once; batches are length-bucketed (see ``bucketed_batches``), so a batch
+        pads to about its own length instead of the longest text in a random draw. On CUDA the
+        arithmetic runs under bf16 autocast (fp16 with loss scaling where bf16 is missing) and the
+        host tensors are pinned for asynchronous copies; on CPU it stays fp32.
+        """
         y_all = np.asarray(labels, dtype=np.int64)
-        if len(texts) != len(y_all):
-            raise ValueError(f"{len(texts)} texts but {len(y_all)} labels")
+        n = len(y_all)
+        if len(texts) != n:
+            raise ValueError(f"{len(texts)} texts but {n} labels")
         if y_all.size and (y_all.min() < 0 or y_all.max() >= len(self.native_labels)):
             raise ValueError("labels must be task-label indices")
-        n = len(y_all)
+        w_all = _check_weights(sample_weight, n)
+        epochs = cfg.epochs if epochs is None else epochs
         started = time.perf_counter()
-        if n == 0 or cfg.epochs <= 0:  # nothing learned: stay untrained (and abstaining)
+        if n == 0 or epochs <= 0 or float(w_all.sum()) <= 0:  # nothing learned: weights (and rounds) unchanged
             return {"n": n, "epochs": 0, "steps": 0, "final_loss": float("nan"), "seconds": 0.0}
-        clipped = clip_texts(texts, self.max_text_chars)
-        steps_per_epoch = math.ceil(n / cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs
+        ids = self.tokenizer(clip_texts(texts, self.max_text_chars), truncation=True, max_length=cfg.max_length,
+                             add_special_tokens=True)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        rng = np.random.default_rng(self.seed + 1000 * self.rounds)
+        plan = [bucketed_batches(lengths, cfg.batch_size, rng) for _ in range(epochs)]
+        total = sum(len(p) for p in plan)
         warmup = max(1, total // 10)
         opt = torch.optim.AdamW(self._param_groups(cfg))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-        # bf16 autocast needs no loss scaling; on GPUs without bf16, train in fp32
-        amp = torch.bfloat16 if self._amp_dtype == torch.bfloat16 else None
-        y_dev = torch.as_tensor(y_all, device=self.device)
-        gen = torch.Generator().manual_seed(self.seed + 1000 * self.rounds)
+        amp = self._amp_dtype
+        scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+        y_t, w_t = torch.as_tensor(y_all), torch.as_tensor(w_all / w_all.mean())  # mean weight 1: same lr scale
+        pad_id = self.tokenizer.pad_token_id or 0
+        real_tokens = padded_tokens = 0
         epoch_loss = float("nan")
         self.model.train()
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed + self.rounds)  # dropout masks
-            for _ in range(cfg.epochs):
-                perm = torch.randperm(n, generator=gen)
+            for batches in plan:
                 loss_sum = torch.zeros((), device=self.device)
-                for start in range(0, n, cfg.batch_size):
-                    idx = perm[start:start + cfg.batch_size]
-                    enc = self.tokenizer([clipped[i] for i in idx.tolist()], padding=True, truncation=True,
-                                         max_length=cfg.max_length, return_tensors="pt").to(self.device)
+                for idx in batches:
+                    input_ids, mask = self._collate([ids[i] for i in idx], pad_id)
+                    real_tokens += int(lengths[idx].sum())
+                    padded_tokens += input_ids.numel()
+                    y_b, w_b = self._to_device(y_t[idx]), self._to_device(w_t[idx])
                     with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                        logits = self.model(**enc).logits
-                    loss = torch.nn.functional.cross_entropy(logits.float(), y_dev[idx.to(self.device)])
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                    opt.step()
+                        logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+                    ce = torch.nn.functional.cross_entropy(logits.float(), y_b, reduction="none")
+                    loss = (ce * w_b).mean()
+                    self._step(loss, opt, scaler)
                     sched.step()
-                    opt.zero_grad(set_to_none=True)
                     loss_sum += loss.detach() * len(idx)
                 epoch_loss = float(loss_sum) / n
         self.model.eval()
         self.rounds += 1
         seconds = time.perf_counter() - started
-        return {"n": n, "epochs": cfg.epochs, "steps": total, "final_loss": epoch_loss,
-                "seconds": round(seconds, 3), "samples_per_s": round(n * cfg.epochs / seconds, 1)}
+        return {"n": n, "epochs": epochs, "steps": total, "final_loss": epoch_loss, "seconds": round(seconds, 3),
+                "samples_per_s": round(n * epochs / seconds, 1), "weight_mean": round(float(w_all.mean()), 4),
+                "pad_share": round(1.0 - real_tokens / max(1, padded_tokens), 4),
+                "amp": str(amp).removeprefix("torch.") if amp is not None else "fp32"}
+
+    def _collate(self, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad token ids to the batch's longest; pinned host memory on CUDA for a non-blocking copy."""
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            input_ids[row, :len(seq)] = torch.as_tensor(seq)
+            mask[row, :len(seq)] = 1
+        return self._to_device(input_ids), self._to_device(mask)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, scaler) -> None:
+        """Backward, clip to norm 1, step; through the loss scaler when training under fp16."""
+        if scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
 
     def describe(self) -> dict:
         return {**super().describe(), "is_trained": self.is_trained, "rounds": self.rounds,
@@ -171,7 +243,8 @@ class MiniLMStudent(TrainableSLM):
         path.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
-        self.model.encoder.save_pretrained(path)  # safetensors
+        with quiet_transformers():  # no "Writing model shards" bar in the middle of a run's progress
+            self.model.encoder.save_pretrained(path)  # safetensors
         save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, str(path / HEAD_FILE))
         self.tokenizer.save_pretrained(path)
         state = {"is_trained": self.is_trained, "rounds": self.rounds, "task_labels": self.native_labels,

@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from autoannotator.deploy.codegen import DeploymentResult, write_deployment_code
 from autoannotator.deploy.probe import MAX_SAMPLES, ProbeReport, probe_models
-from autoannotator.deploy.proxy import FROZEN_BUILTINS, DeploymentSpec, ModelDeployment, Preprocess
+from autoannotator.deploy.proxy import (FROZEN_BUILTINS, TRAINABLE_BUILTINS, DeploymentSpec, ModelDeployment,
+                                        Preprocess)
 from autoannotator.discovery.cards import ModelCardResult, ReadModelCardArgs, read_model_card
 from autoannotator.discovery.hub import SearchModelsArgs, SearchModelsResult, search_models
 from autoannotator.sandbox import Sandbox, SandboxError
@@ -131,7 +132,7 @@ class ProbeModelsArgs(BaseModel):
 
 def _as_spec(candidate: str) -> str:
     c = candidate.strip()
-    return c if c in FROZEN_BUILTINS or c == "student" or c.startswith("hf:") else f"hf:{c}"
+    return c if c in FROZEN_BUILTINS or c in TRAINABLE_BUILTINS or c.startswith("hf:") else f"hf:{c}"
 
 
 def make_probe_models_tool(settings: Any = None, context: Any = None):
