@@ -9,4 +9,16 @@ models."""
 
 from autoannotator.engine.base import Engine, LocalEngine
 
-__all__ = ["Engine", "LocalEngine"]
+
+def make_engine(kind: str, models, specs, task, settings, *, source=None, address=None) -> Engine:
+    """The engine ``--engine`` names; ``ray`` imports Ray only when asked for."""
+    if kind == "local":
+        return LocalEngine(models, len(task.label_names), settings.min_votes)
+    if kind == "ray":
+        from autoannotator.engine.ray_engine import RayEngine
+
+        return RayEngine(models, specs, task, settings, min_votes=settings.min_votes, address=address, source=source)
+    raise ValueError(f"unknown engine {kind!r}")
+
+
+__all__ = ["Engine", "LocalEngine", "make_engine"]

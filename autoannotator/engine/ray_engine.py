@@ -1,10 +1,12 @@
 """The ensemble step on Ray: Ray Data ``map_batches`` over one actor pool per frozen model.
 
-Each actor builds its model once, from its spec (the catalog's vetted code, not generated deployment code),
-and labels whole blocks of a chunk; the chunks are large (``prefetch_rows``, default 50,000 rows) because
-Ray's per-block and per-pool start-up costs dwarf a lexicon model's per-row cost on small chunks. Votes for
-rows ahead of the loop's cursor are cached here, so the loop keeps its small batches (the unit of routing,
-accepting and fine-tuning, hence of the labels) while Ray sees few, big jobs.
+Each actor builds its model once, from its spec (the catalog's vetted code, not generated deployment code).
+With a ``DataSource`` the engine runs ONE streaming job per run, from the loop's cursor to the end of the
+data: Ray read tasks stream the shards with the loop's own reader in blocks of ``block_rows`` (default 5,000:
+Ray's per-block cost dwarfs a lexicon model's per-row cost on small blocks), the actor pools label them, and
+the votes come back in row order a bounded distance ahead of the loop. The loop keeps its small batches (the
+unit of routing, accepting and fine-tuning, hence of the labels) while Ray sees one big job and the actors
+load their models once per run, not once per batch.
 
 What runs where:
 - frozen models (``vader``, ``hf:...``): on Ray actors; neural ones get ``num_gpus`` when the cluster has
@@ -72,17 +74,75 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
 class _ModelActor:
     """One model, built once per actor; labels a block and adds its votes and probabilities as columns."""
 
-    def __init__(self, spec: str, task: TaskSpec, settings: Settings, column: int):
+    def __init__(self, spec: str, task: TaskSpec, settings: Settings, column: int, last: bool):
         from autoannotator.slm.catalog import build_model
 
         self.model = build_model(spec, task, settings)
         self.column = column
+        self.last = last  # the last pool drops the texts: only votes travel back to the orchestrator
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pred = self.model.predict([str(t) for t in batch["text"]])
-        batch[f"v{self.column}"] = pred.votes
-        batch[f"p{self.column}"] = pred.proba
-        return batch
+        out = {k: v for k, v in batch.items() if not (self.last and k == "text")}
+        out[f"v{self.column}"] = pred.votes
+        out[f"p{self.column}"] = pred.proba
+        return out
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """No progress bars or per-job banners on the user's terminal: the CLI has its own progress."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _datasource_class() -> type:
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class SourceDatasource(Datasource):
+        """The loop's own reader (``DataSource``) as Ray read tasks: one per shard, streaming blocks of
+        ``block_rows`` with their row ids, so Ray sees exactly the rows and texts the loop does."""
+
+        def __init__(self, source: Any, start: int, block_rows: int):
+            super().__init__()
+            self.source, self.start, self.block_rows = source, start, block_rows
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list:
+            tasks = []
+            for shard in self.source.shards:
+                if shard.first_row + shard.n_rows <= self.start:
+                    continue
+                skip = max(self.start - shard.first_row, 0)
+                tasks.append(ReadTask(_shard_reader(self.source, shard, skip, self.block_rows),
+                                      BlockMetadata(num_rows=shard.n_rows - skip, size_bytes=None, exec_stats=None,
+                                                    input_files=(str(shard.path),))))
+            return tasks
+
+    return SourceDatasource
+
+
+def _shard_reader(source: Any, shard: Any, skip: int, block_rows: int):
+    def read() -> Any:
+        from autoannotator.data import _shard_frames
+
+        rid = shard.first_row + skip
+        for frame in _shard_frames(shard, block_rows, skip):
+            ids = list(range(rid, rid + len(frame)))
+            chunk = source._chunk_of(ids, frame.reindex(columns=source.columns))
+            rid += len(frame)
+            yield pd.DataFrame({"_rid": np.asarray(ids, dtype=np.int64), "text": chunk.texts})
+
+    return read
+
+
+def _SourceDatasource(source: Any, start: int, block_rows: int) -> Any:
+    return _datasource_class()(source, start, block_rows)
 
 
 def _is_neural(spec: str) -> bool:
@@ -96,7 +156,7 @@ class RayEngine:
 
     def __init__(self, models: list[SLM], specs: Sequence[str], task: TaskSpec, settings: Settings, *,
                  min_votes: int = 1, address: str | None = None, source: Any = None,
-                 prefetch_rows: int = 50_000, block_rows: int = 5_000, num_cpus: int | None = None,
+                 block_rows: int = 5_000, num_cpus: int | None = None,
                  object_store_memory: int | None = None):
         if len(specs) != len(models):
             raise ValueError("one spec per model")
@@ -107,14 +167,13 @@ class RayEngine:
         self.n_labels = len(task.label_names)
         self.min_votes = min_votes
         self.source = source  # a DataSource: lets the engine label rows ahead of the loop in one job
-        self.prefetch_rows = max(1, prefetch_rows)
         self.block_rows = max(1, block_rows)
         self.ray = ensure_ray(address, num_cpus, object_store_memory)
         self.frozen = [j for j, m in enumerate(models) if not isinstance(m, TrainableSLM)]
-        self._cache_lo = 0
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # column -> (votes, proba) from _cache_lo
-        self._cache_n = 0
-        self.jobs = 0  # Ray jobs run (one per prefetched chunk): for tests and the benchmark
+        self._stream: Any = None  # the streaming job's batch iterator
+        self._buf: dict[str, np.ndarray] | None = None  # its rows not yet handed to the loop
+        self._buf_lo = 0
+        self.jobs = 0  # Ray jobs started: one per run (or per restart) with a data source
 
     # -- resources -------------------------------------------------------------------------------
     def _shapes(self) -> dict[int, dict[str, Any]]:
@@ -135,57 +194,95 @@ class RayEngine:
                          "device": "cuda"}
         return shapes
 
-    # -- the Ray job -------------------------------------------------------------------------------
-    def _run_frozen(self, texts: Sequence[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        if not self.frozen or not texts:
-            return {j: (np.zeros(0, np.int64), np.zeros((0, self.n_labels), np.float32)) for j in self.frozen}
-        ray = self.ray
-        n = len(texts)
+    # -- the Ray jobs ------------------------------------------------------------------------------
+    def _pipeline(self, ds: Any) -> Any:
+        """``ds`` (``_rid``, ``text``) through one actor pool per frozen model; keeps ``_rid`` and the votes."""
         shapes = self._shapes()
-        n_blocks = max(1, min(math.ceil(n / self.block_rows), 4 * max(s["concurrency"] for s in shapes.values())))
-        bounds = np.linspace(0, n, n_blocks + 1).astype(int)
-        frame = pd.DataFrame({"_pos": np.arange(n, dtype=np.int64), "text": list(texts)})
-        ds = ray.data.from_pandas([frame.iloc[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
-        for j in self.frozen:
+        for n, j in enumerate(self.frozen):
             shape = shapes[j]
             settings = self.settings
             if shape.get("device"):
                 settings = settings.model_copy(update={"device": shape["device"]})
-            ds = ds.map_batches(_ModelActor, fn_constructor_args=(self.specs[j], self.task, settings, j),
+            last = n == len(self.frozen) - 1
+            ds = ds.map_batches(_ModelActor, fn_constructor_args=(self.specs[j], self.task, settings, j, last),
                                 batch_format="numpy", batch_size=None, concurrency=shape["concurrency"],
                                 num_cpus=shape["num_cpus"], num_gpus=shape["num_gpus"] or None)
-        keep = ["_pos"] + [c for j in self.frozen for c in (f"v{j}", f"p{j}")]
+        return ds
+
+    def _columns(self, batches: Any, n: int | None = None) -> dict[str, np.ndarray]:
+        keep = ["_rid"] + [c for j in self.frozen for c in (f"v{j}", f"p{j}")]
         parts: dict[str, list[np.ndarray]] = {c: [] for c in keep}
-        for batch in ds.select_columns(keep).iter_batches(batch_format="numpy", batch_size=None):
+        for batch in batches:
             for c in keep:
                 parts[c].append(np.asarray(batch[c]))
+        return {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
+
+    def _run_frozen(self, texts: Sequence[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """One job over these texts (no data source: the texts travel from this process)."""
+        if not self.frozen or not texts:
+            return {j: (np.zeros(0, np.int64), np.zeros((0, self.n_labels), np.float32)) for j in self.frozen}
+        _quiet_ray_data(self.ray)
+        n = len(texts)
+        n_blocks = max(1, math.ceil(n / self.block_rows))
+        bounds = np.linspace(0, n, n_blocks + 1).astype(int)
+        frame = pd.DataFrame({"_rid": np.arange(n, dtype=np.int64), "text": list(texts)})
+        ds = self._pipeline(self.ray.data.from_pandas([frame.iloc[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])
+                                                       if hi > lo]))
+        cols = self._columns(ds.iter_batches(batch_format="numpy", batch_size=None))
         self.jobs += 1
-        cols = {c: np.concatenate(v) for c, v in parts.items()}
-        order = np.argsort(cols["_pos"], kind="stable")
-        if not np.array_equal(cols["_pos"][order], np.arange(n)):
+        order = np.argsort(cols["_rid"], kind="stable")
+        if not np.array_equal(cols["_rid"][order], np.arange(n)):
             raise RuntimeError(f"the Ray job returned {len(order)} rows for {n}")
         return {j: (cols[f"v{j}"][order].astype(np.int64),
                     cols[f"p{j}"][order].reshape(n, self.n_labels).astype(np.float32)) for j in self.frozen}
 
+    def _start_stream(self, start: int) -> None:
+        """One job from row ``start`` to the end of the data: the actors live (and hold their models) for the
+        whole run; Ray Data's backpressure keeps it a bounded distance ahead of the loop."""
+        from ray.data import DataContext
+
+        _quiet_ray_data(self.ray)
+        DataContext.get_current().execution_options.preserve_order = True  # rows come back in row-id order
+        ds = self._pipeline(self.ray.data.read_datasource(_SourceDatasource(self.source, start, self.block_rows),
+                                                          num_cpus=0.1))
+        self._stream = iter(ds.iter_batches(batch_format="numpy", batch_size=None))
+        self._buf = None
+        self._buf_lo = start
+        self.jobs += 1
+
+    def _pull(self) -> None:
+        try:
+            batch = next(self._stream)
+        except StopIteration:
+            raise RuntimeError("the Ray job ended before the rows the loop asked for") from None
+        cols = self._columns([batch])
+        if self._buf is None or not len(self._buf["_rid"]):
+            self._buf = cols
+        else:
+            self._buf = {c: np.concatenate([self._buf[c], cols[c]]) for c in cols}
+
     def _frozen_for(self, row_ids: Sequence[int], texts: Sequence[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Votes of the frozen models for these rows: from the cache, else one job over the rows ahead."""
-        ids = np.asarray(row_ids, dtype=np.int64)
-        lo, hi = self._cache_lo, self._cache_lo + self._cache_n
-        if len(ids) and self.source is not None and not (ids.min() >= lo and ids.max() < hi):
-            start = int(ids.min())
-            n = max(int(ids.max()) - start + 1, self.prefetch_rows)
-            chunk = self.source.chunk(start, n)
-            ahead = dict(zip(chunk.row_ids, chunk.texts))
-            for rid, text in zip(row_ids, texts):
-                if ahead.get(rid) != text:
-                    raise RuntimeError(f"row {rid}: the loop's text and the data source's differ")
-            self._cache = self._run_frozen(chunk.texts)
-            self._cache_lo, self._cache_n = start, len(chunk.row_ids)
-            lo, hi = start, start + self._cache_n
-        if self.source is None or not len(ids):
+        """The frozen models' votes for these rows: from the streaming job over the data source (started, or
+        restarted, at the first row asked for), else one job over the given texts."""
+        if self.source is None or not len(row_ids) or not self.frozen:
             return self._run_frozen(texts)
-        at = ids - lo
-        return {j: (v[at], p[at]) for j, (v, p) in self._cache.items()}
+        ids = np.asarray(row_ids, dtype=np.int64)
+        lo, hi = int(ids.min()), int(ids.max())
+        if self._stream is None or lo < self._buf_lo:
+            self._start_stream(lo)
+        if self._buf is not None and len(self._buf["_rid"]):  # drop rows the loop has passed
+            keep = self._buf["_rid"] >= lo
+            self._buf = {c: v[keep] for c, v in self._buf.items()}
+        self._buf_lo = lo
+        while self._buf is None or not len(self._buf["_rid"]) or int(self._buf["_rid"][-1]) < hi:
+            self._pull()
+        first = int(self._buf["_rid"][0])
+        at = ids - first
+        if at.min() < 0 or not np.array_equal(self._buf["_rid"][at], ids):
+            raise RuntimeError(f"the Ray job's rows do not line up with the loop's at row {lo}")
+        n = len(ids)
+        return {j: (self._buf[f"v{j}"][at].astype(np.int64),
+                    self._buf[f"p{j}"][at].reshape(n, self.n_labels).astype(np.float32)) for j in self.frozen}
 
     def ensemble(self, row_ids: Sequence[int], texts: Sequence[str]) -> EnsembleOutput:
         if len(row_ids) != len(texts):
@@ -212,4 +309,4 @@ class RayEngine:
         return None  # trainable models run in-process and are read from the loop's list on every chunk
 
     def close(self) -> None:
-        self._cache = {}
+        self._stream, self._buf = None, None
