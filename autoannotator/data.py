@@ -25,7 +25,7 @@ import math
 import os
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Sequence
@@ -873,3 +873,66 @@ def write_labelled(dataset: Dataset, columns: dict[str, Sequence[Any]], out_path
         Path(tmp).unlink(missing_ok=True)
         raise
     return warnings
+
+
+class RowTexts:
+    """``text_of(row_id)`` for the annotation loop, backed by a ``DataSource`` instead of a list of every text.
+
+    The loop walks the rows in order, so one live reader serves them window by window (a read restarts only
+    on a jump: a resume, or a row behind the window). Rows far behind the window (the hard-sample pool a
+    fine-tuning round trains on) are fetched in one streaming pass for all of ``wanted()`` at the first miss,
+    so a round costs one pass over the data, not one per row. Memory: one window plus those rows.
+    """
+
+    def __init__(self, source: DataSource, window_rows: int = DEFAULT_CHUNK_ROWS,
+                 wanted: Callable[[], Iterable[int]] | None = None):
+        self.source = source
+        self.window_rows = max(1, window_rows)
+        self.wanted = wanted
+        self._lo = 0
+        self._texts: list[str] = []
+        self._it: Iterator[Chunk] | None = None
+        self._extra: dict[int, str] = {}
+        self.passes = 0  # reads started: for tests and the benchmark
+
+    def _advance(self, row_id: int) -> None:
+        hi = self._lo + len(self._texts)
+        if self._it is None or row_id < self._lo or row_id >= hi + self.window_rows:
+            self._it = self.source.iter_chunks(row_id, self.window_rows)
+            self.passes += 1
+            self._lo, self._texts = row_id, []
+            hi = row_id
+        while row_id >= self._lo + len(self._texts):
+            chunk = next(self._it, None)
+            if chunk is None:
+                raise IndexError(f"row {row_id} is past the end of the data ({self.source.n_rows} rows)")
+            self._lo, self._texts = chunk.row_ids[0], chunk.texts
+        self._extra.clear()  # the loop moved on: the pool's texts are fetched again when next needed
+
+    def __call__(self, row_id: int) -> str:
+        at = row_id - self._lo
+        if 0 <= at < len(self._texts):
+            return self._texts[at]
+        if row_id in self._extra:
+            return self._extra[row_id]
+        if row_id >= self._lo:  # ahead: the loop's next window
+            self._advance(row_id)
+            return self._texts[row_id - self._lo]
+        wanted = set(self.wanted()) if self.wanted is not None else set()
+        wanted.add(row_id)
+        self._extra = self.source.texts_for(wanted)
+        self.passes += 1
+        return self._extra[row_id]
+
+    def is_empty(self, row_id: int) -> bool:
+        return not self(row_id).strip()
+
+
+class EmptyRows:
+    """``row_id in empty_rows`` without a set of every empty row: asks the text itself."""
+
+    def __init__(self, text_of: Callable[[int], str]):
+        self._text_of = text_of
+
+    def __contains__(self, row_id: object) -> bool:
+        return isinstance(row_id, int) and not self._text_of(row_id).strip()

@@ -218,3 +218,21 @@ def test_scan_and_chunked_read_hold_a_chunk_not_the_file(tmp_path):
     # 5x the rows: the peak may grow by the 8-byte-a-row duplicate check, not by the texts
     assert big < small + 25_000 * 8 * 3, (small, big)
     assert big < size / 4, (big, size)
+
+
+def test_row_texts_walks_in_order_with_one_reader(tmp_path):
+    from autoannotator.data import EmptyRows, RowTexts
+
+    expected = _shards(tmp_path / "d")
+    src = open_source(tmp_path / "d", "text")
+    text_of = RowTexts(src, window_rows=4, wanted=lambda: [0, 2, 3])
+    assert [text_of(i) for i in range(22)] == expected
+    assert text_of.passes == 1  # one reader for the whole walk
+    assert text_of(2) == expected[2]  # behind the window: one pass fetches every wanted row
+    assert text_of(0) == expected[0] and text_of(3) == expected[3] and text_of.passes == 2
+    resumed = RowTexts(src, window_rows=4)
+    assert resumed(13) == expected[13] and resumed(14) == expected[14] and resumed.passes == 1
+    p = tmp_path / "e.csv"
+    p.write_text("text,x\na,1\n,2\n  ,3\nb,4\n")
+    empty = EmptyRows(RowTexts(open_source(p, "text")))
+    assert [i for i in range(4) if i in empty] == [1, 2]
