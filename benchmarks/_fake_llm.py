@@ -33,8 +33,8 @@ class _Server:
                 writer.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                              % (status, len(payload)) + payload)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
+        except (asyncio.IncompleteReadError, asyncio.CancelledError, ConnectionError, ValueError):
+            pass  # the client went away, or the server is stopping
         finally:
             writer.close()
 
