@@ -63,8 +63,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
                               "runtime_env": {"env_vars": env}}
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **kwargs)
+            # "local": a new instance, even when a `ray start` cluster runs on this machine (plain init joins it)
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **kwargs)
         else:
+            host = address.removeprefix("ray://").rsplit(":", 1)[0]
+            if host in ("127.0.0.1", "localhost"):  # a loopback cluster: this driver is on its node, not on
+                kwargs["_node_ip_address"] = "127.0.0.1"  # the machine's outward address
             ray.init(address=address, **kwargs)
     except ConnectionError as exc:
         raise UserError(f"cannot reach a Ray cluster at {address!r}: {' '.join(str(exc).split())}") from None
@@ -181,12 +185,17 @@ class RayEngine:
         runs the chained pools concurrently; a pool that cannot be placed would stall the job)."""
         res = self.ray.cluster_resources()
         cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+        node_cpus = [float(n["Resources"].get("CPU", 0.0)) for n in self.ray.nodes()
+                     if n.get("Alive") and n["Resources"].get("CPU", 0.0) > 0] or [cpus]
         neural = [j for j in self.frozen if _is_neural(self.specs[j])] if gpus > 0 else []
         cpu_models = [j for j in self.frozen if j not in neural]
         shapes: dict[int, dict[str, Any]] = {}
         if cpu_models:
             actors = max(1, int(cpus // len(cpu_models)))
-            share = round(min(1.0, cpus / (len(cpu_models) * actors)) * 0.9, 3)  # leave room for Ray Data's tasks
+            # Sized so that the actors pack onto the nodes (the smallest node taking its even share), with
+            # room left for Ray Data's own read tasks.
+            per_node = math.ceil(actors * len(cpu_models) / len(node_cpus))
+            share = round(min(1.0, min(node_cpus) / per_node) * 0.85, 3)
             for j in cpu_models:
                 shapes[j] = {"concurrency": actors, "num_cpus": share, "num_gpus": 0}
         for j in neural:
