@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Where the generated deployment code (the frozen SLMs) runs: docker, local (bubblewrap), auto
     # (docker when an engine answers, else local), or none (in-process, no generated code).
     sandbox: Literal["auto", "docker", "local", "none"] = "auto"
+    # Where the ensemble step runs: this process, or Ray (an actor pool per frozen model). ray_address:
+    # None starts a local Ray instance, "auto" joins the cluster this machine belongs to, else host:port.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
     max_text_chars: int = Field(20_000, ge=100)
     seed: int = 0
     finetune: FinetuneSettings = FinetuneSettings()

@@ -612,6 +612,12 @@ class DataSource:
                 break
         return out
 
+    def sample_texts(self, n: int) -> list[str]:
+        """``n`` texts spread evenly over the rows (one streaming pass): what a planner may look at."""
+        ids = sorted({int(i) for i in np.linspace(0, self.n_rows - 1, num=min(n, self.n_rows))})
+        found = self.texts_for(ids)
+        return [found[i] for i in ids]
+
     def input_paths(self) -> list[Path]:
         return [s.path for s in self.shards]
 

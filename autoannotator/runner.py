@@ -21,14 +21,15 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from autoannotator.agent.labels import choose_labels
 from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
 from autoannotator.config import FinetuneSettings, Settings
-from autoannotator.data import Dataset, default_output_path, load_dataset
+from autoannotator.data import DataSource, EmptyRows, RowTexts, default_output_path, open_source
 from autoannotator.deploy.codegen import write_deployment_code
 from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
+from autoannotator.engine import make_engine
 from autoannotator.errors import UserError
 from autoannotator.finetune import load_trained
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
 from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
-from autoannotator.run.output import write_run_output
+from autoannotator.run.output import ShardWriter, assemble, label_columns, write_run_output
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.plan import FROZEN_SETTINGS, RunPlan, new_run_id
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
@@ -44,6 +45,7 @@ from autoannotator.verify.factory import make_verifier
 log = logging.getLogger(__name__)
 
 VerifierFactory = Callable[[TaskSpec, Path, str], Verifier]
+SAMPLE_ROWS = 1000  # evenly spread rows the planner and the label chooser see (never the whole file)
 __all__ = ["RunPlan", "label", "write_run_output"]
 
 
@@ -81,15 +83,16 @@ def label(
         raise UserError("say what to label: --task \"label these reviews for sentiment\"")
 
     start = time.perf_counter()
-    dataset = load_dataset(data_path, plan.task.text_column if resume else text_column,
-                           plan.gold_column if resume else gold_column, settings.max_text_chars)
+    # One streaming scan (counts, fingerprint, checks); rows are read back chunk by chunk as the loop goes.
+    source = open_source(data_path, plan.task.text_column if resume else text_column,
+                         plan.gold_column if resume else gold_column, settings.max_text_chars)
     timings["load_data"] = time.perf_counter() - start
-    if resume and dataset.fingerprint != plan.data_fingerprint:
+    if resume and source.fingerprint != plan.data_fingerprint:
         raise UserError(f"{data_path} has changed since run {plan.run_id} started; resume with the same file")
 
     if not resume:
         if labels:  # fail on a bad label set before paying for an LLM start
-            build_task(instruction, labels, dataset.text_column)
+            build_task(instruction, labels, source.text_column)
         run_id = new_run_id(instruction)
         run_dir = run_dir or settings.runs_dir / run_id
         if RunPaths(run_dir).is_run():
@@ -109,21 +112,21 @@ def label(
             if not labels:
                 if llm is None:
                     raise UserError("a label set is needed when no LLM is started: pass --labels")
-                labels, note = choose_labels(llm.chat, instruction, probe_samples(dataset.texts, 10),
-                                             weak_llm=llm.embedded)
+                labels, note = choose_labels(llm.chat, instruction, probe_samples(source.sample_texts(SAMPLE_ROWS),
+                                                                                  10), weak_llm=llm.embedded)
                 task_source = note
                 on_progress({"event": "note", "text": note})
-                dataset.warnings.append(note)
-            task = build_task(instruction, labels, dataset.text_column)
+                source.warnings.append(note)
+            task = build_task(instruction, labels, source.text_column)
             plan = RunPlan(
                 run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), data_path=str(data_path.resolve()),
-                data_fingerprint=dataset.fingerprint, gold_column=gold_column,
-                out_path=str(out_path or default_output_path(data_path, run_dir)), task=task,
+                data_fingerprint=source.fingerprint, gold_column=gold_column,
+                out_path=str(out_path or default_output_path(data_path, run_dir, source.fmt)), task=task,
                 model_specs=list(settings.models),
                 settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
             )
             start = time.perf_counter()
-            _plan_models(plan, settings, dataset, llm, labels_given=labels_given, task_source=task_source,
+            _plan_models(plan, settings, source, llm, labels_given=labels_given, task_source=task_source,
                          run_dir=run_dir, on_progress=on_progress)
             timings["plan"] = time.perf_counter() - start
             plan.save(run_dir)
@@ -142,22 +145,29 @@ def label(
 
         llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded} if llm else
                     {"model_id": verifier.model_id, "base_url": None, "embedded": False, **(verifier_info or {})})
-        ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
+        engine = make_engine(settings.engine, models, plan.model_specs, plan.task, settings, source=source,
+                             address=settings.ray_address)
+        stack.callback(engine.close)
+        writer = ShardWriter(run_dir / "labelled")
+        # No list of every text: the pool's rows (what fine-tuning trains on) are read back when needed.
+        text_of = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()])
+        ctx = AnnotateContext(dataset=None, task=plan.task, models=models, verifier=verifier, store=store,
                               settings=settings, run_dir=run_dir, on_progress=on_progress,
-                              empty_rows=set(dataset.empty_rows))
+                              empty_rows=EmptyRows(text_of), text_of=text_of, engine=engine, writer=writer)
         graph = build_annotate_graph(ctx, checkpointer=saver)
-        n_batches = -(-len(dataset.texts) // settings.batch_size)
+        n_rows = source.n_rows
+        n_batches = -(-n_rows // settings.batch_size)
         config = {"configurable": {"thread_id": plan.run_id}, "recursion_limit": 10 * n_batches + 50}
         snapshot = graph.get_state(config)
         resumed = bool(snapshot.values)
         if resumed:
             _restore_weights(models, snapshot.values.get("weights") or {})
-            on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": len(dataset.texts)})
-        on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
+            on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": n_rows})
+        on_progress({"event": "start", "n_rows": n_rows, "rows_done": store.n_results(),
                      "models": [m.name for m in models], "llm": llm_info["model_id"], "run_dir": str(run_dir)})
         graph_start = time.perf_counter()
         if not resumed:
-            graph.invoke({"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
+            graph.invoke({"n_rows": n_rows, "epsilon": settings.epsilon, "beta": settings.beta,
                           "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
                           "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
                           "weights": {}, "timings": {}}, config, durability="sync")
@@ -172,13 +182,15 @@ def label(
             work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
             timings["graph_wall"] = wall
             timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
-        report = _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir)
+        report = _finish(plan, source, store, writer, verifier, settings, models, llm_info, {**timings, **node_s},
+                         run_dir)
     return report, run_dir
 
 
-def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHandle | None, *, labels_given: bool, task_source: str,
-                 run_dir: Path, on_progress: Callable[[dict], None]) -> None:
+def _plan_models(plan: RunPlan, settings: Settings, source: DataSource, llm: LLMHandle | None, *, labels_given: bool,
+                 task_source: str, run_dir: Path, on_progress: Callable[[dict], None]) -> None:
     """Fill the plan's models and deployment: the user's --models, else the meta-controller's choice."""
+    samples = source.sample_texts(SAMPLE_ROWS)
     sandbox = None if settings.sandbox == "none" else get_sandbox(settings.sandbox, gpu=settings.device == "cuda")
     plan.sandbox = sandbox.name if sandbox else "none"
     if not plan.model_specs and llm is not None:
@@ -193,7 +205,7 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
         # A weak LLM's label proposals are junk, so the label set chosen for it already stands.
         drafted = plan_run(settings, instruction=plan.task.instruction, task=plan.task,
                            labels_given=labels_given or llm.embedded, task_source=task_source,
-                           texts=dataset.texts, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
+                           texts=samples, n_rows=source.n_rows, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
                            sandbox=sandbox or get_sandbox("auto"), label_samples=label_samples,
                            on_event=on_progress)
         plan.task = drafted.task
@@ -209,7 +221,7 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
         trainable = {s for s in plan.model_specs if build_model(s, plan.task, settings).trainable}
         spec = deployment_spec_for(plan.task, [s for s in plan.model_specs if s not in trainable], settings)
         if spec is not None:
-            result = write_deployment_code(spec, run_dir, sandbox, probe_samples(dataset.texts))
+            result = write_deployment_code(spec, run_dir, sandbox, probe_samples(samples))
             if result.final_code is None:
                 raise UserError(f"the deployment code failed its smoke test in the {sandbox.name} sandbox: "
                                 f"{result.error}")
@@ -219,7 +231,8 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
 def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list[SLM]:
     """Frozen models from the sandboxed worker (one process, loaded once), trainable ones in-process."""
     served: dict[str, SLM] = {}
-    if plan.deployment_code:
+    # On Ray the frozen models run on actors built from their specs, so the sandboxed worker is not started.
+    if plan.deployment_code and settings.engine != "ray":
         spec = DeploymentSpec.model_validate(plan.deployment)
         sandbox = get_sandbox(plan.sandbox, gpu=settings.device == "cuda")
         try:
@@ -243,23 +256,37 @@ def _restore_weights(models: list[SLM], weights: dict[str, str]) -> None:
             load_trained(model, Path(weights[model.name]))
 
 
-def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings,
-            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> dict[str, Any]:
+def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWriter, verifier: Verifier,
+            settings: Settings, models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float],
+            run_dir: Path) -> dict[str, Any]:
     results = store.results()
-    if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
-        raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
-    written = write_run_output(plan, dataset, results)
-    warnings = list(dataset.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
+    n = source.n_rows
+    if len(results) != n or any(r["row_id"] != i for i, r in enumerate(results)):
+        raise RuntimeError(f"run store holds {len(results)} rows for {n} inputs")
+    for lo, hi in writer.missing(n):  # stored, but killed before its shard was written: the store is the truth
+        for start in range(lo, hi, 10_000):
+            part = results[start:min(hi, start + 10_000)]
+            writer.append([r["row_id"] for r in part], label_columns(part))
+    written = assemble(source, writer, Path(plan.out_path))
+    warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
+    gold = [g for chunk in source.iter_chunks() for g in (chunk.gold or [])] if plan.gold_column else None
+    if settings.engine == "ray":
+        where = ("ray: the frozen SLMs ran on Ray actors built from their specs (no generated code); trainable "
+                 "models in-process")
+    elif plan.deployment_code:
+        where = (f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
+                 f"trainable models in-process")
+    else:
+        where = "none: all SLMs ran in-process"
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
         results=results, usage=verifier.ledger(), settings=settings, models=[m.describe() for m in models],
         finetune_records=store.finetune_records(), timings=timings,
-        gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
+        gold=gold, labels=plan.task.label_names,
         llm=llm_info,
         warnings=warnings,
-        sandbox=(f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
-                 f"trainable models in-process" if plan.deployment_code else "none: all SLMs ran in-process"),
+        sandbox=where,
         planning_usage=verifier.ledger(f"{plan.run_id}:plan"),
     )
     write_report(report, run_dir)

@@ -32,7 +32,8 @@ def _root() -> None:
 
 @app.command()
 def label(
-    data: Optional[Path] = typer.Argument(None, help="CSV, TSV, JSONL, JSON or Parquet file to label."),
+    data: Optional[Path] = typer.Argument(None, help="CSV, TSV, JSONL, JSON or Parquet file to label, or a folder "
+                                          "or quoted glob of such shards (gzip/bz2/xz/zstd read by content)."),
     task: Optional[str] = typer.Option(None, "--task", help='What to label, in plain words.'),
     labels: Optional[str] = typer.Option(None, help="Comma-separated label set (name or name:description)."),
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: 'text')."),
@@ -55,6 +56,10 @@ def label(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
     verifier: Optional[str] = typer.Option(None, metavar="[llm|human]", help="Who verifies the hard samples: llm "
                                            "(default) or human (you, in the terminal); --resume keeps the run's."),
+    engine: Optional[str] = typer.Option(None, metavar="[local|ray]", help="Where the ensemble runs: local (this "
+                                         "process, default) or ray (an actor pool per frozen model)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --engine ray: host:port of a Ray cluster, or auto "
+                                              "(the cluster this machine belongs to); default: start a local one."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import runner
@@ -63,7 +68,7 @@ def label(
 
     settings = load_settings({
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
-        "llm_base_url": llm_base_url,
+        "llm_base_url": llm_base_url, "engine": engine, "ray_address": ray_address,
         "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }, config)
     if resume is not None:

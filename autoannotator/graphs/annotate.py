@@ -10,7 +10,7 @@ resume; the checkpointed state holds only cursors, the current batch and counter
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from langgraph.graph import END, START, StateGraph
 
 from autoannotator.config import Settings
 from autoannotator.data import Dataset
+from autoannotator.engine.base import Engine
 from autoannotator.engine.steps import (
     accept_records,
     finetune_trainables,
@@ -28,6 +29,7 @@ from autoannotator.engine.steps import (
 )
 from autoannotator.graphs.routing import hard_positions, route_after_accept, route_after_ensemble, route_next_batch
 from autoannotator.graphs.state import AnnotateState
+from autoannotator.run.output import ShardWriter, label_columns
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
@@ -39,7 +41,7 @@ from autoannotator.verify.base import Verifier
 class AnnotateContext:
     """What the nodes work with; rebuilt on resume (only the state is checkpointed)."""
 
-    dataset: Dataset
+    dataset: Dataset | None  # the whole data set in memory, or None when the rows come from ``text_of``
     task: TaskSpec
     models: list[SLM]
     verifier: Verifier
@@ -47,7 +49,13 @@ class AnnotateContext:
     settings: Settings
     run_dir: Path
     on_progress: Callable[[dict], None] = lambda event: None
-    empty_rows: set[int] = field(default_factory=set)
+    empty_rows: Container[int] = field(default_factory=set)
+    # Chunked input: the text of a row id (a ``data.RowTexts`` over the data source), the engine that runs
+    # the ensemble step (default: in-process), and the writer that shards the labelled output as batches
+    # are accepted.
+    text_of: Callable[[int], str] | None = None
+    engine: Engine | None = None
+    writer: ShardWriter | None = None
 
 
 def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[AnnotateState], dict]:
@@ -63,10 +71,14 @@ def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[Annotate
 
 def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     labels = ctx.task.label_names
-    texts = ctx.dataset.texts
+    if ctx.text_of is not None:
+        text_of = ctx.text_of
+    else:
+        assert ctx.dataset is not None, "the graph needs a dataset or a text_of"
+        texts = ctx.dataset.texts
 
-    def text_of(row_id: int) -> str:
-        return texts[row_id]
+        def text_of(row_id: int) -> str:
+            return texts[row_id]
 
     def load_batch(state: AnnotateState) -> dict:
         start = state.get("cursor", 0)
@@ -75,22 +87,24 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
 
     def ensemble(state: AnnotateState) -> dict:
         return {"batch": score_batch(ctx.models, state["batch_ids"], text_of, ctx.empty_rows, len(labels),
-                                     ctx.settings.min_votes)}
+                                     ctx.settings.min_votes, engine=ctx.engine)}
 
     def verify(state: AnnotateState) -> dict:
         ids, batch = state["batch_ids"], state["batch"]
         positions = hard_positions(state)
         hints = {ids[p]: {"votes": row_votes(ctx.models, labels, batch, p), "uncertainty": batch["uncertainty"][p],
                           "majority": majority_label(labels, batch, p)} for p in positions}
-        verified, pool_size = verify_rows(ctx.verifier, ctx.store, [(ids[p], texts[ids[p]]) for p in positions],
+        verified, pool_size = verify_rows(ctx.verifier, ctx.store, [(ids[p], text_of(ids[p])) for p in positions],
                                           state.get("batch_index", 0), hints)
         ctx.on_progress({"event": "verified", "n": len(verified), "pool_size": pool_size})
         return {"verified": verified, "pool_size": pool_size}
 
     def accept(state: AnnotateState) -> dict:
         ids, verified = state["batch_ids"], state.get("verified") or {}
-        ctx.store.put_results(accept_records(ctx.models, labels, ids, state["batch"], verified,
-                                             state.get("batch_index", 0)))
+        records = accept_records(ctx.models, labels, ids, state["batch"], verified, state.get("batch_index", 0))
+        ctx.store.put_results(records)
+        if ctx.writer is not None:  # the output as it goes; rows the store has but no shard are filled at the end
+            ctx.writer.append(ids, label_columns(records))
         ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified),
                          "pool_size": state.get("pool_size", 0)})
         return {"batch_index": state.get("batch_index", 0) + 1, "batch_ids": [], "batch": None, "verified": {}}
