@@ -1,6 +1,7 @@
 """A minimal fast fake OpenAI-compatible endpoint for benchmarks/scaling.py (used when the fault suite's
 tests/faults/fake_endpoint.py is not there): asyncio, keep-alive, no disk writes, a set latency and a cap on
 concurrent requests (429 beyond it). Every answer is a tool call with the first label of the request's enum.
+``GET /_log``: how many times each prompt (sha256 of its last user message) was answered.
 
     python benchmarks/_fake_llm.py --latency 0.2 --max-concurrency 50    # prints READY <base_url>
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import hashlib
 import json
 import signal
 import sys
@@ -19,6 +22,7 @@ class _Server:
         self.latency_s, self.max_concurrency = latency_s, max_concurrency
         self.in_flight = 0
         self.answered = 0
+        self.log: collections.Counter[str] = collections.Counter()  # sha256 of the last user message -> answers
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -43,6 +47,8 @@ class _Server:
             return 200, json.dumps({"object": "list", "data": [{"id": "fake-llm", "object": "model"}]}).encode()
         if method == "GET" and path == "/_stats":
             return 200, json.dumps({"answered": self.answered}).encode()
+        if method == "GET" and path == "/_log":
+            return 200, json.dumps(self.log).encode()
         if not path.endswith("/chat/completions"):
             return 404, b'{"error": {"message": "not found"}}'
         if self.in_flight >= self.max_concurrency:
@@ -62,6 +68,9 @@ class _Server:
                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": fn["name"],
                                                                                      "arguments": args}}]}
         self.answered += 1
+        users = [m.get("content") for m in req.get("messages", []) if m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            self.log[hashlib.sha256(users[-1].encode("utf-8")).hexdigest()] += 1
         return 200, json.dumps({"id": "x", "object": "chat.completion", "model": req.get("model", "fake-llm"),
                                 "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
                                 "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}}).encode()
