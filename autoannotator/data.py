@@ -25,10 +25,10 @@ import math
 import os
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple, Sequence
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -215,8 +215,6 @@ def _decompressed(raw: IO[bytes], compression: str | None, name: str) -> IO[byte
 
 
 def _decompressor(raw: IO[bytes], compression: str, name: str) -> IO[bytes]:
-    if compression is None:
-        return io.BufferedReader(raw, 1 << 20)  # type: ignore[arg-type]
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
     if compression == "bz2":

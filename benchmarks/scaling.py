@@ -175,22 +175,21 @@ async def _bare(base_url: str, texts: list[str], concurrency: int) -> tuple[floa
 
 
 def _verifier_run(base_url: str, texts: list[str], concurrency: int, work: Path) -> tuple[float, int]:
-    """The product's path: its LLM client (LangChain ChatOpenAI), its cache and ledger, its concurrency."""
-    from langchain_openai import ChatOpenAI
-
+    """The product's path: its LLM client (``llm_session``), its verifier, cache and ledger, its concurrency."""
+    from autoannotator.config import Settings
+    from autoannotator.llm.factory import llm_session
     from autoannotator.task import LabelDef, TaskSpec
-    try:
-        from autoannotator.verify.llm import Verifier
-    except ImportError:  # before the layout change
-        from autoannotator.agent.verifier import Verifier  # type: ignore[no-redef]
+    from autoannotator.verify.llm import LLMVerifier
 
     task = TaskSpec(instruction="label these sentences for sentiment", labels=[LabelDef(name=n) for n in LABELS])
-    chat = ChatOpenAI(base_url=base_url, model="fake-llm", api_key="unused", temperature=0, timeout=30,
-                      max_retries=0, use_responses_api=False)  # as autoannotator.llm builds it
-    verifier = Verifier(chat, "fake-llm", task, work / "llm_cache.sqlite", "bench", max_concurrency=concurrency)
-    start = time.perf_counter()
-    results = verifier.verify(list(enumerate(texts)))
-    return time.perf_counter() - start, sum(not r.cached for r in results)
+    settings = Settings(llm_base_url=base_url, llm_model="fake-llm", llm_api_key="unused",
+                        llm_max_concurrency=concurrency)
+    with llm_session(settings) as llm:
+        verifier = LLMVerifier(llm.chat, llm.model_id, task, work / "llm_cache.sqlite", "bench",
+                               max_concurrency=concurrency)
+        start = time.perf_counter()
+        results = verifier.verify(list(enumerate(texts)))
+        return time.perf_counter() - start, sum(not r.cached for r in results)
 
 
 def run_llm(calls: int, latency: float, max_concurrency: int, work: Path) -> dict[str, float]:
