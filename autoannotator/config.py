@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     # LLM-written code unisolated), none (in-process, no generated code), or unsafe-local (generated
     # code as a plain subprocess, NOT isolated: only when asked for by name).
     sandbox: Literal["auto", "docker", "local", "none", "unsafe-local"] = "auto"
+    # Where the ensemble step runs: this process, or Ray (an actor pool per frozen model). ray_address:
+    # None starts a local Ray instance, "auto" joins the cluster this machine belongs to, else host:port.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
     max_text_chars: int = Field(20_000, ge=100)
     seed: int = 0
     finetune: FinetuneSettings = FinetuneSettings()

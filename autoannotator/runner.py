@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -22,17 +23,18 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from autoannotator.agent.labels import choose_labels
 from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
 from autoannotator.config import FinetuneSettings, Settings
-from autoannotator.data import Dataset, default_output_path, load_dataset
+from autoannotator.data import DataSource, EmptyRows, RowTexts, default_output_path, open_source
 from autoannotator.deploy.codegen import write_deployment_code
 from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
+from autoannotator.engine import make_engine
 from autoannotator.errors import LLMUnavailable, UserError
 from autoannotator.finetune import load_trained
-from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
+from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph, processing_order
 from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
-from autoannotator.run.output import write_run_output
+from autoannotator.run.output import ShardWriter, assemble, label_columns, write_run_output
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.lock import RunLock
-from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, load_run_dataset, new_run_id, record_llm,
+from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, record_llm,
                                     resume_inputs, settings_for_resume)
 from autoannotator.run.precheck import check_output_writable, check_run_dir_writable
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
@@ -48,6 +50,7 @@ from autoannotator.verify.factory import make_verifier
 log = logging.getLogger(__name__)
 
 VerifierFactory = Callable[[TaskSpec, Path, str], Verifier]
+SAMPLE_ROWS = 1000  # evenly spread rows the planner and the label chooser see (never the whole file)
 __all__ = ["RunPlan", "label", "retry_failed", "write_run_output"]
 
 
@@ -90,15 +93,16 @@ def label(
         raise UserError("say what to label: --task \"label these reviews for sentiment\"")
 
     start = time.perf_counter()
-    dataset = load_dataset(data_path, plan.task.text_column if resume else text_column,
-                           plan.gold_column if resume else gold_column, settings.max_text_chars)
+    # One streaming scan (counts, fingerprint, checks); rows are read back chunk by chunk as the loop goes.
+    source = open_source(data_path, plan.task.text_column if resume else text_column,
+                         plan.gold_column if resume else gold_column, settings.max_text_chars)
     timings["load_data"] = time.perf_counter() - start
-    if resume and dataset.fingerprint != plan.data_fingerprint:
+    if resume and source.fingerprint != plan.data_fingerprint:
         raise UserError(f"{data_path} has changed since run {plan.run_id} started; resume with the same file")
 
     if not resume:
         if labels:  # fail on a bad label set before paying for an LLM start
-            build_task(instruction, labels, dataset.text_column)
+            build_task(instruction, labels, source.text_column)
         run_id = new_run_id(instruction)
         run_dir = run_dir or settings.runs_dir / run_id
     # Before any LLM call: the run directory and the output must take a file (found at the end, the
@@ -118,23 +122,23 @@ def label(
             check_reachable(llm)
             timings["llm_start"] = time.perf_counter() - start
             if llm.warning:
-                dataset.warnings.append(llm.warning)
+                source.warnings.append(llm.warning)
         if not resume:
             labels_given = bool(labels)
             task_source = "user (--labels)"
             if not labels:
                 if llm is None:
                     raise UserError("a label set is needed when no LLM is started: pass --labels")
-                labels, note = choose_labels(llm.chat, instruction, probe_samples(dataset.texts, 10),
-                                             weak_llm=llm.embedded)
+                labels, note = choose_labels(llm.chat, instruction, probe_samples(source.sample_texts(SAMPLE_ROWS),
+                                                                                  10), weak_llm=llm.embedded)
                 task_source = note
                 on_progress({"event": "note", "text": note})
-                dataset.warnings.append(note)
-            task = build_task(instruction, labels, dataset.text_column)
+                source.warnings.append(note)
+            task = build_task(instruction, labels, source.text_column)
             plan = RunPlan(
                 run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), data_path=str(data_path.resolve()),
-                data_fingerprint=dataset.fingerprint, gold_column=gold_column,
-                out_path=str(out_path or default_output_path(data_path, run_dir)), task=task,
+                data_fingerprint=source.fingerprint, gold_column=gold_column,
+                out_path=str(out_path or default_output_path(data_path, run_dir, source.fmt)), task=task,
                 model_specs=list(settings.models),
                 settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
             )
@@ -142,7 +146,7 @@ def label(
                 record_llm(plan, base_url=llm.base_url, model_id=llm.model_id, embedded=llm.embedded,
                            settings=settings)
             start = time.perf_counter()
-            _plan_models(plan, settings, dataset, llm, labels_given=labels_given, task_source=task_source,
+            _plan_models(plan, settings, source, llm, labels_given=labels_given, task_source=task_source,
                          run_dir=run_dir, on_progress=on_progress)
             timings["plan"] = time.perf_counter() - start
             plan.save(run_dir)
@@ -155,7 +159,7 @@ def label(
                 plan.save(run_dir)  # the LLM record (a switch, or a run made before records existed)
             if llm_note:
                 on_progress({"event": "note", "text": llm_note})
-                dataset.warnings.append(llm_note)
+                source.warnings.append(llm_note)
 
         start = time.perf_counter()
         models = _load_models(plan, settings, stack)
@@ -170,22 +174,29 @@ def label(
         llm_info = ({"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded,
                      "all": plan.llm.all_labels() if plan.llm else [llm.model_id]} if llm else
                     {"model_id": verifier.model_id, "base_url": None, "embedded": False, **(verifier_info or {})})
-        ctx = AnnotateContext(dataset=dataset, task=plan.task, models=models, verifier=verifier, store=store,
+        engine = make_engine(settings.engine, models, plan.model_specs, plan.task, settings, source=source,
+                             address=settings.ray_address)
+        stack.callback(engine.close)
+        writer = ShardWriter(run_dir / "labelled")
+        # No list of every text: the pool's rows (what fine-tuning trains on) are read back when needed.
+        text_of = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()])
+        ctx = AnnotateContext(dataset=None, task=plan.task, models=models, verifier=verifier, store=store,
                               settings=settings, run_dir=run_dir, on_progress=on_progress,
-                              empty_rows=set(dataset.empty_rows))
+                              empty_rows=EmptyRows(text_of), text_of=text_of, engine=engine, writer=writer)
         graph = build_annotate_graph(ctx, checkpointer=saver)
-        n_batches = -(-len(dataset.texts) // settings.batch_size)
+        n_rows = source.n_rows
+        n_batches = -(-n_rows // settings.batch_size)
         config = {"configurable": {"thread_id": plan.run_id}, "recursion_limit": 10 * n_batches + 50}
         snapshot = graph.get_state(config)
         resumed = bool(snapshot.values)
         if resumed:
             _restore_weights(models, snapshot.values.get("weights") or {})
-            on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": len(dataset.texts)})
-        on_progress({"event": "start", "n_rows": len(dataset.texts), "rows_done": store.n_results(),
+            on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": n_rows})
+        on_progress({"event": "start", "n_rows": n_rows, "rows_done": store.n_results(),
                      "models": [m.name for m in models], "llm": llm_info["model_id"], "run_dir": str(run_dir)})
         graph_start = time.perf_counter()
         try:
-            _invoke(graph, config, resumed, snapshot, store, dataset, settings, models)
+            _invoke(graph, config, resumed, snapshot, store, n_rows, settings, models)
         except LLMUnavailable as exc:  # the endpoint is down: nothing answered is lost
             raise LLMUnavailable(f"{exc}; the answers so far are kept: resume with "
                                  f"`autoannotator label --resume {run_dir}`") from None
@@ -198,30 +209,33 @@ def label(
             work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
             timings["graph_wall"] = wall
             timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
-        report = _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir)
+        report = _finish(plan, source, store, writer, verifier, settings, models, llm_info, {**timings, **node_s},
+                         run_dir)
     return report, run_dir
 
 
-def _invoke(graph: Any, config: dict[str, Any], resumed: bool, snapshot: Any, store: RunStore, dataset: Dataset,
+def _invoke(graph: Any, config: dict[str, Any], resumed: bool, snapshot: Any, store: RunStore, n_rows: int,
             settings: Settings, models: list[SLM]) -> None:
     if not resumed:
-        graph.invoke({"n_rows": len(dataset.texts), "epsilon": settings.epsilon, "beta": settings.beta,
+        graph.invoke({"n_rows": n_rows, "epsilon": settings.epsilon, "beta": settings.beta,
                       "has_trainable": any(isinstance(m, TrainableSLM) for m in models), "cursor": 0,
                       "batch_index": 0, "pool_size": 0, "pool_at_last_finetune": 0, "finetune_round": 0,
                       "weights": {}, "timings": {}}, config, durability="sync")
     else:  # stopped anywhere: go on from where the store says, not from the checkpoint's next step
-        graph.invoke(resume_inputs(snapshot.values, store, len(dataset.texts)), config, durability="sync")
+        order = processing_order(n_rows, settings.seed, settings.finetune.shuffle_rows)
+        graph.invoke(resume_inputs(snapshot.values, store, n_rows, order), config, durability="sync")
 
 
-def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHandle | None, *, labels_given: bool, task_source: str,
-                 run_dir: Path, on_progress: Callable[[dict], None]) -> None:
+def _plan_models(plan: RunPlan, settings: Settings, source: DataSource, llm: LLMHandle | None, *, labels_given: bool,
+                 task_source: str, run_dir: Path, on_progress: Callable[[dict], None]) -> None:
     """Fill the plan's models and deployment: the user's --models, else the meta-controller's choice."""
+    samples = source.sample_texts(SAMPLE_ROWS)
     sandbox = None if settings.sandbox == "none" else get_sandbox(settings.sandbox, gpu=settings.device == "cuda")
     planner_sandbox = sandbox
     if sandbox is not None and not sandbox.runs_generated_code:  # auto found no isolation: in-process
         note = fallback_note(sandbox)
         if note:
-            dataset.warnings.append(note)
+            source.warnings.append(note)
         sandbox = None
     plan.sandbox = sandbox.name if sandbox else "none"
     if not plan.model_specs and llm is not None:
@@ -236,7 +250,7 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
         # A weak LLM's label proposals are junk, so the label set chosen for it already stands.
         drafted = plan_run(settings, instruction=plan.task.instruction, task=plan.task,
                            labels_given=labels_given or llm.embedded, task_source=task_source,
-                           texts=dataset.texts, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
+                           texts=samples, n_rows=source.n_rows, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
                            sandbox=planner_sandbox or get_sandbox("auto"), label_samples=label_samples,
                            on_event=on_progress)
         plan.task = drafted.task
@@ -252,7 +266,7 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
         trainable = {s for s in plan.model_specs if build_model(s, plan.task, settings).trainable}
         spec = deployment_spec_for(plan.task, [s for s in plan.model_specs if s not in trainable], settings)
         if spec is not None:
-            result = write_deployment_code(spec, run_dir, sandbox, probe_samples(dataset.texts))
+            result = write_deployment_code(spec, run_dir, sandbox, probe_samples(samples))
             if result.final_code is None:
                 raise UserError(f"the deployment code failed its smoke test in the {sandbox.name} sandbox: "
                                 f"{result.error}")
@@ -262,7 +276,8 @@ def _plan_models(plan: RunPlan, settings: Settings, dataset: Dataset, llm: LLMHa
 def _load_models(plan: RunPlan, settings: Settings, stack: ExitStack) -> list[SLM]:
     """Frozen models from the sandboxed worker (one process, loaded once), trainable ones in-process."""
     served: dict[str, SLM] = {}
-    if plan.deployment_code:
+    # On Ray the frozen models run on actors built from their specs, so the sandboxed worker is not started.
+    if plan.deployment_code and settings.engine != "ray":
         spec = DeploymentSpec.model_validate(plan.deployment)
         sandbox = get_sandbox(plan.sandbox, gpu=settings.device == "cuda")
         try:
@@ -294,7 +309,9 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
     frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
     frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
     settings, note = settings_for_resume(plan, settings.model_copy(update=frozen), switch_llm=switch_llm)
-    dataset = load_run_dataset(plan)
+    source = open_source(plan.data_path, plan.task.text_column, plan.gold_column, settings.max_text_chars)
+    if source.fingerprint != plan.data_fingerprint:
+        raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
     paths = RunPaths(run_dir)
     with ExitStack() as stack:
         stack.enter_context(RunLock(run_dir))
@@ -310,7 +327,8 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
         plan.save(run_dir)
         verifier = make_verifier("llm", plan.task, run_dir, plan.run_id, settings, llm=llm)
         on_progress({"event": "note", "text": f"asking {llm.model_id} again about {len(failed)} llm_failed rows"})
-        answers = {r.row_id: r for r in verifier.verify([(r["row_id"], dataset.texts[r["row_id"]]) for r in failed])}
+        texts = source.texts_for(r["row_id"] for r in failed)
+        answers = {r.row_id: r for r in verifier.verify([(r["row_id"], texts[r["row_id"]]) for r in failed])}
         fixed = []
         for rec in failed:
             got = answers.get(rec["row_id"])
@@ -324,31 +342,46 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
         llm_info = {"model_id": llm.model_id, "base_url": llm.base_url, "embedded": llm.embedded,
                     "all": plan.llm.all_labels() if plan.llm else [llm.model_id]}
         if note:
-            dataset.warnings.append(note)
-        report = _finish(plan, dataset, store, verifier, settings, [], llm_info,
+            source.warnings.append(note)
+        shards = run_dir / "labelled"  # labels changed: the output is assembled again from the store
+        shutil.rmtree(shards, ignore_errors=True)
+        report = _finish(plan, source, store, ShardWriter(shards), verifier, settings, [], llm_info,
                          dict(previous.get("timings_s") or {}), run_dir, model_descriptions=previous.get("models"))
     return report, run_dir
 
 
-def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings,
-            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path,
-            model_descriptions: list[dict] | None = None) -> dict[str, Any]:
+def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWriter, verifier: Verifier,
+            settings: Settings, models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float],
+            run_dir: Path, model_descriptions: list[dict] | None = None) -> dict[str, Any]:
     results = store.results()
-    if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
-        raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
-    written = write_run_output(plan, dataset, results)
-    warnings = list(dataset.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
+    n = source.n_rows
+    if len(results) != n or any(r["row_id"] != i for i, r in enumerate(results)):
+        raise RuntimeError(f"run store holds {len(results)} rows for {n} inputs")
+    for lo, hi in writer.missing(n):  # stored, but killed before its shard was written: the store is the truth
+        for start in range(lo, hi, 10_000):
+            part = results[start:min(hi, start + 10_000)]
+            writer.append([r["row_id"] for r in part], label_columns(part))
+    written = assemble(source, writer, Path(plan.out_path))
+    warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
+    gold = [g for chunk in source.iter_chunks() for g in (chunk.gold or [])] if plan.gold_column else None
+    if settings.engine == "ray":
+        where = ("ray: the frozen SLMs ran on Ray actors built from their specs (no generated code); trainable "
+                 "models in-process")
+    elif plan.deployment_code:
+        where = (f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
+                 f"trainable models in-process")
+    else:
+        where = "none: all SLMs ran in-process"
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
         results=results, usage=verifier.ledger(), settings=settings,
         models=model_descriptions if model_descriptions is not None else [m.describe() for m in models],
         finetune_records=store.finetune_records(), timings=timings,
-        gold=dataset.gold if plan.gold_column else None, labels=plan.task.label_names,
+        gold=gold, labels=plan.task.label_names,
         llm=llm_info,
         warnings=warnings,
-        sandbox=(f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
-                 f"trainable models in-process" if plan.deployment_code else "none: all SLMs ran in-process"),
+        sandbox=where,
         planning_usage=verifier.ledger(f"{plan.run_id}:plan"),
     )
     write_report(report, run_dir)

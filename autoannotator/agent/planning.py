@@ -108,7 +108,7 @@ def _fallbacks(ctx_ref: list[ControllerContext], settings: Any) -> Callable[[Pla
 
 
 def plan_run(settings: Any, *, instruction: str, task: TaskSpec, labels_given: bool, task_source: str,
-             texts: list[str],
+             texts: list[str], n_rows: int | None = None,
              run_dir: Path, chat: Any, weak_llm: bool, sandbox: Any,
              label_samples: Callable[[TaskSpec, list[str]], list[str]] | None,
              on_event: Callable[[dict], None] = lambda event: None) -> PlanDraft:
@@ -116,7 +116,8 @@ def plan_run(settings: Any, *, instruction: str, task: TaskSpec, labels_given: b
     plan.decided_by["task"] = task_source
     ctx_ref: list[ControllerContext] = []
     ctx = ControllerContext(
-        settings=settings, run_dir=run_dir, plan=plan, samples=probe_samples(texts), n_rows=len(texts), chat=chat,
+        settings=settings, run_dir=run_dir, plan=plan, samples=probe_samples(texts),
+        n_rows=len(texts) if n_rows is None else n_rows, chat=chat,
         weak_llm=weak_llm, registry=None, hints=_hints(settings), fallbacks=_fallbacks(ctx_ref, settings),
         on_event=on_event, sandbox=sandbox, build_model=lambda spec: build_model(spec, plan.task, settings),
         label_samples=label_samples)

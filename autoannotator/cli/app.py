@@ -33,7 +33,8 @@ def _root() -> None:
 
 @app.command()
 def label(
-    data: Optional[Path] = typer.Argument(None, help="CSV, TSV, JSONL, JSON or Parquet file to label."),
+    data: Optional[Path] = typer.Argument(None, help="CSV, TSV, JSONL, JSON or Parquet file to label, or a folder "
+                                          "or quoted glob of such shards (gzip/bz2/xz/zstd read by content)."),
     task: Optional[str] = typer.Option(None, "--task", help='What to label, in plain words.'),
     labels: Optional[str] = typer.Option(None, help="Comma-separated label set (name or name:description)."),
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: 'text')."),
@@ -60,6 +61,10 @@ def label(
                                            "(default) or human (you, in the terminal); --resume keeps the run's."),
     switch_llm: bool = typer.Option(False, "--switch-llm", help="With --resume: go on with the LLM given now "
                                     "instead of the run's own (the report lists both)."),
+    engine: Optional[str] = typer.Option(None, metavar="[local|ray]", help="Where the ensemble runs: local (this "
+                                         "process, default) or ray (an actor pool per frozen model)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --engine ray: host:port of a Ray cluster, or auto "
+                                              "(the cluster this machine belongs to); default: start a local one."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import runner
@@ -68,7 +73,7 @@ def label(
 
     settings = load_settings({
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
-        "llm_base_url": llm_base_url,
+        "llm_base_url": llm_base_url, "engine": engine, "ray_address": ray_address,
         "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }, config)
     if resume is not None:

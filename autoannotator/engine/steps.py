@@ -7,12 +7,13 @@ run from chat is the same step the loop runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any
 
 
 from autoannotator.config import Settings
+from autoannotator.engine.base import Engine
 from autoannotator.finetune import plan_round, run_round
 from autoannotator.ensemble import BatchVotes, run_ensemble
 from autoannotator.run.store import RunStore
@@ -22,10 +23,13 @@ from autoannotator.verify.base import HintedVerifier, Verifier
 
 
 def score_batch(models: Sequence[SLM], row_ids: Sequence[int], text_of: Callable[[int], str],
-                empty_rows: set[int], n_labels: int, min_votes: int) -> BatchVotes:
-    """Each model's vote and probability per row, the majority and U(x); empty texts get no U."""
+                empty_rows: Container[int], n_labels: int, min_votes: int, engine: Engine | None = None) -> BatchVotes:
+    """Each model's vote and probability per row, the majority and U(x); empty texts get no U.
+    ``engine`` runs the ensemble (``engine/ray_engine.py``: on Ray); default: in this process."""
     live = [i for i in row_ids if i not in empty_rows]
-    out = run_ensemble(models, [text_of(i) for i in live], n_labels, min_votes)
+    live_texts = [text_of(i) for i in live]
+    out = (engine.ensemble(live, live_texts) if engine is not None
+           else run_ensemble(models, live_texts, n_labels, min_votes))
     pos = {rid: j for j, rid in enumerate(live)}
     k = len(models)
     batch: BatchVotes = {"votes": [], "confidence": [], "majority": [], "uncertainty": []}

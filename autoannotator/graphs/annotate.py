@@ -15,7 +15,7 @@ Results are keyed by row id, so the output keeps the input's order.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,8 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 
 from autoannotator.config import Settings
-from autoannotator.data import Dataset
+from autoannotator.data import DEFAULT_CHUNK_ROWS, Dataset
+from autoannotator.engine.base import Engine
 from autoannotator.engine.steps import (
     accept_records,
     finetune_trainables,
@@ -37,6 +38,7 @@ from autoannotator.engine.steps import (
 from autoannotator.graphs.routing import hard_positions, route_after_accept, route_after_ensemble, route_next_batch
 from autoannotator.graphs.state import AnnotateState
 from autoannotator.run.faultpoint import faultpoint
+from autoannotator.run.output import ShardWriter, label_columns
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
@@ -48,7 +50,7 @@ from autoannotator.verify.base import Verifier
 class AnnotateContext:
     """What the nodes work with; rebuilt on resume (only the state is checkpointed)."""
 
-    dataset: Dataset
+    dataset: Dataset | None  # the whole data set in memory, or None when the rows come from ``text_of``
     task: TaskSpec
     models: list[SLM]
     verifier: Verifier
@@ -56,7 +58,13 @@ class AnnotateContext:
     settings: Settings
     run_dir: Path
     on_progress: Callable[[dict], None] = lambda event: None
-    empty_rows: set[int] = field(default_factory=set)
+    empty_rows: Container[int] = field(default_factory=set)
+    # Chunked input: the text of a row id (a ``data.RowTexts`` over the data source), the engine that runs
+    # the ensemble step (default: in-process), and the writer that shards the labelled output as batches
+    # are accepted.
+    text_of: Callable[[int], str] | None = None
+    engine: Engine | None = None
+    writer: ShardWriter | None = None
 
 
 def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[AnnotateState], dict]:
@@ -72,21 +80,39 @@ def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[Annotate
     return node
 
 
-def processing_order(n_rows: int, seed: int, shuffle: bool = True) -> np.ndarray:
-    """Row ids in the order the loop takes them; a function of (seed, n_rows) only, so resume finds it again."""
+def processing_order(n_rows: int, seed: int, shuffle: bool = True, block_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+    """Row ids in the order the loop takes them; a function of (seed, n_rows) only, so resume finds it again.
+
+    Shuffled within aligned blocks of ``block_rows`` (the chunked reader's window), blocks in file order:
+    a file sorted by label is mixed within each block (a file up to a block's size entirely), and the
+    reader still reads each block once.
+    """
     if not shuffle:
         return np.arange(n_rows)
-    return np.random.default_rng([seed, n_rows]).permutation(n_rows)
+    rng = np.random.default_rng([seed, n_rows])
+    return np.concatenate([lo + rng.permutation(min(block_rows, n_rows - lo)) for lo in range(0, n_rows, block_rows)]
+                          or [np.arange(0)])
 
 
 def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     labels = ctx.task.label_names
-    texts = ctx.dataset.texts
     cfg = ctx.settings.finetune
-    order = processing_order(len(texts), ctx.settings.seed, cfg.shuffle_rows)
+    orders: dict[int, np.ndarray] = {}
 
-    def text_of(row_id: int) -> str:
-        return texts[row_id]
+    def order_of(n_rows: int) -> np.ndarray:
+        """The processing order, computed once per process from (seed, n_rows): nothing stored."""
+        if n_rows not in orders:
+            orders[n_rows] = processing_order(n_rows, ctx.settings.seed, cfg.shuffle_rows)
+        return orders[n_rows]
+
+    if ctx.text_of is not None:
+        text_of = ctx.text_of
+    else:
+        assert ctx.dataset is not None, "the graph needs a dataset or a text_of"
+        texts = ctx.dataset.texts
+
+        def text_of(row_id: int) -> str:
+            return texts[row_id]
 
     def route_start(state: AnnotateState) -> str:
         """A run with trainable models warms them up before its first batch (once; when the settings ask)."""
@@ -97,7 +123,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
 
     def warm_start(state: AnnotateState) -> dict:
         """Before any LLM call: train on the frozen models' confident agreements among the first rows."""
-        ids = [int(r) for r in order[:cfg.warm_start_rows] if int(r) not in ctx.empty_rows]
+        ids = [int(r) for r in order_of(state["n_rows"])[:cfg.warm_start_rows] if int(r) not in ctx.empty_rows]
         records = warm_start_records(ctx.models, ids, text_of, labels, ctx.settings)
         found = {r["label"] for r in records}
         if len(found) < 2:  # one label or none: nothing a classifier could learn
@@ -113,26 +139,29 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     def load_batch(state: AnnotateState) -> dict:
         start = state.get("cursor", 0)
         stop = min(start + ctx.settings.batch_size, state["n_rows"])
-        return {"batch_ids": order[start:stop].tolist(), "cursor": stop, "batch": None, "verified": {}}
+        return {"batch_ids": order_of(state["n_rows"])[start:stop].tolist(), "cursor": stop, "batch": None,
+                "verified": {}}
 
     def ensemble(state: AnnotateState) -> dict:
         return {"batch": score_batch(ctx.models, state["batch_ids"], text_of, ctx.empty_rows, len(labels),
-                                     ctx.settings.min_votes)}
+                                     ctx.settings.min_votes, engine=ctx.engine)}
 
     def verify(state: AnnotateState) -> dict:
         ids, batch = state["batch_ids"], state["batch"]
         positions = hard_positions(state)
         hints = {ids[p]: {"votes": row_votes(ctx.models, labels, batch, p), "uncertainty": batch["uncertainty"][p],
                           "majority": majority_label(labels, batch, p)} for p in positions}
-        verified, pool_size = verify_rows(ctx.verifier, ctx.store, [(ids[p], texts[ids[p]]) for p in positions],
+        verified, pool_size = verify_rows(ctx.verifier, ctx.store, [(ids[p], text_of(ids[p])) for p in positions],
                                           state.get("batch_index", 0), hints)
         ctx.on_progress({"event": "verified", "n": len(verified), "pool_size": pool_size})
         return {"verified": verified, "pool_size": pool_size}
 
     def accept(state: AnnotateState) -> dict:
         ids, verified = state["batch_ids"], state.get("verified") or {}
-        ctx.store.put_results(accept_records(ctx.models, labels, ids, state["batch"], verified,
-                                             state.get("batch_index", 0)))
+        records = accept_records(ctx.models, labels, ids, state["batch"], verified, state.get("batch_index", 0))
+        ctx.store.put_results(records)
+        if ctx.writer is not None:  # the output as it goes; rows the store has but no shard are filled at the end
+            ctx.writer.append(ids, label_columns(records))
         ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified),
                          "pool_size": state.get("pool_size", 0)})
         return {"batch_index": state.get("batch_index", 0) + 1, "batch_ids": [], "batch": None, "verified": {}}

@@ -4,6 +4,7 @@ run labels the rest the same way."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ def record_llm(plan: RunPlan, *, base_url: str, model_id: str, embedded: bool, s
         plan.llm.identity = ident  # the GGUF name is known only once the server ran
 
 
-def resume_inputs(values: dict[str, Any], store: RunStore, n_rows: int) -> dict[str, Any]:
+def resume_inputs(values: dict[str, Any], store: RunStore, n_rows: int,
+                  order: Sequence[int] | None = None) -> dict[str, Any]:
     """The graph's input for a resumed run, from the store, not from where the checkpoint stopped.
 
     A kill between a step's writes and its checkpoint leaves the checkpoint one step behind the store
@@ -116,9 +118,11 @@ def resume_inputs(values: dict[str, Any], store: RunStore, n_rows: int) -> dict[
     supplies what the store does not hold (fine-tuning counters, accepted weights). The batch in
     progress is redone from its start: its LLM answers come from the answer cache, not paid again.
     """
-    cursor, batch_index = store.resume_point()
-    keep = ("n_rows", "epsilon", "beta", "has_trainable", "pool_at_last_finetune", "finetune_round", "weights")
-    inputs = {k: values[k] for k in keep if k in values}
+    cursor, batch_index = store.resume_point(order)
+    # Everything but the batch in progress (which is redone): counters, weights, the decision layer's state.
+    redo = ("cursor", "batch_index", "batch_ids", "batch", "verified", "pool_size", "finished", "timings",
+            "routed", "audit_answers")
+    inputs = {k: v for k, v in values.items() if k not in redo}
     inputs.update(n_rows=n_rows, cursor=min(cursor, n_rows), batch_index=batch_index, pool_size=store.pool_size(),
                   batch_ids=[], batch=None, verified={}, finished=False)
     return inputs

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 from contextlib import closing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +114,14 @@ class RunStore:
         found = self._select_results("WHERE row_id = ?", (row_id,))
         return found[0] if found else None
 
-    def resume_point(self) -> tuple[int, int]:
-        """(the first row id with no result, the next batch index): where a resumed run goes on. The
-        store is the truth: a checkpoint may lag one step behind it after a kill, never ahead."""
+    def resume_point(self, order: Sequence[int] | None = None) -> tuple[int, int]:
+        """(the position in ``order`` (default: row-id order) of the first row with no result, the next
+        batch index): where a resumed run goes on. The store is the truth: a checkpoint may lag one step
+        behind it after a kill, never ahead."""
+        done = {row_id for (row_id,) in self._db.execute("SELECT row_id FROM results")}
         cursor = 0
-        for (row_id,) in self._db.execute("SELECT row_id FROM results ORDER BY row_id"):
-            if row_id != cursor:
+        for row_id in (order if order is not None else range(len(done) + 1)):
+            if int(row_id) not in done:
                 break
             cursor += 1
         last = self._db.execute("SELECT MAX(batch) FROM results").fetchone()[0]
