@@ -94,6 +94,17 @@ def processing_order(n_rows: int, seed: int, shuffle: bool = True, block_rows: i
                           or [np.arange(0)])
 
 
+def write_finished_blocks(writer: ShardWriter, store: RunStore, batch_ids: list[int], n_rows: int,
+                          block_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    """Shard every processing block this batch completed: rows are taken shuffled within a block, so a
+    block's labels are written (contiguous, from the store) once all of its rows are in."""
+    for lo in sorted({rid - rid % block_rows for rid in batch_ids}):
+        hi = min(lo + block_rows, n_rows)
+        if store.count_between(lo, hi) == hi - lo:
+            rows = store.results_between(lo, hi)
+            writer.append([r["row_id"] for r in rows], label_columns(rows))
+
+
 def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     labels = ctx.task.label_names
     cfg = ctx.settings.finetune
@@ -161,7 +172,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         records = accept_records(ctx.models, labels, ids, state["batch"], verified, state.get("batch_index", 0))
         ctx.store.put_results(records)
         if ctx.writer is not None:  # the output as it goes; rows the store has but no shard are filled at the end
-            ctx.writer.append(ids, label_columns(records))
+            write_finished_blocks(ctx.writer, ctx.store, ids, state["n_rows"])
         ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified),
                          "pool_size": state.get("pool_size", 0)})
         return {"batch_index": state.get("batch_index", 0) + 1, "batch_ids": [], "batch": None, "verified": {}}

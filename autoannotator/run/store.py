@@ -110,6 +110,13 @@ class RunStore:
     def results(self) -> list[dict[str, Any]]:
         return self._select_results()
 
+    def results_between(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        """Rows lo <= row_id < hi, by row id."""
+        return self._select_results("WHERE row_id >= ? AND row_id < ?", (lo, hi))
+
+    def count_between(self, lo: int, hi: int) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM results WHERE row_id >= ? AND row_id < ?", (lo, hi)).fetchone()[0]
+
     def result(self, row_id: int) -> dict[str, Any] | None:
         found = self._select_results("WHERE row_id = ?", (row_id,))
         return found[0] if found else None
