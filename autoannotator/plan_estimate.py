@@ -35,6 +35,9 @@ CHARS_PER_TOKEN = 4
 # The student's fine-tuning speed on this kind of 2-core CPU: all-MiniLM-L6-v2, seq 64, batch 16
 # (shared/FACTS.md, "Speeds"); a GPU is far faster, so on one this overstates the wall time.
 DEFAULT_TRAIN_SAMPLES_PER_S = 34.0
+DEFAULT_ROUND_S = 20.0
+# Wall time swings with machine load: speeds here varied up to 3x between runs (docs/benchmarks.md).
+WALL_LOW_FACTOR, WALL_HIGH_FACTOR = 0.5, 3.0
 
 
 def tokens_from_chars(n_chars: int) -> int:
@@ -124,6 +127,9 @@ class Timing(BaseModel):
     llm_s_measured: bool = False  # False: a stated default, not a measurement
     llm_concurrency: int = 4
     train_samples_per_s: float = DEFAULT_TRAIN_SAMPLES_PER_S
+    # Per fine-tuning round, whatever its size: copying the model, scoring the held-out slice before
+    # and after, saving the weights. A default: one 11-sample round took 58.7 s here at load average 10.
+    finetune_round_s: float = DEFAULT_ROUND_S
 
 
 def _rows_before_first_round(n: int, share: float, beta: int, trainable: bool) -> float:
@@ -139,13 +145,13 @@ def _calls(n: int, share_before: float, share_after: float, beta: int, trainable
 
 
 def _finetune_seconds(calls: float, beta: int, trainable: bool, holdout_fraction: float, epochs: int,
-                      samples_per_s: float) -> tuple[int, float]:
+                      timing: Timing) -> tuple[int, float]:
     """(rounds, seconds): round r trains on the (1 - holdout) share of a pool of about r * β rows."""
-    if not trainable or beta <= 0 or samples_per_s <= 0:
+    if not trainable or beta <= 0 or timing.train_samples_per_s <= 0:
         return 0, 0.0
     rounds = int(calls // beta)
     samples = sum((1 - holdout_fraction) * r * beta * epochs for r in range(1, rounds + 1))
-    return rounds, samples / samples_per_s
+    return rounds, samples / timing.train_samples_per_s + rounds * timing.finetune_round_s
 
 
 def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_per_call: float,
@@ -172,10 +178,10 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
     cost = Span(**{k: prices.cost(getattr(t_in, k), getattr(t_out, k)) for k in ("low", "expected", "high")})
     rounds, walls = {}, {}
     for k in ("low", "expected", "high"):
-        rounds[k], ft_s = _finetune_seconds(getattr(calls, k), beta, trainable, holdout_fraction, epochs,
-                                            timing.train_samples_per_s)
+        rounds[k], ft_s = _finetune_seconds(getattr(calls, k), beta, trainable, holdout_fraction, epochs, timing)
         llm_s = getattr(calls, k) * timing.llm_s_per_call / max(1, timing.llm_concurrency)
-        walls[k] = n * timing.slm_s_per_row + llm_s + ft_s
+        walls[k] = (n * timing.slm_s_per_row + llm_s + ft_s) * {"low": WALL_LOW_FACTOR, "expected": 1.0,
+                                                                 "high": WALL_HIGH_FACTOR}[k]
     all_calls = round(n * pay)
     llm_only = Baseline(
         llm_calls=all_calls, tokens=round(all_calls * (tokens_in_per_call + tokens_out_per_call)),
@@ -189,14 +195,15 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
         "tokens are characters / 4 of the rendered verification prompt (no offline tokenizer for the endpoint)",
         f"{timing.llm_s_per_call:.2f} s per LLM call at concurrency {timing.llm_concurrency}"
         + (" (measured on the pilot)" if timing.llm_s_measured else " (a default, not measured)"),
-        "wall time excludes starting the LLM and planning; machine load can change it severalfold",
+        f"wall time: the SLMs at the pilot's measured speed, LLM latency, {timing.finetune_round_s:g} s per "
+        f"fine-tuning round plus {timing.train_samples_per_s:g} samples/s; the range is x{WALL_LOW_FACTOR:g} to "
+        f"x{WALL_HIGH_FACTOR:g} for machine load; starting the LLM, loading models and planning are not included",
     ]
     if trainable:
         assumptions.append(
             f"after the first fine-tuning round (β = {beta}) the student may vote: the low end then falls to the "
             f"irreducible share {shares.irreducible / shares.n if shares.n else 1.0:.3f} (rows it cannot settle), "
-            "the high end assumes it adds no hard rows on net; fine-tuning at "
-            f"{timing.train_samples_per_s:g} samples/s")
+            "the high end assumes it adds no hard rows on net")
     if pay < 1.0:
         assumptions.append(f"{pay:.1%} of the texts are distinct: repeats are answered from the cache")
     return PlanEstimate(
@@ -244,3 +251,99 @@ def prompt_tokens(message_texts: Sequence[str], overhead_tokens: int = 0) -> int
     """Tokens of one rendered request: chars / 4 over its messages (as the verifier counts), plus
     ``overhead_tokens`` for what an endpoint adds and bills (the function schema, the chat template)."""
     return tokens_from_chars(sum(len(t) for t in message_texts)) + overhead_tokens
+
+
+# -- measuring the inputs: the pilot, the prompt, the latency ------------------------------------------
+
+DEFAULT_PILOT_ROWS = 300
+# A one-label function-call answer: the embedded server answered with about 8 tokens out (the
+# simulated verifier records the same figure).
+TOKENS_OUT_PER_CALL = 8
+# Latency defaults when nothing was measured: the embedded 135M model answers one call at a time
+# (about 0.2 s each with 2 free threads, shared/FACTS.md; slower under load); an endpoint's
+# round trip is taken as 1 s; a person as 10 s per sample (a guess, and said to be one).
+LATENCY_S = {"embedded": 0.5, "llm": 1.0, "human": 10.0, "simulated": 0.0}
+
+
+def verifier_kind(embedded: bool, info: dict | None) -> str:
+    """Which latency and prompt accounting applies: simulated, human, embedded or llm (an endpoint)."""
+    info = info or {}
+    if info.get("simulated"):
+        return "simulated"
+    if info.get("human"):
+        return "human"
+    return "embedded" if embedded or info.get("embedded") else "llm"
+
+
+def schema_overhead_tokens(labels: Sequence[str]) -> int:
+    """What an endpoint adds per request for the forced function call: its JSON schema, chars / 4."""
+    import json
+
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from autoannotator.verify.prompt import label_schema
+
+    return tokens_from_chars(len(json.dumps(convert_to_openai_tool(label_schema(list(labels))))))
+
+
+def estimate_for_models(models: Sequence, pilot_texts: Sequence[str], n_rows: int, n_empty: int, task, settings, *,
+                        kind: str) -> PlanEstimate:
+    """Run ``models`` (the run's own ensemble) on pilot texts (evenly spread rows) and estimate the whole run."""
+    import time
+
+    from autoannotator.ensemble import run_ensemble
+    from autoannotator.slm.base import TrainableSLM
+    from autoannotator.verify.prompt import VerifyPrompt
+
+    sample = [t for t in pilot_texts if t.strip()]
+    start = time.perf_counter()
+    out = run_ensemble(models, sample, len(task.label_names), settings.min_votes)
+    slm_s = (time.perf_counter() - start) / max(1, len(sample))
+    shares = pilot_shares(out.votes, len(task.label_names), settings.epsilon, settings.min_votes)
+    prompt = VerifyPrompt(task, settings.llm_max_text_chars)
+    overhead = 0 if kind in ("simulated", "human") else schema_overhead_tokens(task.label_names)
+    per_row = [prompt_tokens([str(m.content) for m in prompt.messages(t)], overhead) for t in sample]
+    tokens_in = sum(per_row) / len(per_row) if per_row else 0.0
+    timing = Timing(slm_s_per_row=slm_s, llm_s_per_call=LATENCY_S.get(kind, 1.0),
+                    llm_concurrency=1 if kind in ("embedded", "human") else settings.llm_max_concurrency)
+    est = estimate_plan(
+        n_rows=n_rows, n_empty=n_empty, shares=shares, tokens_in_per_call=tokens_in,
+        tokens_out_per_call=0 if kind == "human" else TOKENS_OUT_PER_CALL, prices=settings.prices, timing=timing,
+        beta=settings.beta, trainable=any(isinstance(m, TrainableSLM) for m in models),
+        holdout_fraction=settings.finetune.holdout_fraction, epochs=settings.finetune.epochs,
+        distinct_share=len(set(sample)) / len(sample) if sample else 1.0)
+    est.assumptions.append(f"models: {', '.join(m.name for m in models)}; verifier: {kind}"
+                           + ("" if overhead == 0 else f"; {overhead} tokens per call for the function schema"))
+    return est
+
+
+def estimate_for_data(settings, data_path, instruction: str, labels, *, text_column: str | None = None,
+                      verifier: str = "llm", pilot_rows: int = DEFAULT_PILOT_ROWS) -> PlanEstimate:
+    """The dry run: load the data, build the models the run would use, estimate. Nothing is labelled.
+
+    The models: ``settings.models``, else a plan cached for this task and data (see
+    ``agent.planning.cached_plan``), else the offline catalog's default choice.
+    """
+    from autoannotator.agent.planning import cached_plan
+    from autoannotator.data import open_source
+    from autoannotator.errors import UserError
+    from autoannotator.slm.catalog import build_model, default_selection
+    from autoannotator.task import build_task
+
+    data = open_source(data_path, text_column, None, settings.max_text_chars)
+    task = build_task(instruction, list(labels), data.text_column)
+    specs, source = list(settings.models), "--models"
+    if not specs:
+        hit = cached_plan(settings, task, data.fingerprint)
+        specs, source = (hit["model_specs"], "the cached plan") if hit else (default_selection(task, settings.k),
+                                                                              "the offline default")
+    if not specs:
+        raise UserError("no small model can label this task offline; name some with --models")
+    models = [build_model(s, task, settings) for s in specs]
+    kind = verifier if verifier in ("simulated", "human") else ("embedded" if settings.uses_embedded_llm else "llm")
+    if verifier.startswith("simulated"):
+        kind = "simulated"
+    est = estimate_for_models(models, data.sample_texts(pilot_rows), data.n_rows, data.n_empty, task, settings,
+                              kind=kind)
+    est.assumptions.append(f"models from {source}")
+    return est
