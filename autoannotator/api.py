@@ -199,7 +199,7 @@ def label(data: Any, task: str | None = None, labels: str | Iterable[str | Label
 
     cfg = _settings(settings, config)
     if not task:
-        raise UserError('say what to label: task="label these reviews for sentiment"')
+        raise UserError('say what to label: --task "label these reviews for sentiment" (in Python: task="...")')
     run_dir = Path(run_dir) if run_dir is not None else cfg.runs_dir / new_run_id(task)
     path = materialise(data, run_dir)
     report, used = runner.label(cfg, path, instruction=task, labels=_labels(labels), text_column=text_column,

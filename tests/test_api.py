@@ -17,6 +17,7 @@ from langchain_core.tracers.context import register_configure_hook
 
 import autoannotator as aa
 from autoannotator.errors import UserError
+from autoannotator.run.paths import RunPaths
 from autoannotator.task import LabelDef, TaskSpec
 from autoannotator.verify.llm import LLMVerifier
 from autoannotator.verify.simulated import SimulatedVerifier
@@ -48,11 +49,23 @@ def test_import_is_cheap_and_lazy():
         aa.no_such_thing  # noqa: B018
 
 
+def _scripted_llm(answers: dict[str, str], n: int):
+    """A verifier factory around the real LLMVerifier (its SQLite answer cache and ledger) whose chat model
+    is scripted: it answers each text's gold label, and at most ``n`` calls."""
+    def answer(messages):
+        text = str(messages[-1].content)
+        return {"label": next(lbl for t, lbl in answers.items() if t in text)}
+
+    def factory(task, run_dir, run_id):
+        return LLMVerifier(ScriptedChatModel([answer] * n), "scripted", task, RunPaths(run_dir).answers, run_id)
+    return factory
+
+
 def test_label_a_dataframe_then_resume(tmp_path):
     df = _reviews(64)
+    answers = dict(zip(df["text"], df["label"]))
     res = aa.label(df, task=TASK, labels=LABELS, gold_column="label", run_dir=tmp_path / "run",
-                   runs_dir=tmp_path / "runs", beta=16, verifier=_simulated(df["label"].tolist()),
-                   verifier_info={"simulated": True}, **FAST)
+                   runs_dir=tmp_path / "runs", beta=16, verifier=_scripted_llm(answers, 64), **FAST)
     out = res.data
     assert len(out) == 64 and out["text"].tolist() == df["text"].tolist()  # every row, in order, once
     assert set(out["label"]) <= set(LABELS) and set(out["label_source"]) <= {"slm_consensus", "llm_verified"}
@@ -71,9 +84,10 @@ def test_label_a_dataframe_then_resume(tmp_path):
         assert (res.run_dir / name).is_file(), name
     html = (res.run_dir / "report.html").read_text()
     assert 'id="per-batch"' in html and 'id="trajectory"' in html and 'id="confusion"' in html
-    assert "The plan's estimate" in (res.run_dir / "report.md").read_text() or "estimate" in html
-    # A finished run resumes to the same rows, paying for nothing.
-    again = aa.resume(res.run_dir, verifier=_simulated(df["label"].tolist()), verifier_info={"simulated": True})
+    assert 'id="estimate"' in html and "## The plan's estimate" in (res.run_dir / "report.md").read_text()
+    assert report.llm_calls > 0 and report.accuracy > 0.7
+    # A finished run resumes to the same rows, asking nothing: the new chat model's script is empty.
+    again = aa.resume(res.run_dir, verifier=_scripted_llm(answers, 0))
     assert again.data["label"].tolist() == out["label"].tolist() and again.report.llm_calls == report.llm_calls
 
 

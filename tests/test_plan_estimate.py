@@ -123,3 +123,16 @@ def test_summary_lines_quote_the_figures():
                         prices=PRICES, timing=TIMING, beta=2000, trainable=False)
     text = "\n".join(summary_lines(est))
     assert "LLM calls: 1200" in text and "labelling everything with the LLM: 3000" in text and "40%" in text
+
+
+def test_wall_time_range_covers_load_and_counts_each_round():
+    shares = PilotShares(n=100, hard=40, irreducible=20)
+    timing = Timing(slm_s_per_row=0.01, llm_s_per_call=1.0, llm_concurrency=2, finetune_round_s=10.0,
+                    train_samples_per_s=8.0)
+    est = estimate_plan(n_rows=1000, n_empty=0, shares=shares, tokens_in_per_call=100, tokens_out_per_call=8,
+                        prices=PRICES, timing=timing, beta=100, trainable=True, holdout_fraction=0.2, epochs=3)
+    rounds = int(est.llm_calls.expected // 100)
+    train = sum(0.8 * r * 100 * 3 for r in range(1, rounds + 1)) / 8.0
+    assert est.finetune_rounds.expected == rounds == 4
+    assert est.wall_s.expected == pytest.approx(1000 * 0.01 + 400 * 1.0 / 2 + train + rounds * 10.0)
+    assert est.wall_s.low < est.wall_s.expected / 1.9 and est.wall_s.high > est.wall_s.expected * 2.9
