@@ -272,8 +272,7 @@ def bench(data: Any, task: str, gold_column: str, labels: str | Iterable[str | L
                                  betas=list(betas) if betas is not None else [cfg.beta], out_dir=out_dir,
                                  trajectory=trajectory, include_llm_only=include_llm_only,
                                  on_progress=on_progress or (lambda msg: None))
-    if command:
-        meta["command"] = command
+    meta["command"] = command or f"autoannotator.bench({str(path)!r}, task={task!r}, verifier={verifier!r})"
     write_results(rows, traj, meta, out_dir)
     table = pd.DataFrame([r.model_dump() for r in rows])
     return BenchResult(rows=rows, trajectory=traj, meta=meta, out_dir=out_dir, table=table)

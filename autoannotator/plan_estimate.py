@@ -165,8 +165,12 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
     """
     n = max(0, n_rows - n_empty)
     p = shares.hard / shares.n if shares.n else 1.0
-    p_lo, p_hi = wilson_interval(shares.hard, shares.n, z)
-    irr_lo, _ = wilson_interval(shares.irreducible, shares.n, z)
+    # Finite population: a pilot that is most of the file leaves little to sample (all of it: nothing).
+    fpc = math.sqrt(max(0, n - shares.n) / (n - 1)) if n > 1 and shares.n else 1.0
+    lo, hi = wilson_interval(shares.hard, shares.n, z)
+    p_lo, p_hi = p - (p - lo) * fpc, p + (hi - p) * fpc
+    irr = shares.irreducible / shares.n if shares.n else 1.0
+    irr_lo = irr - (irr - wilson_interval(shares.irreducible, shares.n, z)[0]) * fpc
     pay = max(0.0, min(1.0, distinct_share))
     calls = Span(low=_calls(n, p_lo, irr_lo, beta, trainable) * pay, expected=p * n * pay, high=p_hi * n * pay)
     calls = Span(**{k: float(round(v)) for k, v in calls.model_dump().items()})
@@ -190,8 +194,8 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
     ratio = Span(**{k: (getattr(cost, k) / llm_only.cost_usd if llm_only.cost_usd else 0.0)
                     for k in ("low", "expected", "high")})
     assumptions = [
-        f"hard share {p:.3f} measured on {shares.n} pilot rows; the range is its {z:g}-sigma Wilson interval "
-        f"[{p_lo:.3f}, {p_hi:.3f}]",
+        f"hard share {p:.3f} measured on {shares.n} of {n} rows; the range is its {z:g}-sigma Wilson interval "
+        f"with the finite-population correction: [{p_lo:.3f}, {p_hi:.3f}]",
         "tokens are characters / 4 of the rendered verification prompt (no offline tokenizer for the endpoint)",
         f"{timing.llm_s_per_call:.2f} s per LLM call at concurrency {timing.llm_concurrency}"
         + (" (measured on the pilot)" if timing.llm_s_measured else " (a default, not measured)"),

@@ -182,3 +182,13 @@ def test_cli_plan_and_dry_run_label_nothing(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "LLM calls:" in dry.stdout and "labelling everything with the LLM: 120" in dry.stdout
     assert not (tmp_path / "runs").exists()  # nothing was labelled, no run directory made
+
+
+def test_bench_returns_its_rows_as_a_table(tmp_path):
+    res = aa.bench(_reviews(40), task=TASK, gold_column="label", verifier="simulated:0.9", out_dir=tmp_path / "b",
+                   models=["vader", "textblob"], sandbox="none", batch_size=16, betas=[100_000], trajectory=False,
+                   command="aa.bench(...)")
+    assert list(res.table["name"][:3]) == ["slm:vader", "slm:textblob", "majority_vote"]
+    assert len(res.table) == len(res.rows) and (tmp_path / "b" / "results.json").is_file()
+    assert json.loads((tmp_path / "b" / "results.json").read_text())[0]["name"] == "slm:vader"
+    assert "Command: `aa.bench(...)`" in (tmp_path / "b" / "results.md").read_text()

@@ -20,7 +20,15 @@ from autoannotator.plan_estimate import (
     wilson_interval,
 )
 
-PRICES = PriceTable()  # GPT-3.5-turbo: $0.50 / $1.50 per million tokens
+PRICES = PriceTable()
+
+
+def _corrected(k: int, n: int, population: int) -> tuple[float, float]:
+    """The Wilson interval shrunk by the finite-population correction sqrt((N - n) / (N - 1))."""
+    p = k / n
+    lo, hi = wilson_interval(k, n)
+    f = ((population - n) / (population - 1)) ** 0.5
+    return p - (p - lo) * f, p + (hi - p) * f  # GPT-3.5-turbo: $0.50 / $1.50 per million tokens
 TIMING = Timing(slm_s_per_row=0.001, llm_s_per_call=0.5, llm_concurrency=4)
 
 
@@ -56,7 +64,8 @@ def test_estimate_without_a_trainable_model_is_the_wilson_range_times_rows():
     shares = PilotShares(n=300, hard=120, irreducible=90)
     est = estimate_plan(n_rows=3010, n_empty=10, shares=shares, tokens_in_per_call=200, tokens_out_per_call=8,
                         prices=PRICES, timing=TIMING, beta=2000, trainable=False)
-    lo, hi = wilson_interval(120, 300)
+    lo, hi = _corrected(120, 300, 3000)
+    assert lo > wilson_interval(120, 300)[0] and hi < wilson_interval(120, 300)[1]
     assert est.n_labelled_rows == 3000
     assert est.llm_calls.expected == 1200
     assert est.llm_calls.low == round(lo * 3000) and est.llm_calls.high == round(hi * 3000)
@@ -78,8 +87,8 @@ def test_a_student_widens_the_low_end_after_its_first_round_only():
     student = estimate_plan(n_rows=3000, n_empty=0, shares=shares, tokens_in_per_call=200, tokens_out_per_call=8,
                             prices=PRICES, timing=TIMING, beta=100, trainable=True)
     assert student.llm_calls.high == frozen.llm_calls.high and student.llm_calls.expected == frozen.llm_calls.expected
-    lo, _ = wilson_interval(120, 300)
-    irr_lo, _ = wilson_interval(60, 300)
+    lo, _ = _corrected(120, 300, 3000)
+    irr_lo, _ = _corrected(60, 300, 3000)
     before = 100 / lo  # rows until the 100th hard row, at the low share
     assert student.llm_calls.low == round(lo * before + irr_lo * (3000 - before))
     assert student.llm_calls.low < frozen.llm_calls.low
@@ -136,3 +145,14 @@ def test_wall_time_range_covers_load_and_counts_each_round():
     assert est.finetune_rounds.expected == rounds == 4
     assert est.wall_s.expected == pytest.approx(1000 * 0.01 + 400 * 1.0 / 2 + train + rounds * 10.0)
     assert est.wall_s.low < est.wall_s.expected / 1.9 and est.wall_s.high > est.wall_s.expected * 2.9
+
+
+def test_a_pilot_of_the_whole_file_leaves_only_the_students_range():
+    shares = PilotShares(n=300, hard=120, irreducible=60)
+    whole = estimate_plan(n_rows=300, n_empty=0, shares=shares, tokens_in_per_call=100, tokens_out_per_call=8,
+                          prices=PRICES, timing=TIMING, beta=10**6, trainable=True)
+    assert whole.llm_calls.low == whole.llm_calls.expected == whole.llm_calls.high == 120
+    student = estimate_plan(n_rows=300, n_empty=0, shares=shares, tokens_in_per_call=100, tokens_out_per_call=8,
+                            prices=PRICES, timing=TIMING, beta=40, trainable=True)
+    # 40 hard rows come after 100 rows; the other 200 may fall to the irreducible share (0.2).
+    assert student.llm_calls.low == 40 + 40 and student.llm_calls.high == 120
