@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     seed: int = 0
     finetune: FinetuneSettings = FinetuneSettings()
 
+    # Reuse the plan of an earlier run with the same task, label set, candidates and data (runs_dir/.plan-cache).
+    reuse_plans: bool = True
+
     prices: PriceTable = PriceTable()
     runs_dir: Path = Path("runs")
 

@@ -31,6 +31,8 @@ from autoannotator.errors import LLMUnavailable, UserError
 from autoannotator.finetune import load_trained
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph, processing_order
 from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
+from autoannotator.plan_estimate import (DEFAULT_PILOT_ROWS, PlanEstimate, estimate_for_models, summary_lines,
+                                         verifier_kind)
 from autoannotator.run.output import ShardWriter, assemble, label_columns, write_run_output
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.lock import RunLock
@@ -189,6 +191,9 @@ def label(
         config = {"configurable": {"thread_id": plan.run_id}, "recursion_limit": 10 * n_batches + 50}
         snapshot = graph.get_state(config)
         resumed = bool(snapshot.values)
+        estimate = _estimate(run_dir, resumed, models, source, plan.task, settings,
+                             kind=verifier_kind(bool(llm and llm.embedded), None if llm else verifier_info or {}),
+                             on_progress=on_progress)
         if resumed:
             _restore_weights(models, snapshot.values.get("weights") or {})
             on_progress({"event": "resumed", "rows_done": store.n_results(), "n_rows": n_rows})
@@ -210,7 +215,7 @@ def label(
             timings["graph_wall"] = wall
             timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
         report = _finish(plan, source, store, writer, verifier, settings, models, llm_info, {**timings, **node_s},
-                         run_dir)
+                         run_dir, estimate=estimate)
     return report, run_dir
 
 
@@ -252,7 +257,7 @@ def _plan_models(plan: RunPlan, settings: Settings, source: DataSource, llm: LLM
                            labels_given=labels_given or llm.embedded, task_source=task_source,
                            texts=samples, n_rows=source.n_rows, run_dir=run_dir, chat=llm.chat, weak_llm=llm.embedded,
                            sandbox=planner_sandbox or get_sandbox("auto"), label_samples=label_samples,
-                           on_event=on_progress)
+                           on_event=on_progress, data_fingerprint=source.fingerprint)
         plan.task = drafted.task
         plan.model_specs = [s["spec"] for s in drafted.selection]
         if sandbox is not None and drafted.deployment:
@@ -346,13 +351,36 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
         shards = run_dir / "labelled"  # labels changed: the output is assembled again from the store
         shutil.rmtree(shards, ignore_errors=True)
         report = _finish(plan, source, store, ShardWriter(shards), verifier, settings, [], llm_info,
-                         dict(previous.get("timings_s") or {}), run_dir, model_descriptions=previous.get("models"))
+                         dict(previous.get("timings_s") or {}), run_dir, model_descriptions=previous.get("models"),
+                         estimate=_estimate(run_dir, True, [], source, plan.task, settings, kind="llm",
+                                            on_progress=on_progress))
     return report, run_dir
+
+
+def _estimate(run_dir: Path, resumed: bool, models: list[SLM], source: DataSource, task: TaskSpec,
+              settings: Settings, *, kind: str, on_progress: Callable[[dict], None]) -> PlanEstimate | None:
+    """The cost plan made before the first batch (estimate.json), kept for the report; a resumed run reads it back.
+
+    It is a forecast, not part of labelling: if it cannot be made the run goes on, with a warning.
+    """
+    path = run_dir / "estimate.json"
+    if resumed:
+        return PlanEstimate.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        est = estimate_for_models(models, source.sample_texts(DEFAULT_PILOT_ROWS), source.n_rows, source.n_empty,
+                                  task, settings, kind=kind)
+    except Exception as exc:  # noqa: BLE001 - a forecast must never stop the run it forecasts
+        log.warning("no cost estimate for this run: %s: %s", type(exc).__name__, exc)
+        return None
+    path.write_text(est.model_dump_json(indent=2), encoding="utf-8")
+    on_progress({"event": "estimate", "lines": summary_lines(est)})
+    return est
 
 
 def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWriter, verifier: Verifier,
             settings: Settings, models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float],
-            run_dir: Path, model_descriptions: list[dict] | None = None) -> dict[str, Any]:
+            run_dir: Path, model_descriptions: list[dict] | None = None,
+            estimate: PlanEstimate | None = None) -> dict[str, Any]:
     results = store.results()
     n = source.n_rows
     if len(results) != n or any(r["row_id"] != i for i, r in enumerate(results)):
@@ -382,7 +410,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
         llm=llm_info,
         warnings=warnings,
         sandbox=where,
-        planning_usage=verifier.ledger(f"{plan.run_id}:plan"),
+        planning_usage=verifier.ledger(f"{plan.run_id}:plan"), estimate=estimate,
     )
     write_report(report, run_dir)
     return report

@@ -12,7 +12,6 @@ from typing import Optional
 import typer
 
 from autoannotator.cli.common import console, summary
-from autoannotator.config import load_settings
 from autoannotator.errors import UserError
 from autoannotator.task import parse_labels
 
@@ -26,9 +25,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _RESUME_FROM_RUN_DIR = "\0run-dir"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from autoannotator import __version__
+
+        typer.echo(f"autoannotator {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """Keeps `label` a subcommand even while it is the only one."""
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Label text data with a small-model ensemble orchestrated by an LLM (AutoAnnotator).
+
+    Exit codes: 0 done, 2 user error (bad input or options), 130 interrupted (resume with --resume),
+    anything else a bug (details in ~/.cache/autoannotator/last-error.log).
+    """
 
 
 @app.command()
@@ -57,6 +69,11 @@ def label(
                                          help="Continue a stopped run (RUN_DIR, or the --run-dir given)."),
     config: Optional[Path] = typer.Option(None, help="TOML config file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Every event and library log line too."),
+    log_format: str = typer.Option("text", "--log-format", metavar="[text|json]",
+                                   help="json: one JSON object per event on stderr, the summary as JSON on stdout."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Label nothing: print the estimated LLM calls, tokens, "
+                                                          "cost and time (as `autoannotator plan`)."),
     verifier: Optional[str] = typer.Option(None, metavar="[llm|human]", help="Who verifies the hard samples: llm "
                                            "(default) or human (you, in the terminal); --resume keeps the run's."),
     switch_llm: bool = typer.Option(False, "--switch-llm", help="With --resume: go on with the LLM given now "
@@ -67,27 +84,78 @@ def label(
                                               "(the cluster this machine belongs to); default: start a local one."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
-    from autoannotator import runner
+    from autoannotator import api
+    from autoannotator.cli.logs import event_sink, setup_logging
     from autoannotator.verify.human import human_hooks
-    from autoannotator.cli.progress import LabelProgress
 
-    settings = load_settings({
+    setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
+    overrides = {
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
         "llm_base_url": llm_base_url, "engine": engine, "ray_address": ray_address,
         "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
-    }, config)
+    }
+    if dry_run:
+        if data is None or not task:
+            raise UserError("--dry-run needs DATA and --task (and --labels)")
+        _print_estimate(api.plan(data, task, labels, text_column=text_column, verifier=verifier or "llm",
+                                 config=config, **overrides), log_format)
+        return
     if resume is not None:
         run_dir = run_dir if resume == _RESUME_FROM_RUN_DIR else Path(resume)
     elif data is None:
         raise UserError("give the data file to label: autoannotator label DATA --task \"...\"")
-    with LabelProgress(console, quiet=quiet) as progress:
-        hooks = human_hooks(verifier, run_dir if resume is not None else None, console, progress.progress)
-        report, used_dir = runner.label(
-            settings, data, instruction=task, labels=parse_labels(labels) if labels else None,
-            text_column=text_column, gold_column=gold_column, out_path=out, run_dir=run_dir,
-            resume=resume is not None, on_progress=progress, switch_llm=switch_llm, **hooks,
-        )
-    summary(report, used_dir)
+    with event_sink(console, quiet=quiet, verbose=verbose, fmt=log_format) as progress:
+        hooks = human_hooks(verifier, run_dir if resume is not None else None, console,
+                            getattr(progress, "progress", None))
+        common = {"verifier": hooks.get("verifier_factory"), "verifier_info": hooks.get("verifier_info"),
+                  "config": config, "on_progress": progress, **overrides}
+        if resume is not None:
+            result = api.resume(run_dir, out=out, switch_llm=switch_llm, **common)
+        else:
+            result = api.label(data, task, parse_labels(labels) if labels else None, text_column=text_column,
+                               gold_column=gold_column, out=out, run_dir=run_dir, **common)
+    summary(result.report.model_dump(), result.run_dir, fmt=log_format)
+
+
+def _print_estimate(estimate, fmt: str) -> None:
+    from autoannotator.plan_estimate import summary_lines
+
+    if fmt == "json":
+        typer.echo(estimate.model_dump_json())
+        return
+    for line in summary_lines(estimate):
+        typer.echo(line)
+    for note in estimate.assumptions:
+        typer.echo(f"  assumption: {note}")
+
+
+@app.command()
+def plan(
+    data: Path = typer.Argument(..., help="CSV, TSV, JSONL, JSON or Parquet file the run would label."),
+    task: str = typer.Option(..., "--task", help="What to label, in plain words."),
+    labels: str = typer.Option(..., help="Comma-separated label set (name or name:description)."),
+    text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: 'text')."),
+    k: Optional[int] = typer.Option(None, help="Number of small models."),
+    epsilon: Optional[float] = typer.Option(None, help="Uncertainty threshold the run would use."),
+    beta: Optional[int] = typer.Option(None, help="Fine-tuning pool size the run would use."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated model specs."),
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint the run would use."),
+    llm_model: Optional[str] = typer.Option(None, help="Model name at that endpoint."),
+    verifier: str = typer.Option("llm", metavar="[llm|human|simulated]", help="Who would verify the hard samples."),
+    pilot_rows: int = typer.Option(300, min=10, help="Rows the SLMs label to measure the hard share."),
+    log_format: str = typer.Option("text", "--log-format", metavar="[text|json]", help="json: the estimate as JSON."),
+    config: Optional[Path] = typer.Option(None, help="TOML config file."),
+) -> None:
+    """Estimate a run's LLM calls, tokens, cost and wall time from a pilot sample; labels nothing."""
+    from autoannotator import api
+    from autoannotator.cli.logs import setup_logging
+
+    setup_logging(verbose=False, quiet=True, fmt=log_format)
+    estimate = api.plan(data, task, labels, text_column=text_column, verifier=verifier, pilot_rows=pilot_rows,
+                        config=config, k=k, epsilon=epsilon, beta=beta, llm_base_url=llm_base_url,
+                        llm_model=llm_model,
+                        models=[m.strip() for m in models.split(",") if m.strip()] if models else None)
+    _print_estimate(estimate, log_format)
 
 
 def _floats(raw: str, name: str, cast=float) -> list:
@@ -120,23 +188,18 @@ def bench(
     config: Optional[Path] = typer.Option(None, help="TOML config file."),
 ) -> None:
     """Compare each SLM, their majority vote, the LLM alone and AutoAnnotator on labelled data."""
-    from autoannotator.bench.output import write_results
-    from autoannotator.bench.suite import run_bench
+    from autoannotator import api
 
-    settings = load_settings({
-        "k": k, "batch_size": batch_size, "sandbox": sandbox, "llm_base_url": llm_base_url, "llm_model": llm_model,
-        "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
-    }, config)
-    rows, trajectory, meta = run_bench(
-        settings, data, instruction=task, gold_column=gold_column,
-        labels=parse_labels(labels) if labels else None, text_column=text_column, verifier=verifier,
-        epsilons=_floats(epsilon, "epsilon"), betas=_floats(beta, "beta", int) if beta else [settings.beta],
-        out_dir=out_dir, trajectory=not no_trajectory, include_llm_only=not no_llm_only,
+    result = api.bench(
+        data, task, gold_column, parse_labels(labels) if labels else None, text_column=text_column,
+        verifier=verifier, epsilons=_floats(epsilon, "epsilon"), betas=_floats(beta, "beta", int) if beta else None,
+        out_dir=out_dir, trajectory=not no_trajectory, include_llm_only=not no_llm_only, config=config,
         on_progress=lambda msg: console.print(f"[dim]bench[/] {msg}"),
+        command=" ".join(["autoannotator", *sys.argv[1:]]),
+        k=k, batch_size=batch_size, sandbox=sandbox, llm_base_url=llm_base_url, llm_model=llm_model,
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
     )
-    meta["command"] = " ".join(["autoannotator", *sys.argv[1:]])
-    write_results(rows, trajectory, meta, out_dir)
-    for row in rows:
+    for row in result.rows:
         console.print(f"{row.name:40s} acc {row.accuracy}  calls {row.llm_calls} ({row.llm_call_rate:.1%})  "
                       f"${row.est_cost_usd:.6f}  {row.wall_s}s", highlight=False)
     console.print(f"results: {out_dir / 'results.md'}")

@@ -11,6 +11,8 @@ from typing import Any
 from autoannotator.costs import LLMUsage, cost_summary
 from autoannotator.finetune import finetune_summary
 from autoannotator.metrics import accuracy_counts
+from autoannotator.plan_estimate import PlanEstimate, compare_with_spent
+from autoannotator.run.report_html import confusion_by_source, per_batch, render_html
 
 EMBEDDED_WARNING = (
     "The embedded LLM (SmolLM2-135M-Instruct, 4-bit) makes the tool run anywhere offline but labels poorly; "
@@ -52,7 +54,7 @@ def model_agreement(results: list[dict], model_names: list[str]) -> dict[str, di
 def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, models: list[dict],
                  finetune_records: list[dict], timings: dict[str, float], gold: list[str | None] | None,
                  labels: list[str], llm: dict, warnings: list[str], sandbox: str = "none",
-                 planning_usage: LLMUsage | None = None) -> dict[str, Any]:
+                 planning_usage: LLMUsage | None = None, estimate: PlanEstimate | None = None) -> dict[str, Any]:
     n = len(results)
     sources = Counter(r["label_source"] for r in results)
     report = {
@@ -80,11 +82,22 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         "throughput_samples_per_s": round(n / timings["graph_wall"], 2) if timings.get("graph_wall") else None,
         # This process only: the embedded LLM server and sandboxed workers are separate processes.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "per_batch": per_batch(results),
         "warnings": warnings,
     }
     if gold is not None:
         report.update(quality(results, gold, labels))
+        report["confusion_by_source"] = confusion_by_source(results, gold, labels)
+    if estimate is not None:
+        report["estimate"] = estimate_next_to_spent(estimate, report)
     return report
+
+
+def estimate_next_to_spent(estimate: PlanEstimate, report: dict[str, Any]) -> dict[str, Any]:
+    """The plan made before the first batch, each figure with what the run then spent and whether it fell in range."""
+    return {**compare_with_spent(estimate, report), "pilot_rows": estimate.pilot_rows,
+            "hard_share": estimate.hard_share.model_dump(), "llm_only": estimate.llm_only.model_dump(),
+            "assumptions": estimate.assumptions}
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -134,12 +147,29 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{r.get('forgetting_acc_before')} / {r.get('forgetting_acc_after')} | "
                          f"{r['accepted']}{' (' + r['rejected_for'] + ')' if r.get('rejected_for') else ''} | "
                          f"{r.get('votes')} | {r.get('seconds')} |")
+    if report.get("estimate"):
+        est = report["estimate"]
+        lines += ["", f"## The plan's estimate (pilot of {est.get('pilot_rows')} rows) and what was spent", "",
+                  "| | low | expected | high | spent | in range |", "| --- | --- | --- | --- | --- | --- |"]
+        for key in ("llm_calls", "tokens", "cost_usd", "wall_s"):
+            e = est.get(key) or {}
+            lines.append(f"| {key} | {_fmt(e.get('low'))} | {_fmt(e.get('expected'))} | {_fmt(e.get('high'))} | "
+                         f"{_fmt(e.get('spent'))} | {e.get('in_range')} |")
+        lines += [""] + [f"- {a}" for a in est.get("assumptions", [])]
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
 
 
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}" if value < 1 else f"{value:,.1f}"
+    return str(value)
+
+
 def write_report(report: dict[str, Any], run_dir: Path) -> None:
+    """report.json, report.md and report.html (self-contained: opens without a network)."""
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (run_dir / "report.html").write_text(render_html(report), encoding="utf-8")
