@@ -1,0 +1,317 @@
+"""The decision layer of a run, batch by batch: posterior, routing, budget, audit, LLM verdict.
+
+The annotation graph calls two methods per batch:
+
+- ``plan(row_ids, slm_votes, ...)`` after the SLMs voted: refits the per-pattern posterior on every
+  row seen so far and returns the rows to ask the LLM (routing + budget) and the settled rows to
+  audit;
+- ``settle(row_ids, answers, audit_answers)`` after the LLM answered: returns each row's final
+  label, confidence and label source.
+
+Two models, for two jobs:
+- ``PatternModel`` (the posterior that routes and labels): confidence per SLM vote pattern learnt
+  from the LLM's answers, so correlated SLMs (two lexicons agreeing on the same mistakes) are not
+  believed twice. Its LLM confusion is one coin at ``llm_accuracy`` — an assumption, because with
+  SLMs that may err together the LLM's accuracy and the patterns' sharpness cannot both be learnt
+  from the votes (see ``pattern_model.py``) — *unless* the LLM is judged unreliable, then the
+  label model's estimate of the LLM's confusion replaces it (an LLM answering one label for
+  everything becomes uninformative: it is no longer asked and cannot move labels).
+- ``LabelModel`` (Dawid–Skene over every source, the LLM included): the per-source reliabilities
+  in the report.
+
+The LLM is judged unreliable when its answers do not depend on the SLMs' labels: on the rows it
+answered where the SLMs gave a label (no tie), its agreement with them is not significantly (one-sided,
+two standard errors) above the agreement of an answerer drawing labels independently with the
+same frequencies. That is a test of dependence, with no threshold fitted to a data set; it catches
+the README's failure (an LLM that answers one label for everything) and a random one; it cannot
+tell a good LLM from good SLMs that err alike, which no vote statistic can.
+
+With ``routing="paper"`` the rows asked and the labels are exactly the paper's (U >= epsilon, the
+LLM's answer is the label); confidence, reliabilities and the audit are still computed.
+
+Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes are
+rebuilt from the run store with ``restore``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoannotator.decide.audit import AuditSampler, estimate_by_source
+from autoannotator.decide.budget import LLMBudget
+from autoannotator.decide.label_model import LabelModel, one_coin, wilson
+from autoannotator.decide.pattern_model import PatternModel, pattern_ids
+from autoannotator.decide.routing import route
+
+LLM = "llm"
+MIN_LLM_VOTES_FOR_VERDICT = 30  # fewer answers (on rows the SLMs labelled) than this: too few to judge
+
+
+@dataclass
+class BatchPlan:
+    ask: list[int]  # row ids routed to the LLM
+    audit: list[int]  # settled row ids also sent to the LLM, for the audit only
+    confidence: dict[int, float]  # row id -> posterior confidence before any LLM answer
+    priority: dict[int, float]
+
+
+@dataclass
+class Decision:
+    label: int  # label index, -1 when nobody voted
+    confidence: float
+    source: str  # slm_consensus | llm_verified | llm_overruled | skipped
+
+
+@dataclass
+class Verdict:
+    unreliable: bool
+    n: int  # LLM answers on rows with an SLM label
+    agreement: float | None
+    independent_agreement: float | None  # what an answerer ignoring the text would reach
+    llm_accuracy: float | None  # label-model estimate
+    llm_interval: tuple[float, float] | None
+    slm_consensus_accuracy: float | None  # label-model estimate
+
+    def as_dict(self) -> dict:
+        rnd = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
+        return {"unreliable": self.unreliable, "n": self.n, "agreement": rnd(self.agreement),
+                "independent_agreement": rnd(self.independent_agreement), "llm_accuracy": rnd(self.llm_accuracy),
+                "llm_interval": None if self.llm_interval is None else [rnd(x) for x in self.llm_interval],
+                "slm_consensus_accuracy": rnd(self.slm_consensus_accuracy)}
+
+
+def share_prior(votes: np.ndarray, n_labels: int) -> np.ndarray:
+    """Vote shares with one pseudo-vote per label: a non-committal prior per row (an agreement of
+    two voters is 0.75 for two labels, not the 0.99 an independence model would claim)."""
+    v = np.asarray(votes, dtype=np.int64)
+    counts = np.ones((v.shape[0], n_labels))
+    rows, cols = np.nonzero(v >= 0)
+    np.add.at(counts, (rows, v[rows, cols]), 1.0)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class OnlineDecider:
+    n_rows: int
+    n_labels: int
+    slm_names: list[str]
+    routing: str = "calibrated"
+    epsilon: float = 1e-6
+    margin: float = 0.02
+    llm_accuracy: float = 0.9
+    budget: LLMBudget | None = None
+    audit: AuditSampler | None = None
+    unreliable_noted: bool = False
+    _verdict: Verdict | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sources = list(self.slm_names) + [LLM]
+        self._votes = np.full((self.n_rows, len(self.sources)), -1, dtype=np.int16)
+        self._seen = np.zeros(self.n_rows, dtype=bool)
+        self._audit_llm: dict[int, int] = {}
+        self._accepted: dict[int, tuple[int, str]] = {}
+        self.patterns = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
+        self.label_model: LabelModel | None = None
+        if self.budget is None:
+            self.budget = LLMBudget(self.n_rows)
+
+    # ---------- the vote book ----------
+
+    def add_slm_votes(self, row_ids: list[int], votes: np.ndarray) -> None:
+        ids = np.asarray(row_ids, dtype=np.int64)
+        self._votes[ids, :-1] = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
+        self._seen[ids] = True
+
+    def add_llm_votes(self, answers: Mapping[int, int]) -> None:
+        for rid, a in answers.items():
+            self._votes[int(rid), -1] = int(a)
+
+    def _slm(self, rows: np.ndarray) -> np.ndarray:
+        return self._votes[rows, :-1].astype(np.int64)
+
+    # ---------- models ----------
+
+    def _llm_confusion(self) -> np.ndarray:
+        """One coin at the assumed accuracy; for an LLM judged unreliable (its answers independent of
+        the SLMs' labels) every row of the confusion is its answer frequencies: its answers carry no
+        information, so it is not asked (but for the audit) and cannot move a label."""
+        if self.verdict().unreliable:
+            answers = self._votes[self._seen, -1]
+            freq = np.bincount(answers[answers >= 0], minlength=self.n_labels) + 1.0
+            return np.tile(freq / freq.sum(), (self.n_labels, 1))
+        return one_coin(self.llm_accuracy, self.n_labels)
+
+    def _refit(self) -> None:
+        rows = np.nonzero(self._seen)[0]
+        slm = self._slm(rows)
+        self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
+        self._verdict = None
+        self.patterns.fixed_llm = True
+        self.patterns.llm_confusion = self._llm_confusion()
+        self.patterns.fit(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels),
+                          self._votes[rows, -1].astype(np.int64))
+
+    def _posterior(self, rows: np.ndarray) -> np.ndarray:
+        slm = self._slm(rows)
+        return self.patterns.posterior(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels))
+
+    # ---------- per batch ----------
+
+    def plan(self, row_ids: list[int], slm_votes: np.ndarray, uncertainty: list[float | None] | None = None,
+             live: list[bool] | None = None, cost_per_call: float | None = None) -> BatchPlan:
+        """Rows of the batch to ask and to audit; ``live`` False = no text (never asked)."""
+        live_mask = np.ones(len(row_ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
+        self.add_slm_votes(row_ids, slm_votes)
+        self._refit()
+        ids = np.asarray(row_ids, dtype=np.int64)
+        post = self._posterior(ids)
+        if self.routing == "paper":
+            u = np.asarray([np.nan if x is None else x for x in (uncertainty or [None] * len(ids))], dtype=np.float64)
+            mask, prio = route("paper", uncertainty=u, epsilon=self.epsilon)
+        else:
+            slm = self._slm(ids)
+            cautious = self.patterns.pessimistic(pattern_ids(slm, self.n_labels), post)
+            mask, prio = route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion,
+                               margin=self.margin)
+        mask &= live_mask
+        ask = self.budget.select(mask, np.where(live_mask, prio, 0.0), cost_per_call)
+        audit = self.audit.pick(list(map(int, ids)), live_mask & ~ask) if self.audit is not None else []
+        return BatchPlan([int(r) for r in ids[ask]], audit, {int(r): float(c) for r, c in zip(ids, post.max(axis=1))},
+                         {int(r): float(p) for r, p in zip(ids, prio)})
+
+    def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
+               cost: float = 0.0, live: list[bool] | None = None) -> dict[int, Decision]:
+        """Final label per row after the LLM's answers (label indices; -1 = it gave none)."""
+        audit_answers = {int(k): int(v) for k, v in (audit_answers or {}).items()}
+        answers = {int(k): int(v) for k, v in answers.items()}
+        ids = np.asarray(row_ids, dtype=np.int64)
+        live_mask = np.ones(len(ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
+        self.budget.spend(len(answers), cost)
+        before = self._posterior(ids)
+        self.add_llm_votes({**audit_answers, **answers})
+        conf = self.patterns.llm_confusion
+        out: dict[int, Decision] = {}
+        for k, rid in enumerate(int(r) for r in ids):
+            a = answers.get(rid, -1)
+            if not live_mask[k]:
+                out[rid] = Decision(-1, 0.0, "skipped")
+            elif a >= 0:
+                after = before[k] * conf[:, a]
+                after = after / after.sum() if after.sum() > 0 else before[k]
+                out[rid] = self._decide_asked(a, after)
+            elif not (self._slm(np.array([rid])) >= 0).any():
+                out[rid] = Decision(-1, 0.0, "slm_consensus")  # nobody voted, the LLM was not asked
+            else:  # settled without the LLM; an audit answer does not change the label
+                out[rid] = Decision(int(before[k].argmax()), float(before[k].max()), "slm_consensus")
+            if audit_answers.get(rid, -1) >= 0:
+                self._audit_llm[rid] = audit_answers[rid]
+                self._accepted[rid] = (out[rid].label, out[rid].source)
+        return out
+
+    def _decide_asked(self, llm_label: int, post: np.ndarray) -> Decision:
+        if self.routing == "paper":  # the paper: the LLM's answer is the label
+            return Decision(int(llm_label), float(post[llm_label]), "llm_verified")
+        label = int(post.argmax())
+        return Decision(label, float(post.max()), "llm_verified" if label == llm_label else "llm_overruled")
+
+    def relabel(self) -> dict[int, Decision]:
+        """Every seen row's decision under the final model (calibrated routing only): labels made
+        before the LLM was found unreliable, or before the patterns were learnt, follow the final
+        posterior. Audited rows keep their label source; their audit answer is not used."""
+        if self.routing == "paper":
+            return {}
+        self._refit()
+        rows = np.nonzero(self._seen)[0]
+        post = self._posterior(rows)
+        conf = self.patterns.llm_confusion
+        out: dict[int, Decision] = {}
+        for k, rid in enumerate(int(r) for r in rows):
+            a = int(self._votes[rid, -1])
+            if a >= 0 and rid not in self._audit_llm:
+                after = post[k] * conf[:, a]
+                out[rid] = self._decide_asked(a, after / after.sum() if after.sum() > 0 else post[k])
+            elif (self._slm(np.array([rid])) >= 0).any():
+                out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
+        return out
+
+    # ---------- what it learnt ----------
+
+    def verdict(self) -> Verdict:
+        """Is the LLM unreliable? (see the module docstring for the test)."""
+        if self._verdict is not None:
+            return self._verdict
+        rows = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
+        slm = self._slm(rows)
+        shares = share_prior(slm, self.n_labels)
+        top2 = np.sort(shares, axis=1)[:, -2:] if self.n_labels > 1 else np.zeros((len(rows), 2))
+        has = (slm >= 0).any(axis=1) & (top2[:, 1] > top2[:, 0])  # the SLMs gave a label, not a tie
+        rows, slm = rows[has], slm[has]
+        llm_acc = interval = consensus = None
+        if self.label_model is not None:
+            seen = np.nonzero(self._seen)[0]
+            lv = self.label_model.llm_verdict(self._votes[seen].astype(np.int64), LLM)
+            llm_acc, interval, consensus = lv.llm_accuracy, lv.llm_interval, lv.slm_consensus_accuracy
+        n = len(rows)
+        if n < MIN_LLM_VOTES_FOR_VERDICT:
+            self._verdict = Verdict(False, n, None, None, llm_acc, interval, consensus)
+            return self._verdict
+        slm_label = share_prior(slm, self.n_labels).argmax(axis=1)
+        llm = self._votes[rows, -1].astype(np.int64)
+        agree = float((slm_label == llm).mean())
+        f_slm = np.bincount(slm_label, minlength=self.n_labels) / n
+        f_llm = np.bincount(llm, minlength=self.n_labels) / n
+        indep = float(np.dot(f_slm, f_llm))
+        se = math.sqrt(max(indep * (1 - indep), 1e-9) / n)
+        self._verdict = Verdict(agree <= indep + 2 * se, n, agree, indep, llm_acc, interval, consensus)
+        return self._verdict
+
+    def reliability(self) -> dict[str, dict]:
+        if self.label_model is None:
+            return {}
+        return {name: rel.as_dict() for name, rel in self.label_model.reliability().items()}
+
+    def audit_estimate(self) -> dict[str, dict]:
+        """Accuracy of the settled labels per label source, from the audit (see ``audit.py``).
+
+        q is the LLM accuracy the routing assumes (or, for an LLM judged unreliable, the label
+        model's estimate); its interval is the Wilson interval on the LLM's answer count.
+        """
+        if not self._audit_llm:
+            return {}
+        conf = self.patterns.llm_confusion
+        prior = np.bincount(self._votes[self._seen, -1][self._votes[self._seen, -1] >= 0],
+                            minlength=self.n_labels).astype(float) + 1.0
+        q = float(np.dot(prior / prior.sum(), np.diag(conf)))
+        n_llm = int((self._votes[:, -1] >= 0).sum())
+        rows = [(src, lab, self._audit_llm[r]) for r, (lab, src) in self._accepted.items()]
+        return estimate_by_source(rows, q, wilson(q * n_llm, n_llm), self.n_labels)
+
+    # ---------- checkpoint ----------
+
+    def state_dict(self) -> dict:
+        return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
+                "unreliable_noted": self.unreliable_noted}
+
+    def restore(self, state: Mapping, book: list[dict]) -> None:
+        """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
+        row: row_id, slm (list of label indices, -1 abstain), llm (index or -1), audit (bool),
+        label (index), source."""
+        for rec in book:
+            rid = int(rec["row_id"])
+            self._votes[rid, :-1] = rec["slm"]
+            self._votes[rid, -1] = rec.get("llm", -1)
+            self._seen[rid] = True
+            if rec.get("audit") and rec.get("llm", -1) >= 0:
+                self._audit_llm[rid] = int(rec["llm"])
+                self._accepted[rid] = (int(rec["label"]), rec["source"])
+        if state.get("budget"):
+            self.budget = LLMBudget.from_state(state["budget"])
+        if state.get("audit") is not None:
+            self.audit = AuditSampler.from_state(state["audit"])
+        self.unreliable_noted = bool(state.get("unreliable_noted", False))
+        if self._seen.any():
+            self._refit()
