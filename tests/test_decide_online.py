@@ -63,7 +63,7 @@ def test_calibrated_beats_majority_and_uses_fewer_calls_than_all() -> None:
 def test_weak_correlated_slms_send_almost_everything() -> None:
     """Agreements right ~0.78 < the LLM's 0.9: asking is worth it nearly everywhere."""
     y, votes = correlated_stream(1000, 7, shared=0.22)
-    d = OnlineDecider(1000, 2, ["a", "b"], routing="calibrated")
+    d = OnlineDecider(1000, 2, ["a", "b"], routing="calibrated", explore=True)
     final, calls = run(d, y, votes, good_llm(y))
     assert calls > 0.8 * 1000 and (final == y).mean() >= 0.88
 

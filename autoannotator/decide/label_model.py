@@ -207,11 +207,13 @@ class LabelModel:
     def _apply_anchors(self, ll: np.ndarray, anchors, normalise: bool) -> np.ndarray:
         if anchors:
             L = self.n_labels
-            for row, (label, weight) in anchors.items():
-                weight = min(max(float(weight), 0.0), 1.0)
-                like = np.full(L, (1.0 - weight) / max(L - 1, 1)) if L > 1 else np.ones(1)
-                like[label] = weight
-                ll[row] += np.log(np.maximum(like, _TINY))
+            rows = np.fromiter(anchors.keys(), dtype=np.int64, count=len(anchors))
+            vals = np.array(list(anchors.values()), dtype=np.float64).reshape(len(anchors), 2)
+            labels, weights = vals[:, 0].astype(np.int64), np.clip(vals[:, 1], 0.0, 1.0)
+            like = np.repeat(((1.0 - weights) / max(L - 1, 1))[:, None], L, axis=1) if L > 1 \
+                else np.ones((len(rows), 1))
+            like[np.arange(len(rows)), labels] = weights
+            np.add.at(ll, rows, np.log(np.maximum(like, _TINY)))
         if not normalise:
             return ll
         ll = ll - ll.max(axis=1, keepdims=True)

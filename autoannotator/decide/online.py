@@ -19,12 +19,15 @@ Two models, for two jobs:
 - ``LabelModel`` (Dawid–Skene over every source, the LLM included): the per-source reliabilities
   in the report.
 
-The LLM is judged unreliable when its answers do not depend on the SLMs' labels: on the rows it
-answered where the SLMs gave a label (no tie), its agreement with them is not significantly (one-sided,
-two standard errors) above the agreement of an answerer drawing labels independently with the
-same frequencies. That is a test of dependence, with no threshold fitted to a data set; it catches
-the README's failure (an LLM that answers one label for everything) and a random one; it cannot
-tell a good LLM from good SLMs that err alike, which no vote statistic can.
+The LLM is judged unreliable when it agrees with the SLMs less than an LLM of the assumed accuracy
+would: on the audit rows and on the rows it answered where at least two SLMs voted and all agreed,
+an LLM right with probability q agrees with a label right with probability a at rate
+a q + (1 - a)(1 - q)/(L - 1); with a taken as the non-committal vote share (0.75 for two agreeing
+votes of two labels — agreeing SLMs are assumed at least that good), an observed agreement more than
+two standard errors below that rejects "the LLM is as good as assumed". An LLM answering one label
+for everything agrees at the label's frequency (about 0.5) and is caught after a few dozen answers;
+the independent-answerer agreement is reported beside it. No vote statistic can tell a good LLM
+from SLMs that are worse than that assumption, and this test does not try.
 
 With ``routing="paper"`` the rows asked and the labels are exactly the paper's (U >= epsilon, the
 LLM's answer is the label); confidence, reliabilities and the audit are still computed.
@@ -75,13 +78,15 @@ class Verdict:
     llm_accuracy: float | None  # label-model estimate
     llm_interval: tuple[float, float] | None
     slm_consensus_accuracy: float | None  # label-model estimate
+    expected_agreement: float | None = None  # what an LLM at the assumed accuracy would reach
 
     def as_dict(self) -> dict:
         rnd = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
         return {"unreliable": self.unreliable, "n": self.n, "agreement": rnd(self.agreement),
                 "independent_agreement": rnd(self.independent_agreement), "llm_accuracy": rnd(self.llm_accuracy),
                 "llm_interval": None if self.llm_interval is None else [rnd(x) for x in self.llm_interval],
-                "slm_consensus_accuracy": rnd(self.slm_consensus_accuracy)}
+                "slm_consensus_accuracy": rnd(self.slm_consensus_accuracy),
+                "expected_agreement": rnd(self.expected_agreement)}
 
 
 def share_prior(votes: np.ndarray, n_labels: int) -> np.ndarray:
@@ -94,6 +99,17 @@ def share_prior(votes: np.ndarray, n_labels: int) -> np.ndarray:
     return counts / counts.sum(axis=1, keepdims=True)
 
 
+def unanimous(votes: np.ndarray) -> np.ndarray:
+    """Rows where at least two voters voted and all voters agree: where SLM labels carry the most
+    signal, so an LLM that ignores the text shows there (on split rows anyone agrees by chance)."""
+    v = np.asarray(votes, dtype=np.int64)
+    voted = v >= 0
+    n = voted.sum(axis=1)
+    hi = np.where(voted, v, -1).max(axis=1)
+    lo = np.where(voted, v, np.iinfo(np.int64).max).min(axis=1)
+    return (n >= 2) & (hi == lo)
+
+
 @dataclass
 class OnlineDecider:
     n_rows: int
@@ -102,6 +118,7 @@ class OnlineDecider:
     routing: str = "calibrated"
     epsilon: float = 1e-6
     margin: float = 0.02
+    explore: bool = False  # True: route on the pattern's lower bound (see PatternModel.pessimistic)
     llm_accuracy: float = 0.9
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
@@ -174,7 +191,7 @@ class OnlineDecider:
             mask, prio = route("paper", uncertainty=u, epsilon=self.epsilon)
         else:
             slm = self._slm(ids)
-            cautious = self.patterns.pessimistic(pattern_ids(slm, self.n_labels), post)
+            cautious = self.patterns.pessimistic(pattern_ids(slm, self.n_labels), post) if self.explore else post
             mask, prio = route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion,
                                margin=self.margin)
         mask &= live_mask
@@ -246,9 +263,10 @@ class OnlineDecider:
             return self._verdict
         rows = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
         slm = self._slm(rows)
-        shares = share_prior(slm, self.n_labels)
-        top2 = np.sort(shares, axis=1)[:, -2:] if self.n_labels > 1 else np.zeros((len(rows), 2))
-        has = (slm >= 0).any(axis=1) & (top2[:, 1] > top2[:, 0])  # the SLMs gave a label, not a tie
+        audited = np.isin(rows, np.fromiter(self._audit_llm.keys(), dtype=np.int64, count=len(self._audit_llm)))
+        shares_all = share_prior(slm, self.n_labels)
+        top2 = np.sort(shares_all, axis=1)[:, -2:] if self.n_labels > 1 else np.zeros((len(rows), 2))
+        has = (slm >= 0).any(axis=1) & (audited | (top2[:, 1] > top2[:, 0]))  # an SLM label, not a tie
         rows, slm = rows[has], slm[has]
         llm_acc = interval = consensus = None
         if self.label_model is not None:
@@ -259,14 +277,18 @@ class OnlineDecider:
         if n < MIN_LLM_VOTES_FOR_VERDICT:
             self._verdict = Verdict(False, n, None, None, llm_acc, interval, consensus)
             return self._verdict
-        slm_label = share_prior(slm, self.n_labels).argmax(axis=1)
+        shares = share_prior(slm, self.n_labels)
+        slm_label = shares.argmax(axis=1)
         llm = self._votes[rows, -1].astype(np.int64)
         agree = float((slm_label == llm).mean())
         f_slm = np.bincount(slm_label, minlength=self.n_labels) / n
         f_llm = np.bincount(llm, minlength=self.n_labels) / n
         indep = float(np.dot(f_slm, f_llm))
-        se = math.sqrt(max(indep * (1 - indep), 1e-9) / n)
-        self._verdict = Verdict(agree <= indep + 2 * se, n, agree, indep, llm_acc, interval, consensus)
+        a = shares.max(axis=1)  # non-committal accuracy of the SLM label (0.75 for two agreeing votes)
+        q = self.llm_accuracy
+        expected = float(np.mean(a * q + (1 - a) * (1 - q) / max(self.n_labels - 1, 1)))
+        se = math.sqrt(max(expected * (1 - expected), 1e-9) / n)
+        self._verdict = Verdict(agree < expected - 2 * se, n, agree, indep, llm_acc, interval, consensus, expected)
         return self._verdict
 
     def reliability(self) -> dict[str, dict]:
