@@ -24,9 +24,12 @@ would: on the audit rows and on the rows it answered where at least two SLMs vot
 an LLM right with probability q agrees with a label right with probability a at rate
 a q + (1 - a)(1 - q)/(L - 1); with a taken as the non-committal vote share (0.75 for two agreeing
 votes of two labels — agreeing SLMs are assumed at least that good), an observed agreement more than
-two standard errors below that rejects "the LLM is as good as assumed". An LLM answering one label
-for everything agrees at the label's frequency (about 0.5) and is caught after a few dozen answers;
-the independent-answerer agreement is reported beside it. No vote statistic can tell a good LLM
+three standard errors below that rejects "the LLM is as good as assumed". The same check runs per SLM label
+(at least 10 rows each), so an LLM answering one label for everything, which agrees on the rows of
+that label and never on the others, is caught after a few dozen answers;
+the independent-answerer agreement is reported beside it. Split rows are left out on purpose: the
+rows a rule sends to the LLM are the ones whose SLM label is worst, where the vote-share bound
+does not hold (with a budget that flagged a good LLM on yelp in a simulation). No vote statistic can tell a good LLM
 from SLMs that are worse than that assumption, and this test does not try.
 
 With ``routing="paper"`` the rows asked and the labels are exactly the paper's (U >= epsilon, the
@@ -52,6 +55,17 @@ from autoannotator.decide.routing import route
 
 LLM = "llm"
 MIN_LLM_VOTES_FOR_VERDICT = 30  # fewer answers (on rows the SLMs labelled) than this: too few to judge
+MIN_PER_CLASS = 10  # the per-label check needs this many answered rows with that SLM label
+
+
+Z_VERDICT = 3.0  # standard errors: the test is repeated after every batch, so it must be strict
+
+
+def _below(hits: np.ndarray, expected: np.ndarray) -> bool:
+    """Is the agreement rate more than Z_VERDICT standard errors below its expectation?"""
+    e = float(expected.mean())
+    se = math.sqrt(max(e * (1 - e), 1e-9) / len(hits))
+    return float(hits.mean()) < e - Z_VERDICT * se
 
 
 @dataclass
@@ -201,8 +215,10 @@ class OnlineDecider:
                          {int(r): float(p) for r, p in zip(ids, prio)})
 
     def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
-               cost: float = 0.0, live: list[bool] | None = None) -> dict[int, Decision]:
-        """Final label per row after the LLM's answers (label indices; -1 = it gave none)."""
+               cost: float = 0.0, live: list[bool] | None = None, majority: list[int] | None = None
+               ) -> dict[int, Decision]:
+        """Final label per row after the LLM's answers (label indices; -1 = it gave none).
+        ``majority``: the ensemble's majority per row, the label of settled rows under ``paper``."""
         audit_answers = {int(k): int(v) for k, v in (audit_answers or {}).items()}
         answers = {int(k): int(v) for k, v in answers.items()}
         ids = np.asarray(row_ids, dtype=np.int64)
@@ -220,9 +236,11 @@ class OnlineDecider:
                 after = before[k] * conf[:, a]
                 after = after / after.sum() if after.sum() > 0 else before[k]
                 out[rid] = self._decide_asked(a, after)
-            elif not (self._slm(np.array([rid])) >= 0).any():
-                out[rid] = Decision(-1, 0.0, "slm_consensus")  # nobody voted, the LLM was not asked
-            else:  # settled without the LLM; an audit answer does not change the label
+            elif self.routing == "paper":  # the paper: the majority vote (None when too few voted)
+                m = -1 if majority is None else int(majority[k])
+                out[rid] = Decision(m, float(before[k][m]) if m >= 0 else 0.0, "slm_consensus")
+            else:  # settled without the LLM (even "nobody voted" is a pattern the answers calibrate);
+                # an audit answer does not change the label
                 out[rid] = Decision(int(before[k].argmax()), float(before[k].max()), "slm_consensus")
             if audit_answers.get(rid, -1) >= 0:
                 self._audit_llm[rid] = audit_answers[rid]
@@ -251,7 +269,7 @@ class OnlineDecider:
             if a >= 0 and rid not in self._audit_llm:
                 after = post[k] * conf[:, a]
                 out[rid] = self._decide_asked(a, after / after.sum() if after.sum() > 0 else post[k])
-            elif (self._slm(np.array([rid])) >= 0).any():
+            else:
                 out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
         return out
 
@@ -264,9 +282,7 @@ class OnlineDecider:
         rows = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
         slm = self._slm(rows)
         audited = np.isin(rows, np.fromiter(self._audit_llm.keys(), dtype=np.int64, count=len(self._audit_llm)))
-        shares_all = share_prior(slm, self.n_labels)
-        top2 = np.sort(shares_all, axis=1)[:, -2:] if self.n_labels > 1 else np.zeros((len(rows), 2))
-        has = (slm >= 0).any(axis=1) & (audited | (top2[:, 1] > top2[:, 0]))  # an SLM label, not a tie
+        has = (slm >= 0).any(axis=1) & (audited | unanimous(slm))
         rows, slm = rows[has], slm[has]
         llm_acc = interval = consensus = None
         if self.label_model is not None:
@@ -286,9 +302,15 @@ class OnlineDecider:
         indep = float(np.dot(f_slm, f_llm))
         a = shares.max(axis=1)  # non-committal accuracy of the SLM label (0.75 for two agreeing votes)
         q = self.llm_accuracy
-        expected = float(np.mean(a * q + (1 - a) * (1 - q) / max(self.n_labels - 1, 1)))
-        se = math.sqrt(max(expected * (1 - expected), 1e-9) / n)
-        self._verdict = Verdict(agree < expected - 2 * se, n, agree, indep, llm_acc, interval, consensus, expected)
+        per_row = a * q + (1 - a) * (1 - q) / max(self.n_labels - 1, 1)
+        hits = slm_label == llm
+        expected = float(per_row.mean())
+        low = _below(hits, per_row)
+        for c in range(self.n_labels):  # per SLM label too: an LLM stuck on one label fails on the others
+            in_c = slm_label == c
+            if in_c.sum() >= MIN_PER_CLASS:
+                low = low or _below(hits[in_c], per_row[in_c])
+        self._verdict = Verdict(low, n, agree, indep, llm_acc, interval, consensus, expected)
         return self._verdict
 
     def reliability(self) -> dict[str, dict]:
