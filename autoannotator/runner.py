@@ -74,6 +74,7 @@ def label(
             raise UserError("--resume needs the run directory: --resume RUN_DIR")
         plan = RunPlan.load(run_dir)
         frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
+        frozen.setdefault("routing", "paper")  # a run planned before the decision layer keeps the paper's rule
         frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
         settings = settings.model_copy(update=frozen)
         data_path = Path(plan.data_path) if data_path is None else data_path
@@ -172,7 +173,8 @@ def label(
             work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
             timings["graph_wall"] = wall
             timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
-        report = _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir)
+        report = _finish(plan, dataset, store, verifier, settings, models, llm_info, {**timings, **node_s}, run_dir,
+                         decide=final.get("decide_summary"))
     return report, run_dir
 
 
@@ -244,7 +246,8 @@ def _restore_weights(models: list[SLM], weights: dict[str, str]) -> None:
 
 
 def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier, settings: Settings,
-            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path) -> dict[str, Any]:
+            models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float], run_dir: Path,
+            decide: dict | None = None) -> dict[str, Any]:
     results = store.results()
     if [r["row_id"] for r in results] != list(range(len(dataset.texts))):
         raise RuntimeError(f"run store holds {len(results)} rows for {len(dataset.texts)} inputs")
@@ -261,6 +264,7 @@ def _finish(plan: RunPlan, dataset: Dataset, store: RunStore, verifier: Verifier
         sandbox=(f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
                  f"trainable models in-process" if plan.deployment_code else "none: all SLMs ran in-process"),
         planning_usage=verifier.ledger(f"{plan.run_id}:plan"),
+        decide=decide,
     )
     write_report(report, run_dir)
     return report

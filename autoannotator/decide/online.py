@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autoannotator.decide.audit import AuditSampler, estimate_by_source
+from autoannotator.decide.audit import AuditSampler, default_audit_size, estimate_by_source
 from autoannotator.decide.budget import LLMBudget
 from autoannotator.decide.label_model import LabelModel, one_coin, wilson
 from autoannotator.decide.pattern_model import PatternModel, pattern_ids
@@ -137,7 +137,32 @@ class OnlineDecider:
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
     unreliable_noted: bool = False
+    audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings, n_rows: int, n_labels: int, slm_names: list[str]) -> OnlineDecider:
+        """The decider a run's settings ask for (``routing``, ``llm_budget``, ``max_llm_cost``, ``audit``)."""
+        audit_n = default_audit_size(n_rows) if settings.audit is None else int(settings.audit)
+        return cls(n_rows=n_rows, n_labels=n_labels, slm_names=list(slm_names), routing=settings.routing,
+                   epsilon=settings.epsilon, margin=settings.calibrated_margin, llm_accuracy=settings.llm_accuracy,
+                   budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
+                   audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None)
+
+    def add_audit_usage(self, calls: int, tokens_in: int, tokens_out: int, cost: float) -> None:
+        for key, value in (("calls", calls), ("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+            self.audit_usage[key] = int(self.audit_usage.get(key, 0)) + int(value)
+        self.audit_usage["cost_usd"] = round(float(self.audit_usage.get("cost_usd", 0.0)) + cost, 8)
+
+    def summary(self, label_names: list[str]) -> dict:
+        """What the report shows: the rule, the budget spent, reliabilities, the verdict, the audit."""
+        v = self.verdict()
+        audit = self.audit_estimate()
+        return {"routing": self.routing, "llm_accuracy_assumed": self.llm_accuracy, "margin": self.margin,
+                "budget": self.budget.report(), "reliability": self.reliability(), "llm_verdict": v.as_dict(),
+                "audit": {"target": self.audit.target if self.audit else 0,
+                          "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
+                          "estimates": audit}}
 
     def __post_init__(self) -> None:
         self.sources = list(self.slm_names) + [LLM]
@@ -321,24 +346,25 @@ class OnlineDecider:
     def audit_estimate(self) -> dict[str, dict]:
         """Accuracy of the settled labels per label source, from the audit (see ``audit.py``).
 
-        q is the LLM accuracy the routing assumes (or, for an LLM judged unreliable, the label
-        model's estimate); its interval is the Wilson interval on the LLM's answer count.
+        q is the LLM accuracy the routing assumes (``llm_accuracy``), or for an LLM judged
+        unreliable its answers' frequencies (then nothing can be said: interval [0, 1]). q is an
+        assumption, not a measurement, so the interval carries only the agreement's uncertainty and
+        holds *if the LLM is as accurate as assumed*; the report says so.
         """
         if not self._audit_llm:
             return {}
         conf = self.patterns.llm_confusion
-        prior = np.bincount(self._votes[self._seen, -1][self._votes[self._seen, -1] >= 0],
-                            minlength=self.n_labels).astype(float) + 1.0
+        answers = self._votes[self._seen, -1]
+        prior = np.bincount(answers[answers >= 0], minlength=self.n_labels).astype(float) + 1.0
         q = float(np.dot(prior / prior.sum(), np.diag(conf)))
-        n_llm = int((self._votes[:, -1] >= 0).sum())
         rows = [(src, lab, self._audit_llm[r]) for r, (lab, src) in self._accepted.items()]
-        return estimate_by_source(rows, q, wilson(q * n_llm, n_llm), self.n_labels)
+        return estimate_by_source(rows, q, (q, q), self.n_labels)
 
     # ---------- checkpoint ----------
 
     def state_dict(self) -> dict:
         return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
-                "unreliable_noted": self.unreliable_noted}
+                "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage)}
 
     def restore(self, state: Mapping, book: list[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
@@ -357,5 +383,7 @@ class OnlineDecider:
         if state.get("audit") is not None:
             self.audit = AuditSampler.from_state(state["audit"])
         self.unreliable_noted = bool(state.get("unreliable_noted", False))
+        if state.get("audit_usage"):
+            self.audit_usage = dict(state["audit_usage"])
         if self._seen.any():
             self._refit()
