@@ -112,3 +112,32 @@ def test_budget_and_crash_resume(tmp_path):
     routed = [r for r in results if r["label_source"] in ("llm_verified", "llm_overruled")]
     assert len(routed) <= 0.1 * N  # the budget held across the crash
     assert final["decide_summary"]["budget"]["calls"] == len(routed)
+
+
+def test_report_shows_decisions_and_prices_the_audit_apart():
+    from autoannotator.costs import LLMUsage
+    from autoannotator.run.report import build_report, render_markdown
+
+    decide = {"routing": "calibrated", "llm_accuracy_assumed": 0.9, "margin": 0.02,
+              "budget": {"llm_budget_share": 0.1, "max_llm_cost_usd": None, "calls": 9, "share_spent": 0.09,
+                         "cost_spent_usd": 0.001},
+              "reliability": {"a": {"accuracy": 0.8, "n_votes": 90.0, "accuracy_interval": [0.7, 0.87],
+                                    "confusion": [[0.8, 0.2], [0.2, 0.8]]}},
+              "llm_verdict": {"unreliable": True, "n": 40, "agreement": 0.5, "independent_agreement": 0.5,
+                              "llm_accuracy": 0.55, "llm_interval": [0.4, 0.7], "slm_consensus_accuracy": 0.9,
+                              "expected_agreement": 0.7},
+              "audit": {"target": 5, "rows": 5, "usage": {"calls": 5, "tokens_in": 500, "tokens_out": 40,
+                                                          "cost_usd": 0.0003},
+                        "estimates": {"slm_consensus": {"n": 5, "agree": 4, "agreement": 0.8, "llm_accuracy": 0.9,
+                                                        "estimate": 0.875, "interval": [0.4, 1.0]}}}}
+    results = [{"row_id": i, "label": "positive", "label_source": "slm_consensus", "votes": {"a": {"label": "positive"}},
+                "confidence": 0.9} for i in range(100)]
+    report = build_report(run={"run_id": "r"}, results=results, usage=LLMUsage(calls=14, tokens_in=1400, tokens_out=112),
+                          settings=Settings(), models=[{"name": "a", "kind": "x", "trainable": False}],
+                          finetune_records=[], timings={}, gold=None, labels=LABELS, llm={"model_id": "m"},
+                          warnings=[], decide=decide)
+    assert report["llm_calls"] == 9 and report["audit_llm_calls"] == 5  # 14 calls: 9 routed + 5 audit
+    assert report["llm_tokens_in"] == 900
+    assert report["warnings"][0].startswith("LLM judged unreliable")
+    md = render_markdown(report)
+    assert "## Decisions" in md and "UNRELIABLE" in md and "| slm_consensus | 5 | 0.8 | 0.875 | 0.4–1.0 |" in md
