@@ -254,6 +254,7 @@ def bench(data: Any, task: str, gold_column: str, labels: str | Iterable[str | L
           text_column: str | None = None, verifier: str = "llm", epsilons: Iterable[float] = (1e-6,),
           betas: Iterable[int] | None = None, out_dir: str | Path = "bench-results", trajectory: bool = True,
           include_llm_only: bool = True, config: str | Path | None = None,
+          routings: Iterable[str] = ("paper", "calibrated"), budgets: Iterable[float] = (),
           on_progress: Callable[[str], None] | None = None, command: str | None = None,
           **settings: Any) -> BenchResult:
     """Each SLM alone, their majority vote, the LLM alone and AutoAnnotator on labelled data (``bench`` CLI).
@@ -271,6 +272,7 @@ def bench(data: Any, task: str, gold_column: str, labels: str | Iterable[str | L
                                  text_column=text_column, verifier=verifier, epsilons=list(epsilons),
                                  betas=list(betas) if betas is not None else [cfg.beta], out_dir=out_dir,
                                  trajectory=trajectory, include_llm_only=include_llm_only,
+                                 routings=list(routings), budgets=list(budgets),
                                  on_progress=on_progress or (lambda msg: None))
     meta["command"] = command or f"autoannotator.bench({str(path)!r}, task={task!r}, verifier={verifier!r})"
     write_results(rows, traj, meta, out_dir)

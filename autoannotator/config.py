@@ -121,6 +121,19 @@ class Settings(BaseSettings):
     min_votes: int = Field(2, ge=1)
     beta: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1, le=100_000)
+    # Deciding (autoannotator/decide/): "paper" = U(x) >= epsilon and the LLM's answer is the label;
+    # "calibrated" = ask when the LLM is expected to raise the row's chance of being right by at least
+    # calibrated_margin, labels follow the per-vote-pattern posterior (see decide/online.py).
+    routing: Literal["paper", "calibrated"] = "calibrated"
+    calibrated_margin: float = Field(0.02, ge=0.0, le=1.0)
+    # The LLM's accuracy the calibrated rule assumes: with SLMs that may err together it cannot be
+    # learnt from the votes; an LLM that agrees with confident SLMs less than this implies is judged
+    # unreliable and then ignored (see decide/online.py).
+    llm_accuracy: float = Field(0.9, gt=0.0, le=1.0)
+    llm_budget: float | None = Field(None, ge=0.0, le=1.0)  # max share of rows sent to the LLM
+    max_llm_cost: float | None = Field(None, ge=0.0)  # USD, at the price table's prices
+    # Settled rows also sent to the LLM to estimate label quality without gold: None = min(100, 2 %), 0 = off.
+    audit: int | None = Field(None, ge=0)
     models: list[str] = Field(default_factory=list)
     model_dirs: list[Path] = Field(default_factory=list)
     # Tool plugins by file: "path/to/file.py" or "path/to/file.py:factory" (see tools/registry.py).

@@ -86,6 +86,7 @@ def label(
             raise UserError("--resume needs the run directory: --resume RUN_DIR")
         plan = RunPlan.load(run_dir)
         frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
+        frozen.setdefault("routing", "paper")  # a run planned before the decision layer keeps the paper's rule
         frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
         settings = settings.model_copy(update=frozen)
         if verifier_factory is None:
@@ -215,7 +216,7 @@ def label(
             timings["graph_wall"] = wall
             timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
         report = _finish(plan, source, store, writer, verifier, settings, models, llm_info, {**timings, **node_s},
-                         run_dir, estimate=estimate)
+                         run_dir, estimate=estimate, decide=final.get("decide_summary"))
     return report, run_dir
 
 
@@ -380,7 +381,7 @@ def _estimate(run_dir: Path, resumed: bool, models: list[SLM], source: DataSourc
 def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWriter, verifier: Verifier,
             settings: Settings, models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float],
             run_dir: Path, model_descriptions: list[dict] | None = None,
-            estimate: PlanEstimate | None = None) -> dict[str, Any]:
+            estimate: PlanEstimate | None = None, decide: dict | None = None) -> dict[str, Any]:
     results = store.results()
     n = source.n_rows
     if len(results) != n or any(r["row_id"] != i for i, r in enumerate(results)):
@@ -411,6 +412,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
         warnings=warnings,
         sandbox=where,
         planning_usage=verifier.ledger(f"{plan.run_id}:plan"), estimate=estimate,
+        decide=decide,
     )
     write_report(report, run_dir)
     return report

@@ -13,6 +13,7 @@ class LabelSource(str, Enum):
 
     SLM_CONSENSUS = "slm_consensus"  # the small models agreed
     LLM_VERIFIED = "llm_verified"  # the verifier (LLM or person) answered
+    LLM_OVERRULED = "llm_overruled"  # the verifier answered, the posterior over all votes says otherwise
     SKIPPED_EMPTY = "skipped_empty"  # a blank text: nothing to label
     HUMAN_REVIEWED = "human_reviewed"  # set afterwards in Label Studio
     LLM_FAILED = "llm_failed"  # asked, never a valid label: the models' majority (or none) stands

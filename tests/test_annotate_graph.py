@@ -43,7 +43,8 @@ def _context(tmp_path: Path, verifier, reports: list, settings: Settings):
 
 def test_graph_routes_verifies_and_finetunes(tmp_path):
     # A one-row held-out slice: chance there is 1.0, so the vote gate needs a zero margin here.
-    settings = Settings(batch_size=5, beta=3, finetune=FinetuneSettings(rejoin_margin=0.0, rejoin_standard_errors=0.0))
+    settings = Settings(batch_size=5, beta=3, routing="paper", audit=0,
+                        finetune=FinetuneSettings(rejoin_margin=0.0, rejoin_standard_errors=0.0))
     verifier, reports = OracleVerifier([g or "positive" for g in GOLD]), []
     ctx = _context(tmp_path, verifier, reports, settings)
     graph = build_annotate_graph(ctx)
@@ -70,7 +71,7 @@ def test_graph_routes_verifies_and_finetunes(tmp_path):
 
 
 def test_crash_then_resume_labels_every_row_once_and_never_reasks(tmp_path):
-    settings = Settings(batch_size=4, beta=100)
+    settings = Settings(batch_size=4, beta=100, routing="paper", audit=0)
     config = {"configurable": {"thread_id": "t1"}, "recursion_limit": 200}
     first = OracleVerifier([g or "positive" for g in GOLD], crash_after=2)
     with SqliteSaver.from_conn_string(str(tmp_path / "ck.sqlite")) as saver:

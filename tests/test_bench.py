@@ -25,21 +25,26 @@ def test_simulated_bench_rows_are_consistent_with_label_reports(tmp_path):
     settings = Settings(models=["vader", "textblob"], sandbox="none", batch_size=16)
     rows, trajectory, meta = run_bench(settings, _data(tmp_path), instruction="sentiment", gold_column="label",
                                        labels=None, text_column=None, verifier="simulated:0.9", epsilons=[1e-6, 0.5],
-                                       betas=[100_000], out_dir=tmp_path / "out")
+                                       betas=[100_000], out_dir=tmp_path / "out", budgets=[0.2])
     names = [r.name for r in rows]
     assert names[:3] == ["slm:vader", "slm:textblob", "majority_vote"] and "llm_only" in names
-    assert {"autoannotator_no_finetune eps=1e-06", "autoannotator_no_finetune eps=0.5"} <= set(names)
+    assert {"autoannotator_no_finetune[paper] eps=1e-06", "autoannotator_no_finetune[paper] eps=0.5",
+            "autoannotator_no_finetune[calibrated]", "autoannotator[calibrated]",
+            "autoannotator[calibrated] budget=0.2"} <= set(names)
     llm_only = rows[names.index("llm_only")]
     assert llm_only.llm_calls == 60 and llm_only.verifier == "simulated verifier (P=0.9)"
     for row in rows:
         if row.name.startswith("autoannotator"):
-            report = json.loads(next((tmp_path / "out" / "runs").glob(f"{row.name.replace(' ', '_')}/report.json"))
-                                .read_text())
+            run = row.name.replace(" ", "_").replace("[", "").replace("]", "")
+            report = json.loads((tmp_path / "out" / "runs" / run / "report.json").read_text())
             assert row.llm_calls == report["llm_calls"] and row.accuracy == report["accuracy"]
             assert report["llm"]["simulated"] is True
-    tight, loose = rows[names.index("autoannotator_no_finetune eps=1e-06")], rows[names.index(
-        "autoannotator_no_finetune eps=0.5")]
+            assert row.routing == report["decision"]["routing"] and row.audit_calls == report["audit_llm_calls"]
+    tight, loose = rows[names.index("autoannotator_no_finetune[paper] eps=1e-06")], rows[names.index(
+        "autoannotator_no_finetune[paper] eps=0.5")]
     assert loose.llm_calls <= tight.llm_calls  # a higher epsilon sends fewer samples to the verifier
+    budget = rows[names.index("autoannotator[calibrated] budget=0.2")]
+    assert budget.llm_calls <= 0.2 * 60 and budget.llm_budget == 0.2
     write_results(rows, trajectory, {**meta, "command": "test"}, tmp_path / "out")
     md = (tmp_path / "out" / "results.md").read_text()
     assert "simulated verifier (P=0.9)" in md and (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000

@@ -8,12 +8,15 @@ from pathlib import Path
 from autoannotator.bench.suite import BenchRow
 
 _COLUMNS = ["name", "accuracy", "macro_f1", "llm_calls", "llm_call_rate", "llm_tokens_in", "llm_tokens_out",
-            "est_cost_usd", "wall_s", "coverage", "finetune_rounds"]
+            "est_cost_usd", "wall_s", "coverage", "finetune_rounds", "audit_calls", "audit_estimate", "audit_interval",
+            "settled_accuracy", "llm_unreliable"]
 
 
 def _cell(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, list):
+        return "–".join(_cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
@@ -52,14 +55,26 @@ def plot_tradeoff(rows: list[BenchRow], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    curve = sorted((r for r in rows if r.routing == "calibrated" and r.accuracy is not None and r.beta is not None),
+                   key=lambda r: r.llm_call_rate)
+    if len(curve) > 1:  # the calibrated rule with and without budgets: one curve
+        ax.plot([r.llm_call_rate for r in curve], [r.accuracy for r in curve], "-", color="tab:green", alpha=0.6,
+                label="calibrated (budget sweep)")
     for row in rows:
         if row.accuracy is None:
             continue
-        marker = "o" if row.name.startswith("autoannotator") else "s" if row.name == "llm_only" else "^"
-        ax.scatter(row.llm_call_rate, row.accuracy, marker=marker, s=60)
+        if row.routing == "calibrated":
+            marker, color = "D", "tab:green"
+        elif row.routing == "paper":
+            marker, color = "o", "tab:blue"
+        else:
+            marker, color = ("s", "tab:red") if row.name == "llm_only" else ("^", "tab:gray")
+        ax.scatter(row.llm_call_rate, row.accuracy, marker=marker, s=60, color=color)
         ax.annotate(row.name, (row.llm_call_rate, row.accuracy), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    ax.set_xlabel("LLM-call rate (LLM calls / samples)")
+    if len(curve) > 1:
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("LLM-call share (routing calls / samples; audit calls not counted)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(-0.05, 1.1)
     ax.grid(alpha=0.3)

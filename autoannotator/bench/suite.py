@@ -49,6 +49,13 @@ class BenchRow(BaseModel):
     beta: int | None = None
     verifier: str = ""
     finetune_rounds: int = 0
+    routing: str | None = None  # paper | calibrated (autoannotator rows)
+    llm_budget: float | None = None
+    audit_calls: int = 0  # apart from llm_calls
+    audit_estimate: float | None = None  # settled labels' accuracy estimated from the audit, no gold used
+    audit_interval: list[float] | None = None
+    settled_accuracy: float | None = None  # their true accuracy (gold), to check the estimate against
+    llm_unreliable: bool | None = None
 
 
 class Bench:
@@ -144,14 +151,15 @@ class Bench:
         pred = [answers.get(i) for i in range(len(self.dataset.texts))]
         return self._row("llm_only", pred, time.perf_counter() - start, usage=verifier.ledger("llm_only"))
 
-    def autoannotator(self, name: str, specs: list[str], epsilon: float, beta: int,
-                      trajectory: bool) -> tuple[BenchRow, list[dict]]:
+    def autoannotator(self, name: str, specs: list[str], epsilon: float, beta: int, trajectory: bool,
+                      routing: str = "paper", llm_budget: float | None = None) -> tuple[BenchRow, list[dict]]:
         # The same models as the other rows: the comparison is of strategies, not of model choices.
-        update: dict = {"epsilon": epsilon, "beta": beta, "models": specs}
+        update: dict = {"epsilon": epsilon, "beta": beta, "models": specs, "routing": routing,
+                        "llm_budget": llm_budget}
         if beta == NO_FINETUNE_BETA:  # no fine-tuning means no warm-start round either
             update["finetune"] = self.settings.finetune.model_copy(update={"warm_start": False})
         settings = self.settings.model_copy(update=update)
-        run_dir = self.out_dir / "runs" / name.replace(" ", "_")
+        run_dir = self.out_dir / "runs" / name.replace(" ", "_").replace("[", "").replace("]", "")
         start = time.perf_counter()
         report, _ = runner.label(
             settings, self.dataset.path, instruction=self.task.instruction, labels=self.task.labels,
@@ -166,8 +174,9 @@ class Bench:
             store.close()
         usage = LLMUsage(calls=report["llm_calls"], tokens_in=report["llm_tokens_in"],
                          tokens_out=report["llm_tokens_out"])
-        row = self._row(name, pred, wall, usage=usage, epsilon=epsilon,
-                        beta=None if beta == NO_FINETUNE_BETA else beta, finetune_rounds=report["n_finetune_rounds"])
+        row = self._row(name, pred, wall, usage=usage, epsilon=epsilon if routing == "paper" else None,
+                        beta=None if beta == NO_FINETUNE_BETA else beta, finetune_rounds=report["n_finetune_rounds"],
+                        routing=routing, llm_budget=llm_budget, **_decision_fields(report))
         assert row.llm_calls == report["llm_calls"] and row.accuracy == _round(report.get("accuracy"))
         traj = self.trajectory(report, pred) if trajectory and report["finetune_rounds"] else []
         for point in traj:
@@ -197,10 +206,31 @@ def _round(x: float | None) -> float | None:
     return round(x, 4) if x is not None else None
 
 
+def _decision_fields(report: dict) -> dict[str, Any]:
+    """The audit's estimate for the settled rows beside their true accuracy, and the LLM verdict."""
+    decision = report.get("decision") or {}
+    est = ((decision.get("audit") or {}).get("estimates") or {}).get("slm_consensus") or {}
+    settled = (report.get("by_label_source") or {}).get("slm_consensus") or {}
+    return {"audit_calls": report.get("audit_llm_calls", 0), "audit_estimate": est.get("estimate"),
+            "audit_interval": est.get("interval") if est else None, "settled_accuracy": settled.get("accuracy"),
+            "llm_unreliable": (decision.get("llm_verdict") or {}).get("unreliable")}
+
+
 def run_bench(settings: Settings, data: Path, *, instruction: str, gold_column: str, labels: list[LabelDef] | None,
               text_column: str | None, verifier: str, epsilons: list[float], betas: list[int], out_dir: Path,
-              trajectory: bool = True, include_llm_only: bool = True,
+              trajectory: bool = True, include_llm_only: bool = True, routings: list[str] | None = None,
+              budgets: list[float] | None = None,
               on_progress: Callable[[str], None] = lambda msg: None) -> tuple[list[BenchRow], list[dict], dict]:
+    """``routings``: the rules to run (default paper and calibrated); ``budgets``: LLM-budget shares
+    for a sweep of the calibrated rule (one run each, at the first beta)."""
+    routings = ["paper", "calibrated"] if routings is None else routings
+    budgets = budgets or []
+    for r in routings:
+        if r not in ("paper", "calibrated"):
+            raise UserError(f"unknown --routing {r!r}; use paper, calibrated or both (comma-separated)")
+    for b in budgets:
+        if not 0.0 <= b <= 1.0:
+            raise UserError(f"--llm-budget takes shares of rows in [0, 1], got {b}")
     dataset = load_dataset(data, text_column, gold_column, settings.max_text_chars)
     if labels is None:
         labels = [LabelDef(name=g) for g in sorted({g for g in dataset.gold if g is not None})]
@@ -217,17 +247,25 @@ def run_bench(settings: Settings, data: Path, *, instruction: str, gold_column: 
             on_progress(f"llm_only: the verifier labels all {len(dataset.texts)} rows")
             rows.append(bench.llm_only())
         trajectories: list[dict] = []
-        for eps in epsilons:
-            suffix = f" eps={eps}" if len(epsilons) > 1 else ""
-            on_progress(f"autoannotator_no_finetune{suffix}")
-            rows.append(bench.autoannotator(f"autoannotator_no_finetune{suffix}", specs, eps, NO_FINETUNE_BETA,
-                                            False)[0])
-            for beta in betas:
-                name = "autoannotator" + suffix + (f" beta={beta}" if len(betas) > 1 else "")
+        for routing in routings:
+            # epsilon is the paper rule's threshold; the calibrated rule has none to sweep
+            for eps in epsilons if routing == "paper" else [epsilons[0]]:
+                suffix = f" eps={eps}" if routing == "paper" and len(epsilons) > 1 else ""
+                name = f"autoannotator_no_finetune[{routing}]{suffix}"
                 on_progress(name)
-                row, traj = bench.autoannotator(name, specs, eps, beta, trajectory)
-                rows.append(row)
-                trajectories += traj
+                rows.append(bench.autoannotator(name, specs, eps, NO_FINETUNE_BETA, False, routing)[0])
+                for beta in betas:
+                    name = f"autoannotator[{routing}]" + suffix + (f" beta={beta}" if len(betas) > 1 else "")
+                    on_progress(name)
+                    row, traj = bench.autoannotator(name, specs, eps, beta, trajectory, routing)
+                    rows.append(row)
+                    trajectories += traj
+        budget_routing = "calibrated" if "calibrated" in routings or not routings else routings[0]
+        for share in budgets:
+            name = f"autoannotator[{budget_routing}] budget={share}"
+            on_progress(name)
+            row, _ = bench.autoannotator(name, specs, epsilons[0], betas[0], False, budget_routing, share)
+            rows.append(row)
         meta = {"data": data.name, "instruction": instruction, "labels": task.label_names,
                 "n_rows": len(dataset.texts), "gold_column": gold_column}
         return rows, trajectories, meta

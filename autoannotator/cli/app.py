@@ -82,6 +82,12 @@ def label(
                                          "process, default) or ray (an actor pool per frozen model)."),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: host:port of a Ray cluster, or auto "
                                               "(the cluster this machine belongs to); default: start a local one."),
+    routing: Optional[str] = typer.Option(None, help="Which rows go to the LLM: calibrated (default: when it is "
+                                                     "expected to make the label likelier right) or paper (U >= epsilon)."),
+    llm_budget: Optional[float] = typer.Option(None, help="Most rows sent to the LLM, as a share (0.1 = 10 %)."),
+    max_llm_cost: Optional[float] = typer.Option(None, help="Most USD spent on LLM calls (at the price table)."),
+    audit: Optional[int] = typer.Option(None, help="Settled rows also sent to the LLM to estimate label quality "
+                                                   "without gold (default min(100, 2 %); 0 = off)."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import api
@@ -92,6 +98,7 @@ def label(
     overrides = {
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
         "llm_base_url": llm_base_url, "engine": engine, "ray_address": ray_address,
+        "routing": routing, "llm_budget": llm_budget, "max_llm_cost": max_llm_cost, "audit": audit,
         "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }
     if dry_run:
@@ -186,6 +193,11 @@ def bench(
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Skip per-round SLM evaluation."),
     out_dir: Path = typer.Option(Path("bench-results"), help="Where results.json/.md and tradeoff.png go."),
     config: Optional[Path] = typer.Option(None, help="TOML config file."),
+    routing: str = typer.Option("paper,calibrated", help="Comma-separated routing rules to run."),
+    llm_budget: Optional[str] = typer.Option(None, help="Comma-separated LLM-budget shares: one calibrated run "
+                                                        "each (e.g. 0.05,0.1,0.2,0.3)."),
+    max_llm_cost: Optional[float] = typer.Option(None, help="Most USD per run spent on LLM calls."),
+    audit: Optional[int] = typer.Option(None, help="Audit rows per run (default min(100, 2 %); 0 = off)."),
 ) -> None:
     """Compare each SLM, their majority vote, the LLM alone and AutoAnnotator on labelled data."""
     from autoannotator import api
@@ -194,6 +206,9 @@ def bench(
         data, task, gold_column, parse_labels(labels) if labels else None, text_column=text_column,
         verifier=verifier, epsilons=_floats(epsilon, "epsilon"), betas=_floats(beta, "beta", int) if beta else None,
         out_dir=out_dir, trajectory=not no_trajectory, include_llm_only=not no_llm_only, config=config,
+        routings=[r.strip() for r in routing.split(",") if r.strip()],
+        budgets=_floats(llm_budget, "llm-budget") if llm_budget else [],
+        max_llm_cost=max_llm_cost, audit=audit,
         on_progress=lambda msg: console.print(f"[dim]bench[/] {msg}"),
         command=" ".join(["autoannotator", *sys.argv[1:]]),
         k=k, batch_size=batch_size, sandbox=sandbox, llm_base_url=llm_base_url, llm_model=llm_model,

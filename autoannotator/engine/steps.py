@@ -58,15 +58,22 @@ def majority_label(labels: Sequence[str], batch: BatchVotes, pos: int) -> str | 
     return labels[batch["majority"][pos]] if batch["majority"][pos] >= 0 else None
 
 
+def ask_verifier(verifier: Verifier, items: list[tuple[int, str]],
+                 hints: dict[int, dict] | None = None) -> tuple[dict[str, str | None], list[Any]]:
+    """Ask the verifier about ``items``: (row id as text -> label, None where it gave no valid label
+    after its attempts; the raw results, for their usage)."""
+    if hints and isinstance(verifier, HintedVerifier):  # a human sees the SLM votes next to each sample
+        verifier.set_hints(hints)
+    results = list(verifier.verify(items)) if items else []
+    # A failed row maps to None: it keeps the models' label (llm_failed) and stays out of the pool.
+    return {str(r.row_id): (None if getattr(r, "failed", False) else r.label) for r in results}, results
+
+
 def verify_rows(verifier: Verifier, store: RunStore, items: list[tuple[int, str]], batch_index: int,
                 hints: dict[int, dict] | None = None) -> tuple[dict[str, str], int]:
     """Ask the verifier about ``items``; its answers join the hard-sample pool.
     Returns (row id as text -> label, the pool's size)."""
-    if hints and isinstance(verifier, HintedVerifier):  # a human sees the SLM votes next to each sample
-        verifier.set_hints(hints)
-    results = verifier.verify(items)
-    # A failed row maps to None: it keeps the models' label (llm_failed) and stays out of the pool.
-    verified = {str(r.row_id): (None if getattr(r, "failed", False) else r.label) for r in results}
+    verified, _ = ask_verifier(verifier, items, hints)
     pool_size = store.add_to_pool([(int(k), v) for k, v in verified.items() if v is not None], batch_index)
     return verified, pool_size
 

@@ -1,11 +1,17 @@
 """The annotation loop as a LangGraph StateGraph.
 
-    START -(warm start?)-> warm_start -> load_batch -> ensemble -(U >= eps?)-> verify -> accept
-                                                              \\-------------------> accept
+    START -(warm start?)-> warm_start -> load_batch -> ensemble -(routed or audited?)-> verify -> accept
+                                                              \\-------------------------> accept
     accept -(beta new verified?)-> finetune -> load_batch | report -> END
 
+The ensemble node asks the decision layer (``decide/online.py``) which rows go to the LLM: the
+paper's U >= epsilon or the calibrated rule, within ``--llm-budget`` / ``--max-llm-cost``, plus a
+seeded audit sample of settled rows; the accept node takes each row's label from it (the LLM's
+answer under ``paper``, the posterior under ``calibrated``) with its confidence.
+
 Nodes close over an ``AnnotateContext`` (loaded models, verifier, stores) that is rebuilt on
-resume; the checkpointed state holds only cursors, the current batch and counters.
+resume; the checkpointed state holds only cursors, the current batch and counters (the decision
+layer's too: its votes are rebuilt from the run store).
 
 Rows are taken in ``processing_order``: a seeded shuffle by default, derived from the seed and
 the row count alone, so a resumed run walks the same order with nothing stored but its cursor.
@@ -24,26 +30,30 @@ from langgraph.graph import END, START, StateGraph
 
 from autoannotator.config import Settings
 from autoannotator.data import DEFAULT_CHUNK_ROWS, Dataset
+from autoannotator.decide.online import Decision, OnlineDecider
 from autoannotator.engine.base import Engine
 from autoannotator.engine.steps import (
-    accept_records,
     finetune_trainables,
     majority_label,
     row_votes,
     score_batch,
+    ask_verifier,
     train_on_records,
-    verify_rows,
     warm_start_records,
 )
-from autoannotator.graphs.routing import hard_positions, route_after_accept, route_after_ensemble, route_next_batch
+from autoannotator.graphs.routing import route_after_accept, route_after_ensemble, route_next_batch, routed_rows
 from autoannotator.graphs.state import AnnotateState
 from autoannotator.run.faultpoint import faultpoint
 from autoannotator.run.output import ShardWriter, label_columns
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
-from autoannotator.task import TaskSpec
+from autoannotator.task import LabelSource, TaskSpec
 from autoannotator.verify.base import Verifier
+
+UNRELIABLE_NOTE = ("LLM judged unreliable: it agrees with the SLMs' confident labels on {agreement:.0%} of "
+                   "{n} rows where an LLM right {assumed:.0%} of the time would agree on about {expected:.0%}; "
+                   "its answers no longer move labels (label model's estimate of its accuracy: {acc})")
 
 
 @dataclass
@@ -153,29 +163,119 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         return {"batch_ids": order_of(state["n_rows"])[start:stop].tolist(), "cursor": stop, "batch": None,
                 "verified": {}}
 
+    label_idx = {name: i for i, name in enumerate(labels)}
+    box: dict[str, OnlineDecider] = {}
+
+    def decider(state: AnnotateState) -> OnlineDecider:
+        """The decision layer of this process: built once, restored from the checkpointed counters
+        and the run store's votes (a resumed run continues where it stopped)."""
+        if "d" not in box:
+            d = OnlineDecider.from_settings(ctx.settings, state["n_rows"], len(labels), [m.name for m in ctx.models])
+            d.restore(state.get("decide") or {}, [_book_row(r) for r in ctx.store.results()])
+            box["d"] = d
+        return box["d"]
+
+    def _book_row(rec: dict) -> dict:
+        slm = [label_idx.get((rec["votes"].get(m.name) or {}).get("label"), -1) for m in ctx.models]
+        return {"row_id": rec["row_id"], "slm": slm, "llm": label_idx.get(rec.get("llm_label"), -1),
+                "audit": bool(rec.get("audit")), "label": label_idx.get(rec["label"], -1),
+                "source": str(rec["label_source"])}
+
     def ensemble(state: AnnotateState) -> dict:
-        return {"batch": score_batch(ctx.models, state["batch_ids"], text_of, ctx.empty_rows, len(labels),
-                                     ctx.settings.min_votes, engine=ctx.engine)}
+        ids = state["batch_ids"]
+        batch = score_batch(ctx.models, ids, text_of, ctx.empty_rows, len(labels), ctx.settings.min_votes,
+                            engine=ctx.engine)
+        d = decider(state)
+        live = [u is not None for u in batch["uncertainty"]]
+        plan = d.plan(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)),
+                      uncertainty=batch["uncertainty"], live=live)
+        verdict = d.verdict()
+        if verdict.unreliable and not d.unreliable_noted:
+            d.unreliable_noted = True
+            ctx.on_progress({"event": "note", "text": _unreliable_text(verdict.as_dict(), d.llm_accuracy)})
+        return {"batch": batch, "routed": {"ask": plan.ask, "audit": plan.audit}, "decide": d.state_dict()}
 
     def verify(state: AnnotateState) -> dict:
         ids, batch = state["batch_ids"], state["batch"]
-        positions = hard_positions(state)
-        hints = {ids[p]: {"votes": row_votes(ctx.models, labels, batch, p), "uncertainty": batch["uncertainty"][p],
-                          "majority": majority_label(labels, batch, p)} for p in positions}
-        verified, pool_size = verify_rows(ctx.verifier, ctx.store, [(ids[p], text_of(ids[p])) for p in positions],
-                                          state.get("batch_index", 0), hints)
-        ctx.on_progress({"event": "verified", "n": len(verified), "pool_size": pool_size})
-        return {"verified": verified, "pool_size": pool_size}
+        ask, audit = routed_rows(state)
+        pos = {rid: p for p, rid in enumerate(ids)}
+        hints = {rid: {"votes": row_votes(ctx.models, labels, batch, pos[rid]),
+                       "uncertainty": batch["uncertainty"][pos[rid]],
+                       "majority": majority_label(labels, batch, pos[rid])} for rid in ask + audit}
+        answers, results = ask_verifier(ctx.verifier, [(rid, text_of(rid)) for rid in ask + audit], hints)
+        audit_set = set(audit)
+        # A routed row the verifier gave no valid label (None) keeps the models' label as llm_failed.
+        verified = {k: v for k, v in answers.items() if int(k) not in audit_set}
+        audit_answers = {k: v for k, v in answers.items() if int(k) in audit_set and v is not None}
+        prices = ctx.settings.prices
+
+        def tokens(r) -> tuple[int, int]:  # a verifier may report no usage (a person, a test double)
+            return int(getattr(r, "tokens_in", 0) or 0), int(getattr(r, "tokens_out", 0) or 0)
+
+        ask_cost = sum(prices.cost(*tokens(r)) for r in results if r.row_id not in audit_set)
+        paid = [r for r in results if r.row_id in audit_set]
+        d = decider(state)
+        d.add_audit_usage(sum(not getattr(r, "cached", False) for r in paid), sum(tokens(r)[0] for r in paid),
+                          sum(tokens(r)[1] for r in paid), sum(prices.cost(*tokens(r)) for r in paid))
+        ctx.on_progress({"event": "verified", "n": len(verified), "audit": len(audit_answers),
+                         "pool_size": state.get("pool_size", 0)})
+        return {"verified": verified, "audit_answers": audit_answers,
+                "routed": {**(state.get("routed") or {}), "cost": ask_cost}, "decide": d.state_dict()}
 
     def accept(state: AnnotateState) -> dict:
-        ids, verified = state["batch_ids"], state.get("verified") or {}
-        records = accept_records(ctx.models, labels, ids, state["batch"], verified, state.get("batch_index", 0))
+        ids, batch = state["batch_ids"], state["batch"]
+        verified, audit_answers = state.get("verified") or {}, state.get("audit_answers") or {}
+        d = decider(state)
+        d.add_slm_votes(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)))
+        decisions = d.settle(ids, {int(k): label_idx.get(v, -1) for k, v in verified.items() if v is not None},
+                             {int(k): label_idx.get(v, -1) for k, v in audit_answers.items()},
+                             cost=float((state.get("routed") or {}).get("cost", 0.0)),
+                             live=[u is not None for u in batch["uncertainty"]], majority=batch["majority"])
+        batch_index = state.get("batch_index", 0)
+        records = [_record(pos, rid, decisions[rid], verified, audit_answers, batch, batch_index)
+                   for pos, rid in enumerate(ids)]
         ctx.store.put_results(records)
-        if ctx.writer is not None:  # the output as it goes; rows the store has but no shard are filled at the end
-            write_finished_blocks(ctx.writer, ctx.store, ids, state["n_rows"])
-        ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified),
-                         "pool_size": state.get("pool_size", 0)})
-        return {"batch_index": state.get("batch_index", 0) + 1, "batch_ids": [], "batch": None, "verified": {}}
+        pool = [(r["row_id"], r["label"]) for r in records
+                if verified.get(str(r["row_id"])) is not None and r["label"] is not None]
+        pool_size = ctx.store.add_to_pool(pool, batch_index) if pool else ctx.store.pool_size()
+        changed = _relabel(d) if state.get("cursor", 0) >= state["n_rows"] else []  # the last batch: earlier
+        if ctx.writer is not None:  # labels follow the final model; the output as it goes, block by block
+            write_finished_blocks(ctx.writer, ctx.store, ids + changed, state["n_rows"])
+        ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified), "pool_size": pool_size})
+        return {"batch_index": batch_index + 1, "batch_ids": [], "batch": None, "verified": {}, "audit_answers": {},
+                "routed": None, "pool_size": pool_size, "decide": d.state_dict()}
+
+    def _record(pos: int, rid: int, dec: Decision, verified: dict, audit_answers: dict, batch, batch_index: int
+                ) -> dict:
+        if batch["uncertainty"][pos] is None:
+            label, source, conf = None, LabelSource.SKIPPED_EMPTY.value, None
+        elif str(rid) in verified and verified[str(rid)] is None:  # asked, no valid label: `runs retry-failed`
+            label, source, conf = majority_label(labels, batch, pos), LabelSource.LLM_FAILED.value, None
+        else:
+            label = labels[dec.label] if dec.label >= 0 else None
+            source, conf = dec.source, round(dec.confidence, 6)
+        llm_label = verified.get(str(rid)) or audit_answers.get(str(rid))
+        return {"row_id": rid, "label": label, "label_source": source, "uncertainty": batch["uncertainty"][pos],
+                "votes": row_votes(ctx.models, labels, batch, pos), "majority": majority_label(labels, batch, pos),
+                "llm_label": llm_label, "batch": batch_index, "confidence": conf, "audit": str(rid) in audit_answers}
+
+    def _relabel(d: OnlineDecider) -> list[int]:
+        """Earlier rows' labels under the final model; returns the row ids whose stored record changed."""
+        changed = d.relabel()
+        if not changed:
+            return []
+        stored = {r["row_id"]: r for r in ctx.store.results()}
+        updates = []
+        for rid, dec in changed.items():
+            rec = stored.get(rid)
+            if rec is None or str(rec["label_source"]) == LabelSource.SKIPPED_EMPTY.value:
+                continue
+            label = labels[dec.label] if dec.label >= 0 else None
+            if (label, dec.source) != (rec["label"], str(rec["label_source"])) or rec.get("confidence") is None \
+                    or abs(rec["confidence"] - dec.confidence) > 1e-6:
+                updates.append((rid, label, dec.source, round(dec.confidence, 6)))
+        ctx.store.update_decisions(updates)
+        return [u[0] for u in updates]
 
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1
@@ -188,9 +288,10 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
                 "weights": weights}
 
     def report(state: AnnotateState) -> dict:
-        # The runner builds the report from the store once the graph has ended: this node only marks the end.
+        # The runner builds the report from the store once the graph has ended: this node marks the
+        # end and leaves the decision layer's summary (reliabilities, verdict, audit) in the state.
         ctx.on_progress({"event": "finished", "n_rows": state["n_rows"]})
-        return {"finished": True}
+        return {"finished": True, "decide_summary": decider(state).summary(labels)}
 
     graph = StateGraph(AnnotateState)
     for name, fn in [("warm_start", warm_start), ("load_batch", load_batch), ("ensemble", ensemble),
@@ -205,3 +306,10 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     graph.add_conditional_edges("finetune", route_next_batch, ["load_batch", "report"])
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def _unreliable_text(verdict: dict, assumed: float) -> str:
+    acc = verdict.get("llm_accuracy")
+    return UNRELIABLE_NOTE.format(agreement=verdict["agreement"], n=verdict["n"], assumed=assumed,
+                                  expected=verdict["expected_agreement"],
+                                  acc="unknown" if acc is None else f"{acc:.2f}")

@@ -15,9 +15,23 @@ def hard_positions(state: AnnotateState) -> list[int]:
     return [i for i, u in enumerate(batch["uncertainty"]) if u is not None and is_hard(u, eps)]
 
 
+def routed_rows(state: AnnotateState) -> tuple[list[int], list[int]]:
+    """(row ids to ask, row ids to audit) as the decision layer chose them for this batch; without
+    its choice (a state from before it existed) the paper's rule on U."""
+    routed = state.get("routed")
+    if routed is not None:
+        return list(routed.get("ask", [])), list(routed.get("audit", []))
+    ids = state.get("batch_ids") or []
+    return [ids[p] for p in hard_positions(state) if p < len(ids)], []
+
+
 def route_after_ensemble(state: AnnotateState) -> Literal["verify", "accept"]:
-    """The paper's routing rule: any sample with U >= epsilon goes to the LLM verifier first."""
-    return "verify" if hard_positions(state) else "accept"
+    """To the verifier when the decision layer (``decide/``: the paper's U >= epsilon or the
+    calibrated rule, within the budget) routed a row, or picked one for the audit."""
+    if state.get("routed") is None:
+        return "verify" if hard_positions(state) else "accept"
+    ask, audit = routed_rows(state)
+    return "verify" if ask or audit else "accept"
 
 
 def should_finetune(pool_size: int, pool_at_last_finetune: int, beta: int, has_trainable: bool) -> bool:

@@ -28,6 +28,10 @@ class AnnotateState(TypedDict, total=False):
     batch_ids: list[int]
     batch: BatchVotes | None
     verified: dict[str, str]  # row id (as text: JSON keys) -> LLM label, for this batch's hard rows
+    routed: dict | None  # the decision layer's choice for this batch: {"ask": [ids], "audit": [ids], "cost": USD}
+    audit_answers: dict[str, str]  # row id (as text) -> LLM label, for this batch's audit rows
+    decide: dict  # the decision layer's counters (budget, audit, usage): decide/online.py state_dict
+    decide_summary: dict  # reliabilities, verdict, audit estimate: written by the report node
     pool_size: int
     pool_at_last_finetune: int
     finetune_round: int

@@ -39,8 +39,8 @@ from autoannotator.errors import UserError
 from autoannotator.run.plan import RunPlan
 
 _SHARD = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
-OUTPUT_COLUMNS = ("label", "label_source", "uncertainty", "votes")
-_TYPES = {"label": pa.string(), "label_source": pa.string(), "uncertainty": pa.float64(), "votes": pa.string()}
+OUTPUT_COLUMNS = ("label", "label_source", "confidence", "uncertainty", "votes")
+_TYPES = {"label": pa.string(), "label_source": pa.string(), "confidence": pa.float64(), "uncertainty": pa.float64(), "votes": pa.string()}
 
 
 def _atomic(path: Path) -> Path:
@@ -272,6 +272,8 @@ def label_columns(results: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return {
         "label": [r["label"] if r["label"] is not None else "" for r in results],
         "label_source": [str(r["label_source"]) for r in results],
+        # P(label right) under the decision layer's posterior; empty for rows stored before it existed
+        "confidence": [round(r["confidence"], 4) if r.get("confidence") is not None else None for r in results],
         "uncertainty": [r["uncertainty"] for r in results],
         "votes": [json.dumps(r["votes"], ensure_ascii=False) for r in results],
     }

@@ -54,22 +54,30 @@ def model_agreement(results: list[dict], model_names: list[str]) -> dict[str, di
 def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, models: list[dict],
                  finetune_records: list[dict], timings: dict[str, float], gold: list[str | None] | None,
                  labels: list[str], llm: dict, warnings: list[str], sandbox: str = "none",
-                 planning_usage: LLMUsage | None = None, estimate: PlanEstimate | None = None) -> dict[str, Any]:
+                 planning_usage: LLMUsage | None = None, estimate: PlanEstimate | None = None,
+                 decide: dict | None = None) -> dict[str, Any]:
     n = len(results)
     sources = Counter(r["label_source"] for r in results)
+    audit_usage = ((decide or {}).get("audit") or {}).get("usage") or {}
+    if audit_usage:  # the audit's calls are counted and priced apart from the routing's
+        usage = usage.model_copy(update={"calls": max(0, usage.calls - int(audit_usage.get("calls", 0))),
+                                         "tokens_in": max(0, usage.tokens_in - int(audit_usage.get("tokens_in", 0))),
+                                         "tokens_out": max(0, usage.tokens_out - int(audit_usage.get("tokens_out", 0)))})
     report = {
         "run": run,
         "n_samples": n,
         "label_sources": dict(sources),
         "label_counts": dict(Counter(r["label"] for r in results if r["label"] is not None)),
-        **cost_summary(usage, n, sources.get("llm_verified", 0), settings.prices),
+        **cost_summary(usage, n, sources.get("llm_verified", 0) + sources.get("llm_overruled", 0), settings.prices),
         "finetune_rounds": finetune_records,
         "n_finetune_rounds": len({r["round"] for r in finetune_records}),
         "finetune_summary": finetune_summary(finetune_records),
         "models": models,
         "model_agreement": model_agreement(results, [m["name"] for m in models]),
         "settings": {"k": settings.k, "epsilon": settings.epsilon, "beta": settings.beta,
-                     "min_votes": settings.min_votes, "batch_size": settings.batch_size},
+                     "min_votes": settings.min_votes, "batch_size": settings.batch_size,
+                     "routing": getattr(settings, "routing", "paper"), "llm_budget": getattr(settings, "llm_budget", None),
+                     "max_llm_cost": getattr(settings, "max_llm_cost", None), "audit": getattr(settings, "audit", None)},
         "llm": llm,
         "sandbox": sandbox,
         "llm_calls_planning": planning_usage.calls if planning_usage else 0,
@@ -85,6 +93,11 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         "per_batch": per_batch(results),
         "warnings": warnings,
     }
+    if decide is not None:
+        report.update(decision_section(decide, settings))
+        note = unreliable_warning(decide)
+        if note:
+            report["warnings"] = [note] + list(report["warnings"])
     if gold is not None:
         report.update(quality(results, gold, labels))
         report["confusion_by_source"] = confusion_by_source(results, gold, labels)
@@ -98,6 +111,62 @@ def estimate_next_to_spent(estimate: PlanEstimate, report: dict[str, Any]) -> di
     return {**compare_with_spent(estimate, report), "pilot_rows": estimate.pilot_rows,
             "hard_share": estimate.hard_share.model_dump(), "llm_only": estimate.llm_only.model_dump(),
             "assumptions": estimate.assumptions}
+
+
+def decision_section(decide: dict, settings) -> dict[str, Any]:
+    """The decision layer's part of report.json: the rule, budget, reliabilities, verdict, audit."""
+    usage = (decide.get("audit") or {}).get("usage") or {}
+    return {"decision": decide, "audit_llm_calls": int(usage.get("calls", 0)),
+            "audit_cost_usd": round(float(usage.get("cost_usd", 0.0)), 6)}
+
+
+def unreliable_warning(decide: dict) -> str | None:
+    v = decide.get("llm_verdict") or {}
+    if not v.get("unreliable"):
+        return None
+    acc = v.get("llm_accuracy")
+    return (f"LLM judged unreliable: it agreed with the SLMs' confident labels on {v['agreement']:.0%} of {v['n']} rows, "
+            f"where an LLM right {decide.get('llm_accuracy_assumed', 0):.0%} of the time would agree on about "
+            f"{v['expected_agreement']:.0%} (label model's estimate of its accuracy: "
+            f"{'unknown' if acc is None else f'{acc:.2f}'}); the labels follow the SLMs' posterior, not its answers.")
+
+
+def _decision_markdown(report: dict[str, Any]) -> list[str]:
+    d = report.get("decision")
+    if not d:
+        return []
+    b = d.get("budget") or {}
+    lines = ["", "## Decisions", "",
+             f"- Routing: {d['routing']}" + (f" (assumed LLM accuracy {d['llm_accuracy_assumed']}, margin {d['margin']})"
+                                           if d["routing"] == "calibrated" else ""),
+             "- LLM budget: " + (f"share {b['llm_budget_share']}" if b.get("llm_budget_share") is not None else "none")
+             + (f", max cost ${b['max_llm_cost_usd']}" if b.get("max_llm_cost_usd") is not None else "")
+             + f"; spent {b.get('share_spent', 0):.1%} of rows",
+             f"- Audit: {report.get('audit_llm_calls', 0)} LLM calls (${report.get('audit_cost_usd', 0):.6f}), "
+             "counted apart from the routing's"]
+    v = d.get("llm_verdict") or {}
+    if v.get("agreement") is not None:
+        lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "
+                     f"(expected for the assumed accuracy {v['expected_agreement']}, for an answerer ignoring "
+                     f"the text {v['independent_agreement']}): {'UNRELIABLE' if v['unreliable'] else 'ok'}")
+    rel = d.get("reliability") or {}
+    if rel:
+        lines += ["", "Estimated reliability per source (Dawid–Skene; it assumes sources err independently, so "
+                  "SLMs that err together look better than they are):", "",
+                  "| source | accuracy | 95 % interval | votes |", "| --- | --- | --- | --- |"]
+        for name, r in rel.items():
+            lo, hi = r["accuracy_interval"]
+            lines.append(f"| {name} | {r['accuracy']} | {lo}–{hi} | {r['n_votes']} |")
+    est = (d.get("audit") or {}).get("estimates") or {}
+    if est:
+        lines += ["", "Accuracy of the settled labels estimated from the audit (their agreement with the LLM, "
+                  "corrected for its assumed accuracy; the interval holds if the LLM is that accurate):", "",
+                  "| label source | audited | agreement | estimated accuracy | 95 % interval |",
+                  "| --- | --- | --- | --- | --- |"]
+        for src, e in est.items():
+            lines.append(f"| {src} | {e['n']} | {e['agreement']} | {e['estimate']} | "
+                         f"{e['interval'][0]}–{e['interval'][1]} |")
+    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -128,6 +197,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                         if report["gold_unknown_rows"] else ""))
         for src, acc in report["by_label_source"].items():
             lines.append(f"  - {src}: {acc['accuracy']} ({acc['correct']}/{acc['n']})")
+    lines += _decision_markdown(report)
     lines += ["", "## Models", "", "| model | kind | trainable | coverage | agreement with final label |",
               "| --- | --- | --- | --- | --- |"]
     for m in report["models"]:

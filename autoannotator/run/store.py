@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS results (
     votes TEXT NOT NULL,
     majority TEXT,
     llm_label TEXT,
-    batch INTEGER NOT NULL
+    batch INTEGER NOT NULL,
+    confidence REAL,
+    audit INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS pool (
     row_id INTEGER PRIMARY KEY,
@@ -62,6 +64,14 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store written before the decision layer lacks confidence/audit: add them (NULL / 0)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+        for name, decl in (("confidence", "REAL"), ("audit", "INTEGER NOT NULL DEFAULT 0")):
+            if name not in have:
+                self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self._db.close()
@@ -74,9 +84,10 @@ class RunStore:
 
     def put_results(self, records: list[dict[str, Any]]) -> None:
         self._write(
-            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO results ({', '.join(self._RESULT_KEYS)}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             ((r["row_id"], r["label"], str(r["label_source"]), r["uncertainty"], json.dumps(r["votes"]),
-              r.get("majority"), r.get("llm_label"), r["batch"]) for r in records),
+              r.get("majority"), r.get("llm_label"), r["batch"], r.get("confidence"), int(bool(r.get("audit"))))
+             for r in records),
         )
 
     def add_to_pool(self, items: list[tuple[int, str]], batch: int) -> int:
@@ -96,7 +107,14 @@ class RunStore:
         rows = self._db.execute("SELECT record FROM finetune_rounds ORDER BY round, model")
         return [json.loads(r[0]) for r in rows]
 
-    _RESULT_KEYS = ("row_id", "label", "label_source", "uncertainty", "votes", "majority", "llm_label", "batch")
+    _RESULT_KEYS = ("row_id", "label", "label_source", "uncertainty", "votes", "majority", "llm_label", "batch",
+                    "confidence", "audit")
+
+    def update_decisions(self, decisions: list[tuple[int, str | None, str, float]]) -> None:
+        """Rewrite (row id, label, label source, confidence) of stored rows: the final relabelling
+        under the calibrated rule, once the last batch has taught the model what it knows."""
+        self._write("UPDATE results SET label = ?, label_source = ?, confidence = ? WHERE row_id = ?",
+                    ((lbl, src, conf, rid) for rid, lbl, src, conf in decisions))
 
     def _select_results(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
         cur = self._db.execute(f"SELECT {', '.join(self._RESULT_KEYS)} FROM results {where} ORDER BY row_id", params)

@@ -1,0 +1,389 @@
+"""The decision layer of a run, batch by batch: posterior, routing, budget, audit, LLM verdict.
+
+The annotation graph calls two methods per batch:
+
+- ``plan(row_ids, slm_votes, ...)`` after the SLMs voted: refits the per-pattern posterior on every
+  row seen so far and returns the rows to ask the LLM (routing + budget) and the settled rows to
+  audit;
+- ``settle(row_ids, answers, audit_answers)`` after the LLM answered: returns each row's final
+  label, confidence and label source.
+
+Two models, for two jobs:
+- ``PatternModel`` (the posterior that routes and labels): confidence per SLM vote pattern learnt
+  from the LLM's answers, so correlated SLMs (two lexicons agreeing on the same mistakes) are not
+  believed twice. Its LLM confusion is one coin at ``llm_accuracy`` — an assumption, because with
+  SLMs that may err together the LLM's accuracy and the patterns' sharpness cannot both be learnt
+  from the votes (see ``pattern_model.py``) — *unless* the LLM is judged unreliable, then the
+  label model's estimate of the LLM's confusion replaces it (an LLM answering one label for
+  everything becomes uninformative: it is no longer asked and cannot move labels).
+- ``LabelModel`` (Dawid–Skene over every source, the LLM included): the per-source reliabilities
+  in the report.
+
+The LLM is judged unreliable when it agrees with the SLMs less than an LLM of the assumed accuracy
+would: on the audit rows and on the rows it answered where at least two SLMs voted and all agreed,
+an LLM right with probability q agrees with a label right with probability a at rate
+a q + (1 - a)(1 - q)/(L - 1); with a taken as the non-committal vote share (0.75 for two agreeing
+votes of two labels — agreeing SLMs are assumed at least that good), an observed agreement more than
+three standard errors below that rejects "the LLM is as good as assumed". The same check runs per SLM label
+(at least 10 rows each), so an LLM answering one label for everything, which agrees on the rows of
+that label and never on the others, is caught after a few dozen answers;
+the independent-answerer agreement is reported beside it. Split rows are left out on purpose: the
+rows a rule sends to the LLM are the ones whose SLM label is worst, where the vote-share bound
+does not hold (with a budget that flagged a good LLM on yelp in a simulation). No vote statistic can tell a good LLM
+from SLMs that are worse than that assumption, and this test does not try.
+
+With ``routing="paper"`` the rows asked and the labels are exactly the paper's (U >= epsilon, the
+LLM's answer is the label); confidence, reliabilities and the audit are still computed.
+
+Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes are
+rebuilt from the run store with ``restore``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoannotator.decide.audit import AuditSampler, default_audit_size, estimate_by_source
+from autoannotator.decide.budget import LLMBudget
+from autoannotator.decide.label_model import LabelModel, one_coin
+from autoannotator.decide.pattern_model import PatternModel, pattern_ids
+from autoannotator.decide.routing import route
+
+LLM = "llm"
+MIN_LLM_VOTES_FOR_VERDICT = 30  # fewer answers (on rows the SLMs labelled) than this: too few to judge
+MIN_PER_CLASS = 10  # the per-label check needs this many answered rows with that SLM label
+
+
+Z_VERDICT = 3.0  # standard errors: the test is repeated after every batch, so it must be strict
+
+
+def _below(hits: np.ndarray, expected: np.ndarray) -> bool:
+    """Is the agreement rate more than Z_VERDICT standard errors below its expectation?"""
+    e = float(expected.mean())
+    se = math.sqrt(max(e * (1 - e), 1e-9) / len(hits))
+    return float(hits.mean()) < e - Z_VERDICT * se
+
+
+@dataclass
+class BatchPlan:
+    ask: list[int]  # row ids routed to the LLM
+    audit: list[int]  # settled row ids also sent to the LLM, for the audit only
+    confidence: dict[int, float]  # row id -> posterior confidence before any LLM answer
+    priority: dict[int, float]
+
+
+@dataclass
+class Decision:
+    label: int  # label index, -1 when nobody voted
+    confidence: float
+    source: str  # slm_consensus | llm_verified | llm_overruled | skipped
+
+
+@dataclass
+class Verdict:
+    unreliable: bool
+    n: int  # LLM answers on rows with an SLM label
+    agreement: float | None
+    independent_agreement: float | None  # what an answerer ignoring the text would reach
+    llm_accuracy: float | None  # label-model estimate
+    llm_interval: tuple[float, float] | None
+    slm_consensus_accuracy: float | None  # label-model estimate
+    expected_agreement: float | None = None  # what an LLM at the assumed accuracy would reach
+
+    def as_dict(self) -> dict:
+        rnd = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
+        return {"unreliable": self.unreliable, "n": self.n, "agreement": rnd(self.agreement),
+                "independent_agreement": rnd(self.independent_agreement), "llm_accuracy": rnd(self.llm_accuracy),
+                "llm_interval": None if self.llm_interval is None else [rnd(x) for x in self.llm_interval],
+                "slm_consensus_accuracy": rnd(self.slm_consensus_accuracy),
+                "expected_agreement": rnd(self.expected_agreement)}
+
+
+def share_prior(votes: np.ndarray, n_labels: int) -> np.ndarray:
+    """Vote shares with one pseudo-vote per label: a non-committal prior per row (an agreement of
+    two voters is 0.75 for two labels, not the 0.99 an independence model would claim)."""
+    v = np.asarray(votes, dtype=np.int64)
+    counts = np.ones((v.shape[0], n_labels))
+    rows, cols = np.nonzero(v >= 0)
+    np.add.at(counts, (rows, v[rows, cols]), 1.0)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def unanimous(votes: np.ndarray) -> np.ndarray:
+    """Rows where at least two voters voted and all voters agree: where SLM labels carry the most
+    signal, so an LLM that ignores the text shows there (on split rows anyone agrees by chance)."""
+    v = np.asarray(votes, dtype=np.int64)
+    voted = v >= 0
+    n = voted.sum(axis=1)
+    hi = np.where(voted, v, -1).max(axis=1)
+    lo = np.where(voted, v, np.iinfo(np.int64).max).min(axis=1)
+    return (n >= 2) & (hi == lo)
+
+
+@dataclass
+class OnlineDecider:
+    n_rows: int
+    n_labels: int
+    slm_names: list[str]
+    routing: str = "calibrated"
+    epsilon: float = 1e-6
+    margin: float = 0.02
+    explore: bool = False  # True: route on the pattern's lower bound (see PatternModel.pessimistic)
+    llm_accuracy: float = 0.9
+    budget: LLMBudget | None = None
+    audit: AuditSampler | None = None
+    unreliable_noted: bool = False
+    audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
+    _verdict: Verdict | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings, n_rows: int, n_labels: int, slm_names: list[str]) -> OnlineDecider:
+        """The decider a run's settings ask for (``routing``, ``llm_budget``, ``max_llm_cost``, ``audit``)."""
+        audit_n = default_audit_size(n_rows) if settings.audit is None else int(settings.audit)
+        return cls(n_rows=n_rows, n_labels=n_labels, slm_names=list(slm_names), routing=settings.routing,
+                   epsilon=settings.epsilon, margin=settings.calibrated_margin, llm_accuracy=settings.llm_accuracy,
+                   budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
+                   audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None)
+
+    def add_audit_usage(self, calls: int, tokens_in: int, tokens_out: int, cost: float) -> None:
+        for key, value in (("calls", calls), ("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+            self.audit_usage[key] = int(self.audit_usage.get(key, 0)) + int(value)
+        self.audit_usage["cost_usd"] = round(float(self.audit_usage.get("cost_usd", 0.0)) + cost, 8)
+
+    def summary(self, label_names: list[str]) -> dict:
+        """What the report shows: the rule, the budget spent, reliabilities, the verdict, the audit."""
+        v = self.verdict()
+        audit = self.audit_estimate()
+        return {"routing": self.routing, "llm_accuracy_assumed": self.llm_accuracy, "margin": self.margin,
+                "budget": self.budget.report(), "reliability": self.reliability(), "llm_verdict": v.as_dict(),
+                "audit": {"target": self.audit.target if self.audit else 0,
+                          "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
+                          "estimates": audit}}
+
+    def __post_init__(self) -> None:
+        self.sources = list(self.slm_names) + [LLM]
+        self._votes = np.full((self.n_rows, len(self.sources)), -1, dtype=np.int16)
+        self._seen = np.zeros(self.n_rows, dtype=bool)
+        self._audit_llm: dict[int, int] = {}
+        self._accepted: dict[int, tuple[int, str]] = {}
+        self.patterns = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
+        self.label_model: LabelModel | None = None
+        if self.budget is None:
+            self.budget = LLMBudget(self.n_rows)
+
+    # ---------- the vote book ----------
+
+    def add_slm_votes(self, row_ids: list[int], votes: np.ndarray) -> None:
+        ids = np.asarray(row_ids, dtype=np.int64)
+        self._votes[ids, :-1] = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
+        self._seen[ids] = True
+
+    def add_llm_votes(self, answers: Mapping[int, int]) -> None:
+        for rid, a in answers.items():
+            self._votes[int(rid), -1] = int(a)
+
+    def _slm(self, rows: np.ndarray) -> np.ndarray:
+        return self._votes[rows, :-1].astype(np.int64)
+
+    # ---------- models ----------
+
+    def _llm_confusion(self) -> np.ndarray:
+        """One coin at the assumed accuracy; for an LLM judged unreliable (its answers independent of
+        the SLMs' labels) every row of the confusion is its answer frequencies: its answers carry no
+        information, so it is not asked (but for the audit) and cannot move a label."""
+        if self.verdict().unreliable:
+            answers = self._votes[self._seen, -1]
+            freq = np.bincount(answers[answers >= 0], minlength=self.n_labels) + 1.0
+            return np.tile(freq / freq.sum(), (self.n_labels, 1))
+        return one_coin(self.llm_accuracy, self.n_labels)
+
+    def _refit(self) -> None:
+        rows = np.nonzero(self._seen)[0]
+        slm = self._slm(rows)
+        self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
+        self._verdict = None
+        self.patterns.fixed_llm = True
+        self.patterns.llm_confusion = self._llm_confusion()
+        self.patterns.fit(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels),
+                          self._votes[rows, -1].astype(np.int64))
+
+    def _posterior(self, rows: np.ndarray) -> np.ndarray:
+        slm = self._slm(rows)
+        return self.patterns.posterior(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels))
+
+    # ---------- per batch ----------
+
+    def plan(self, row_ids: list[int], slm_votes: np.ndarray, uncertainty: list[float | None] | None = None,
+             live: list[bool] | None = None, cost_per_call: float | None = None) -> BatchPlan:
+        """Rows of the batch to ask and to audit; ``live`` False = no text (never asked)."""
+        live_mask = np.ones(len(row_ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
+        self.add_slm_votes(row_ids, slm_votes)
+        self._refit()
+        ids = np.asarray(row_ids, dtype=np.int64)
+        post = self._posterior(ids)
+        if self.routing == "paper":
+            u = np.asarray([np.nan if x is None else x for x in (uncertainty or [None] * len(ids))], dtype=np.float64)
+            mask, prio = route("paper", uncertainty=u, epsilon=self.epsilon)
+        else:
+            slm = self._slm(ids)
+            cautious = self.patterns.pessimistic(pattern_ids(slm, self.n_labels), post) if self.explore else post
+            mask, prio = route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion,
+                               margin=self.margin)
+        mask &= live_mask
+        ask = self.budget.select(mask, np.where(live_mask, prio, 0.0), cost_per_call)
+        audit = self.audit.pick(list(map(int, ids)), live_mask & ~ask) if self.audit is not None else []
+        return BatchPlan([int(r) for r in ids[ask]], audit, {int(r): float(c) for r, c in zip(ids, post.max(axis=1))},
+                         {int(r): float(p) for r, p in zip(ids, prio)})
+
+    def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
+               cost: float = 0.0, live: list[bool] | None = None, majority: list[int] | None = None
+               ) -> dict[int, Decision]:
+        """Final label per row after the LLM's answers (label indices; -1 = it gave none).
+        ``majority``: the ensemble's majority per row, the label of settled rows under ``paper``."""
+        audit_answers = {int(k): int(v) for k, v in (audit_answers or {}).items()}
+        answers = {int(k): int(v) for k, v in answers.items()}
+        ids = np.asarray(row_ids, dtype=np.int64)
+        live_mask = np.ones(len(ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
+        self.budget.spend(len(answers), cost)
+        before = self._posterior(ids)
+        self.add_llm_votes({**audit_answers, **answers})
+        conf = self.patterns.llm_confusion
+        out: dict[int, Decision] = {}
+        for k, rid in enumerate(int(r) for r in ids):
+            a = answers.get(rid, -1)
+            if not live_mask[k]:
+                out[rid] = Decision(-1, 0.0, "skipped")
+            elif a >= 0:
+                after = before[k] * conf[:, a]
+                after = after / after.sum() if after.sum() > 0 else before[k]
+                out[rid] = self._decide_asked(a, after)
+            elif self.routing == "paper":  # the paper: the majority vote (None when too few voted)
+                m = -1 if majority is None else int(majority[k])
+                out[rid] = Decision(m, float(before[k][m]) if m >= 0 else 0.0, "slm_consensus")
+            else:  # settled without the LLM (even "nobody voted" is a pattern the answers calibrate);
+                # an audit answer does not change the label
+                out[rid] = Decision(int(before[k].argmax()), float(before[k].max()), "slm_consensus")
+            if audit_answers.get(rid, -1) >= 0:
+                self._audit_llm[rid] = audit_answers[rid]
+                self._accepted[rid] = (out[rid].label, out[rid].source)
+        return out
+
+    def _decide_asked(self, llm_label: int, post: np.ndarray) -> Decision:
+        if self.routing == "paper":  # the paper: the LLM's answer is the label
+            return Decision(int(llm_label), float(post[llm_label]), "llm_verified")
+        label = int(post.argmax())
+        return Decision(label, float(post.max()), "llm_verified" if label == llm_label else "llm_overruled")
+
+    def relabel(self) -> dict[int, Decision]:
+        """Every seen row's decision under the final model (calibrated routing only): labels made
+        before the LLM was found unreliable, or before the patterns were learnt, follow the final
+        posterior. Audited rows keep their label source; their audit answer is not used."""
+        if self.routing == "paper":
+            return {}
+        self._refit()
+        rows = np.nonzero(self._seen)[0]
+        post = self._posterior(rows)
+        conf = self.patterns.llm_confusion
+        out: dict[int, Decision] = {}
+        for k, rid in enumerate(int(r) for r in rows):
+            a = int(self._votes[rid, -1])
+            if a >= 0 and rid not in self._audit_llm:
+                after = post[k] * conf[:, a]
+                out[rid] = self._decide_asked(a, after / after.sum() if after.sum() > 0 else post[k])
+            else:
+                out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
+        return out
+
+    # ---------- what it learnt ----------
+
+    def verdict(self) -> Verdict:
+        """Is the LLM unreliable? (see the module docstring for the test)."""
+        if self._verdict is not None:
+            return self._verdict
+        rows = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
+        slm = self._slm(rows)
+        audited = np.isin(rows, np.fromiter(self._audit_llm.keys(), dtype=np.int64, count=len(self._audit_llm)))
+        has = (slm >= 0).any(axis=1) & (audited | unanimous(slm))
+        rows, slm = rows[has], slm[has]
+        llm_acc = interval = consensus = None
+        if self.label_model is not None:
+            seen = np.nonzero(self._seen)[0]
+            lv = self.label_model.llm_verdict(self._votes[seen].astype(np.int64), LLM)
+            llm_acc, interval, consensus = lv.llm_accuracy, lv.llm_interval, lv.slm_consensus_accuracy
+        n = len(rows)
+        if n < MIN_LLM_VOTES_FOR_VERDICT:
+            self._verdict = Verdict(False, n, None, None, llm_acc, interval, consensus)
+            return self._verdict
+        shares = share_prior(slm, self.n_labels)
+        slm_label = shares.argmax(axis=1)
+        llm = self._votes[rows, -1].astype(np.int64)
+        agree = float((slm_label == llm).mean())
+        f_slm = np.bincount(slm_label, minlength=self.n_labels) / n
+        f_llm = np.bincount(llm, minlength=self.n_labels) / n
+        indep = float(np.dot(f_slm, f_llm))
+        a = shares.max(axis=1)  # non-committal accuracy of the SLM label (0.75 for two agreeing votes)
+        q = self.llm_accuracy
+        per_row = a * q + (1 - a) * (1 - q) / max(self.n_labels - 1, 1)
+        hits = slm_label == llm
+        expected = float(per_row.mean())
+        low = _below(hits, per_row)
+        for c in range(self.n_labels):  # per SLM label too: an LLM stuck on one label fails on the others
+            in_c = slm_label == c
+            if in_c.sum() >= MIN_PER_CLASS:
+                low = low or _below(hits[in_c], per_row[in_c])
+        self._verdict = Verdict(low, n, agree, indep, llm_acc, interval, consensus, expected)
+        return self._verdict
+
+    def reliability(self) -> dict[str, dict]:
+        if self.label_model is None:
+            return {}
+        return {name: rel.as_dict() for name, rel in self.label_model.reliability().items()}
+
+    def audit_estimate(self) -> dict[str, dict]:
+        """Accuracy of the settled labels per label source, from the audit (see ``audit.py``).
+
+        q is the LLM accuracy the routing assumes (``llm_accuracy``), or for an LLM judged
+        unreliable its answers' frequencies (then nothing can be said: interval [0, 1]). q is an
+        assumption, not a measurement, so the interval carries only the agreement's uncertainty and
+        holds *if the LLM is as accurate as assumed*; the report says so.
+        """
+        if not self._audit_llm:
+            return {}
+        conf = self.patterns.llm_confusion
+        answers = self._votes[self._seen, -1]
+        prior = np.bincount(answers[answers >= 0], minlength=self.n_labels).astype(float) + 1.0
+        q = float(np.dot(prior / prior.sum(), np.diag(conf)))
+        rows = [(src, lab, self._audit_llm[r]) for r, (lab, src) in self._accepted.items()]
+        return estimate_by_source(rows, q, (q, q), self.n_labels)
+
+    # ---------- checkpoint ----------
+
+    def state_dict(self) -> dict:
+        return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
+                "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage)}
+
+    def restore(self, state: Mapping, book: list[dict]) -> None:
+        """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
+        row: row_id, slm (list of label indices, -1 abstain), llm (index or -1), audit (bool),
+        label (index), source."""
+        for rec in book:
+            rid = int(rec["row_id"])
+            self._votes[rid, :-1] = rec["slm"]
+            self._votes[rid, -1] = rec.get("llm", -1)
+            self._seen[rid] = True
+            if rec.get("audit") and rec.get("llm", -1) >= 0:
+                self._audit_llm[rid] = int(rec["llm"])
+                self._accepted[rid] = (int(rec["label"]), rec["source"])
+        if state.get("budget"):
+            self.budget = LLMBudget.from_state(state["budget"])
+        if state.get("audit") is not None:
+            self.audit = AuditSampler.from_state(state["audit"])
+        self.unreliable_noted = bool(state.get("unreliable_noted", False))
+        if state.get("audit_usage"):
+            self.audit_usage = dict(state["audit_usage"])
+        if self._seen.any():
+            self._refit()

@@ -1,0 +1,158 @@
+"""The per-batch decision layer on synthetic streams: correlated SLMs, a good LLM, a constant one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoannotator.decide.audit import AuditSampler
+from autoannotator.decide.budget import LLMBudget
+from autoannotator.decide.online import OnlineDecider
+from autoannotator.ensemble import tally
+
+
+def correlated_stream(n: int, seed: int, shared: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+    """Two SLMs sharing most of their mistakes (like two lexicons): right ~0.87 each (``shared`` 0.06),
+    and their agreements right ~0.94, not the 0.98 independent errors would give."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    shared_wrong = rng.random(n) < shared
+    votes = np.empty((n, 2), dtype=np.int64)
+    for j in range(2):
+        own_wrong = rng.random(n) < 0.08
+        wrong = shared_wrong ^ own_wrong
+        votes[:, j] = np.where(wrong, 1 - y, y)
+    votes[rng.random((n, 2)) < 0.15] = -1
+    return y, votes
+
+
+def run(decider: OnlineDecider, y: np.ndarray, votes: np.ndarray, answer, batch: int = 50) -> tuple[np.ndarray, int]:
+    final = np.full(len(y), -1)
+    calls = 0
+    for start in range(0, len(y), batch):
+        ids = list(range(start, min(start + batch, len(y))))
+        _, u, _ = tally(votes[ids], 2, 2)
+        plan = decider.plan(ids, votes[ids], uncertainty=u.tolist())
+        answers = {r: answer(r) for r in plan.ask}
+        audit = {r: answer(r) for r in plan.audit}
+        calls += len(answers)
+        for rid, d in decider.settle(ids, answers, audit).items():
+            final[rid] = d.label
+    for rid, d in decider.relabel().items():
+        final[rid] = d.label
+    return final, calls
+
+
+def good_llm(y: np.ndarray, q: float = 0.9, seed: int = 0):
+    rng = np.random.default_rng(seed + 100)
+    right = rng.random(len(y)) < q
+    return lambda r: int(y[r] if right[r] else 1 - y[r])
+
+
+def test_calibrated_beats_majority_and_uses_fewer_calls_than_all() -> None:
+    y, votes = correlated_stream(2000, 1)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", audit=AuditSampler(40, 2000))
+    final, calls = run(d, y, votes, good_llm(y))
+    majority, _, _ = tally(votes, 2, 1)
+    assert (final == y).mean() > (majority == y).mean() + 0.04
+    assert (final == y).mean() >= 0.9
+    assert calls < 0.6 * 2000
+    assert not d.verdict().unreliable
+
+
+def test_weak_correlated_slms_send_almost_everything() -> None:
+    """Agreements right ~0.78 < the LLM's 0.9: asking is worth it nearly everywhere."""
+    y, votes = correlated_stream(1000, 7, shared=0.22)
+    d = OnlineDecider(1000, 2, ["a", "b"], routing="calibrated", explore=True)
+    final, calls = run(d, y, votes, good_llm(y))
+    assert calls > 0.8 * 1000 and (final == y).mean() >= 0.88
+
+
+def test_constant_llm_is_judged_unreliable_and_does_no_harm() -> None:
+    y, votes = correlated_stream(2000, 2)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", audit=AuditSampler(40, 2000))
+    final, calls = run(d, y, votes, lambda r: 1)
+    v = d.verdict()
+    assert v.unreliable and v.agreement == pytest.approx(v.independent_agreement)
+    majority, _, _ = tally(votes, 2, 1)
+    assert (final == y).mean() >= (majority == y).mean() - 0.01
+    assert calls < 0.1 * 2000  # no longer asked once judged
+
+
+def test_paper_routing_is_the_paper_rule() -> None:
+    y, votes = correlated_stream(600, 3)
+    d = OnlineDecider(600, 2, ["a", "b"], routing="paper", epsilon=1e-6)
+    ask = good_llm(y)
+    asked_rows = []
+    final = np.full(600, -1)
+    for start in range(0, 600, 50):
+        ids = list(range(start, start + 50))
+        _, u, _ = tally(votes[ids], 2, 2)
+        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
+        assert plan.ask == [r for r, x in zip(ids, u) if x >= 1e-6]
+        answers = {r: ask(r) for r in plan.ask}
+        asked_rows += plan.ask
+        for rid, dec in d.settle(ids, answers).items():
+            final[rid] = dec.label
+            if rid in answers:
+                assert dec.label == answers[rid] and dec.source == "llm_verified"
+    assert d.relabel() == {}
+
+
+def test_budget_share_respected() -> None:
+    y, votes = correlated_stream(2000, 4)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", budget=LLMBudget(2000, share=0.1))
+    _, calls = run(d, y, votes, good_llm(y))
+    assert 0.1 * 2000 - 2 * 50 <= calls <= 0.1 * 2000
+    assert d.budget.report()["share_spent"] == pytest.approx(calls / 2000, abs=1e-4)
+
+
+def test_restore_continues_like_an_uninterrupted_run() -> None:
+    y, votes = correlated_stream(800, 5)
+    answer = good_llm(y)
+
+    def fresh() -> OnlineDecider:
+        return OnlineDecider(800, 2, ["a", "b"], routing="calibrated", budget=LLMBudget(800, share=0.3),
+                             audit=AuditSampler(20, 800))
+
+    a = fresh()
+    book = []
+    for start in range(0, 400, 50):
+        ids = list(range(start, start + 50))
+        plan = a.plan(ids, votes[ids])
+        answers = {r: answer(r) for r in plan.ask}
+        audit = {r: answer(r) for r in plan.audit}
+        for rid, dec in a.settle(ids, answers, audit).items():
+            book.append({"row_id": rid, "slm": votes[rid].tolist(), "llm": answers.get(rid, audit.get(rid, -1)),
+                         "audit": rid in audit, "label": dec.label, "source": dec.source})
+    b = fresh()
+    b.restore(a.state_dict(), book)
+    for start in range(400, 800, 50):
+        ids = list(range(start, start + 50))
+        pa, pb = a.plan(ids, votes[ids]), b.plan(ids, votes[ids])
+        assert pa.ask == pb.ask and pa.audit == pb.audit
+        answers = {r: answer(r) for r in pa.ask}
+        audit = {r: answer(r) for r in pa.audit}
+        da, db = a.settle(ids, answers, audit), b.settle(ids, answers, audit)
+        assert {k: v.label for k, v in da.items()} == {k: v.label for k, v in db.items()}
+    assert a.audit_estimate() == b.audit_estimate()
+
+
+def test_audit_estimate_contains_truth_on_a_synthetic_run() -> None:
+    y, votes = correlated_stream(3000, 6)
+    d = OnlineDecider(3000, 2, ["a", "b"], routing="calibrated", audit=AuditSampler(100, 3000))
+    final = np.full(3000, -1)
+    settled = []
+    answer = good_llm(y)
+    for start in range(0, 3000, 50):
+        ids = list(range(start, start + 50))
+        plan = d.plan(ids, votes[ids])
+        answers = {r: answer(r) for r in plan.ask}
+        for rid, dec in d.settle(ids, answers, {r: answer(r) for r in plan.audit}).items():
+            final[rid] = dec.label
+            if dec.source == "slm_consensus":
+                settled.append(rid)
+    est = d.audit_estimate()["slm_consensus"]
+    true_acc = (final[settled] == y[settled]).mean()
+    assert est["n"] >= 60
+    assert est["interval"][0] <= true_acc <= est["interval"][1]
