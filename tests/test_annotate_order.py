@@ -62,7 +62,8 @@ def test_no_warm_start_when_switched_off(tmp_path):
 
 
 def test_rounds_record_what_they_trained_on_and_the_forgetting_slice(tmp_path):
-    settings = Settings(batch_size=4, beta=2, finetune=FinetuneSettings(
+    # The paper's rule settles every agreement: the round then has settled rows to learn from.
+    settings = Settings(batch_size=4, beta=2, routing="paper", finetune=FinetuneSettings(
         warm_start=False, rejoin_margin=0.0, rejoin_standard_errors=0.0, min_holdout=1, forgetting_rows=3))
     ctx = _context(tmp_path, OracleVerifier(ORACLE), [], settings)
     final = build_annotate_graph(ctx).invoke(_initial(len(TEXTS), settings), {"recursion_limit": 200})

@@ -251,6 +251,8 @@ class OnlineDecider:
         self.budget.spend(len(answers), cost)
         before = self._posterior(ids)
         self.add_llm_votes({**audit_answers, **answers})
+        if self.patterns.llm_confusion is None:  # resumed at this step before any row was seen: not fitted yet
+            self.patterns.llm_confusion = self._llm_confusion()
         conf = self.patterns.llm_confusion
         out: dict[int, Decision] = {}
         for k, rid in enumerate(int(r) for r in ids):

@@ -46,8 +46,9 @@ def label_args(data: Path, run_dir: Path, endpoint, *extra: str) -> list[str]:
             "--run-dir", str(run_dir), "-q", *extra]
 
 
+# The paper's routing sends every disagreement to the LLM: the faults need requests to happen on.
 FAST_ENV = {"AUTOANNOTATOR_LLM_BACKOFF_BASE_S": "0.01", "AUTOANNOTATOR_LLM_TIMEOUT_S": "1.5",
-            "AUTOANNOTATOR_LLM_MAX_RETRIES": "4"}
+            "AUTOANNOTATOR_LLM_MAX_RETRIES": "4", "AUTOANNOTATOR_ROUTING": "paper"}
 
 
 def cli_inprocess(args: list[str], monkeypatch) -> tuple[int, str]:

@@ -23,6 +23,11 @@ CHAIN = ["after:accept:1", "before:load_batch:1", "after:load_batch:1", "before:
          "before:verify:1", "after:verify:1", "before:accept:1", "before:report:1", "after:report:1"]
 
 
+def _all_calls(report: dict) -> int:
+    """Every request the run paid for: the routing's LLM calls and the audit's (counted apart)."""
+    return report["llm_calls"] + report.get("audit_llm_calls", 0)
+
+
 def _report(run_dir):
     return json.loads((run_dir / "report.json").read_text())
 
@@ -39,7 +44,7 @@ def test_kill_at_every_step_boundary_then_resume(tmp_path, endpoint, monkeypatch
     assert code == 0, err
     assert_each_row_once(run_dir, data)
     assert_no_prompt_answered_twice(endpoint)
-    assert _report(run_dir)["llm_calls"] == sum(1 for r in endpoint.log if r.status == 200)
+    assert _all_calls(_report(run_dir)) == sum(1 for r in endpoint.log if r.status == 200)
 
 
 def test_kill_while_llm_answers_arrive(tmp_path, endpoint, monkeypatch):
@@ -109,4 +114,4 @@ def test_two_processes_on_one_run(tmp_path, endpoint, monkeypatch):
     assert f"process {first.pid}" in line and "in use" in line
     assert_each_row_once(run_dir, data)
     assert_no_prompt_answered_twice(endpoint)
-    assert _report(run_dir)["llm_calls"] == sum(1 for r in endpoint.log if r.status == 200)
+    assert _all_calls(_report(run_dir)) == sum(1 for r in endpoint.log if r.status == 200)

@@ -14,6 +14,11 @@ from harness import (assert_each_row_once, assert_no_prompt_answered_twice, cli_
                      one_line_error, output_rows, sources, write_data)
 
 
+def _all_calls(report: dict) -> int:
+    """Every request the run paid for: the routing's LLM calls and the audit's (counted apart)."""
+    return report["llm_calls"] + report.get("audit_llm_calls", 0)
+
+
 def _report(run_dir):
     return json.loads((run_dir / "report.json").read_text())
 
@@ -36,7 +41,7 @@ def test_clean_run_baseline(tmp_path, endpoint, monkeypatch):
     rows = assert_each_row_once(run_dir, data)
     assert_no_prompt_answered_twice(endpoint)
     report = _report(run_dir)
-    assert report["llm_calls"] == _answered_requests(endpoint) > 0
+    assert _all_calls(report) == _answered_requests(endpoint) > 0
     assert sources(rows)["llm_verified"] == report["llm_calls"]
 
 
@@ -54,7 +59,7 @@ def test_transient_faults_are_retried(tmp_path, endpoint, monkeypatch, mode, ret
     assert any(r.mode == mode for r in endpoint.log)
     report = _report(run_dir)
     # A malformed body or an empty choices list was still a 200 the provider may bill: counted too.
-    assert report["llm_calls"] == _answered_requests(endpoint)
+    assert _all_calls(report) == _answered_requests(endpoint)
 
 
 def test_retry_after_is_honoured(tmp_path, endpoint, monkeypatch):
@@ -89,7 +94,7 @@ def test_invalid_answers_are_retried_and_paid(tmp_path, endpoint, monkeypatch):
     report = _report(run_dir)
     invalid = sum(1 for r in endpoint.log if r.mode in ("bad_label", "prose"))
     assert invalid > 0
-    assert report["llm_calls"] == _answered_requests(endpoint)  # invalid answers included
+    assert _all_calls(report) == _answered_requests(endpoint)  # invalid answers included
     assert report["llm_calls"] == sources(output_rows(run_dir))["llm_verified"] + invalid
 
 
