@@ -391,6 +391,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
         for start in range(lo, hi, 10_000):
             part = results[start:min(hi, start + 10_000)]
             writer.append([r["row_id"] for r in part], label_columns(part))
+        writer.flush()
     written = assemble(source, writer, Path(plan.out_path))
     warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
     gold = [g for chunk in source.iter_chunks() for g in (chunk.gold or [])] if plan.gold_column else None
