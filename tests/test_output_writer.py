@@ -15,6 +15,7 @@ from autoannotator.run.output import ShardWriter, assemble
 
 def _labels(ids: list[int], tag: str = "L") -> dict[str, list]:
     return {"label": [f"{tag}{i}" for i in ids], "label_source": ["slm_consensus"] * len(ids),
+            "confidence": [0.5 + i / 1000 for i in ids],
             "uncertainty": [None if i % 5 == 0 else i / 100 for i in ids],
             "votes": [json.dumps({"vader": {"label": f"{tag}{i}", "p": 0.5}}) for i in ids]}
 
