@@ -895,6 +895,8 @@ class RowTexts:
         self.wanted = wanted
         self._lo = 0
         self._texts: list[str] = []
+        self._prev_lo = 0
+        self._prev: list[str] = []  # the window before: a batch may straddle two windows
         self._it: Iterator[Chunk] | None = None
         self._extra: dict[int, str] = {}
         self.passes = 0  # reads started: for tests and the benchmark
@@ -913,6 +915,7 @@ class RowTexts:
             chunk = next(self._it, None)
             if chunk is None:
                 raise IndexError(f"row {row_id} is past the end of the data ({self.source.n_rows} rows)")
+            self._prev_lo, self._prev = self._lo, self._texts
             self._lo, self._texts = chunk.row_ids[0], chunk.texts
         self._extra.clear()  # the loop moved on: the pool's texts are fetched again when next needed
 
@@ -920,6 +923,8 @@ class RowTexts:
         at = row_id - self._lo
         if 0 <= at < len(self._texts):
             return self._texts[at]
+        if 0 <= row_id - self._prev_lo < len(self._prev):
+            return self._prev[row_id - self._prev_lo]
         if row_id in self._extra:
             return self._extra[row_id]
         if row_id >= self._lo:  # ahead: the loop's next window

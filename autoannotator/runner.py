@@ -180,7 +180,7 @@ def label(
         engine = make_engine(settings.engine, models, plan.model_specs, plan.task, settings, source=source,
                              address=settings.ray_address)
         stack.callback(engine.close)
-        writer = ShardWriter(run_dir / "labelled")
+        writer = ShardWriter(run_dir / "labelled", buffer_rows=10_000)
         # No list of every text: the pool's rows (what fine-tuning trains on) are read back when needed.
         text_of = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()])
         ctx = AnnotateContext(dataset=None, task=plan.task, models=models, verifier=verifier, store=store,
@@ -386,10 +386,12 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
     n = source.n_rows
     if len(results) != n or any(r["row_id"] != i for i, r in enumerate(results)):
         raise RuntimeError(f"run store holds {len(results)} rows for {n} inputs")
+    writer.flush()
     for lo, hi in writer.missing(n):  # stored, but killed before its shard was written: the store is the truth
         for start in range(lo, hi, 10_000):
             part = results[start:min(hi, start + 10_000)]
             writer.append([r["row_id"] for r in part], label_columns(part))
+        writer.flush()
     written = assemble(source, writer, Path(plan.out_path))
     warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
     gold = [g for chunk in source.iter_chunks() for g in (chunk.gold or [])] if plan.gold_column else None

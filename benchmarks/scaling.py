@@ -4,8 +4,10 @@ endpoint's limit.
 Part 1, rows: synthetic data of N rows (the UCI Sentiment Labelled Sentences, each text made unique by a
 variant suffix), labelled by ``runner.label`` with the frozen lexicon models (vader, textblob, afinn) on the
 local and the Ray engine; the hard rows go to a seeded stand-in verifier (no LLM time in these figures). Each
-run is its own process, so its peak RSS (ru_maxrss) is its own. Prints rows/s (the whole run: scan, ensemble,
-store, checkpoints, output), peak RSS and the run directory's size.
+run is its own process, so its peak RSS (ru_maxrss) is its own (Ray's workers are other processes). Prints
+rows/s of the whole run (imports, scan, model loading, loop, output, report) and of the loop alone (the
+report's throughput), the ensemble's ms per row (a gauge of the machine's load: the models' cost per row
+does not depend on the data size), peak RSS and the run directory's size.
 
 Part 2, LLM calls: a loopback fake endpoint with ``--latency`` (200 ms) that answers 429 past
 ``--max-concurrency`` (50) requests in flight. ``--calls`` unique prompts through (a) a bare async httpx
@@ -101,7 +103,7 @@ def child(data: Path, run_dir: Path, engine: str) -> None:
                       verifier_info={"kind": "stand-in"})
     wall = time.perf_counter() - start
     print("RESULT " + json.dumps({"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                  / 1024, "rows": report.get("n_rows") or report.get("rows")}))
+                                  / 1024, "rows": report.get("n_samples")}))
 
 
 def run_rows(sizes: list[int], engines: list[str], work: Path) -> list[dict[str, Any]]:
@@ -121,11 +123,15 @@ def run_rows(sizes: list[int], engines: list[str], work: Path) -> list[dict[str,
                 print(f"{n} rows, {engine}: FAILED rc={proc.returncode}\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             res = json.loads(line[7:])
+            report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
             row = {"rows": n, "engine": engine, "rows_per_s": n / res["wall_s"], "wall_s": res["wall_s"],
+                   "loop_rows_per_s": report["throughput_samples_per_s"],
+                   "ensemble_ms_per_row": 1000 * report["timings_s"].get("ensemble", 0.0) / n,
                    "process_s": wall, "peak_rss_mb": res["peak_rss_mb"], "store_mb": _dir_bytes(run_dir) / 2**20,
                    "data_mb": data.stat().st_size / 2**20}
             out.append(row)
-            print(f"{n:>7} rows  {engine:5}  {row['rows_per_s']:8.1f} rows/s  run {row['wall_s']:7.1f} s  "
+            print(f"{n:>7} rows  {engine:5}  {row['rows_per_s']:8.1f} rows/s (loop {row['loop_rows_per_s']:6.1f}, "
+                  f"ensemble {row['ensemble_ms_per_row']:.2f} ms/row)  run {row['wall_s']:7.1f} s  "
                   f"peak RSS {row['peak_rss_mb']:7.1f} MB  run dir {row['store_mb']:7.1f} MB "
                   f"(input {row['data_mb']:.1f} MB)", flush=True)
     return out

@@ -90,6 +90,7 @@ def test_resume_mid_data_restarts_the_stream_at_the_cursor(ray_instance, setup, 
         w.writerows([t] for t in texts[:600])
     source = open_source(p, "text")
     engine = RayEngine(models, SPECS, task, settings, min_votes=2, source=source, block_rows=250)
+    engine.align_rows = 100  # the loop's shuffle blocks: rows behind the current block mean a new job
     chunk = source.chunk(450, 100)  # a resumed loop starts at its checkpointed cursor
     local = LocalEngine(models, len(task.label_names), min_votes=2).ensemble(chunk.row_ids, chunk.texts)
     _same(engine.ensemble(chunk.row_ids, chunk.texts), local)
@@ -124,3 +125,25 @@ def test_trainable_models_stay_in_process(ray_instance, setup):
     assert (engine.ensemble(list(range(50)), texts[:50]).votes[:, 1] == 0).all()
     loop_models[1] = Fixed(1)  # what an accepted fine-tuning round does to the loop's list
     assert (engine.ensemble(list(range(50)), texts[:50]).votes[:, 1] == 1).all()
+
+
+def test_rows_shuffled_within_blocks_need_one_job(ray_instance, setup, tmp_path):
+    """The loop takes rows shuffled within aligned blocks: the stream keeps the block, never restarts."""
+    from autoannotator.graphs.annotate import processing_order
+
+    task, settings, models, texts = setup
+    p = tmp_path / "d.csv"
+    with open(p, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text"])
+        w.writerows([t] for t in texts)
+    source = open_source(p, "text")
+    engine = RayEngine(models, SPECS, task, settings, min_votes=2, source=source, block_rows=300)
+    engine.align_rows = 500  # blocks smaller than the data, as a large file would have
+    order = processing_order(len(texts), 0, True, block_rows=500).tolist()
+    local = LocalEngine(models, len(task.label_names), min_votes=2)
+    for i in range(0, len(order), 64):
+        ids = order[i:i + 64]
+        batch = [texts[r] for r in ids]
+        _same(engine.ensemble(ids, batch), local.ensemble(ids, batch))
+    assert engine.jobs == 1

@@ -15,6 +15,7 @@ from autoannotator.run.output import ShardWriter, assemble
 
 def _labels(ids: list[int], tag: str = "L") -> dict[str, list]:
     return {"label": [f"{tag}{i}" for i in ids], "label_source": ["slm_consensus"] * len(ids),
+            "confidence": [0.5 + i / 1000 for i in ids],
             "uncertainty": [None if i % 5 == 0 else i / 100 for i in ids],
             "votes": [json.dumps({"vader": {"label": f"{tag}{i}", "p": 0.5}}) for i in ids]}
 
@@ -135,3 +136,20 @@ def test_parquet_output_of_typed_shards(tmp_path):
     back = pd.read_parquet(tmp_path / "o.parquet")
     assert back["n"].tolist() == list(range(4)) + list(range(10, 14)) + list(range(20, 24))
     assert back["label"].tolist() == [f"L{i}" for i in range(12)]
+
+
+def test_buffered_writer_gathers_batches_and_a_crash_leaves_only_named_gaps(tmp_path):
+    source, n = _source(tmp_path, 23)
+    writer = ShardWriter(tmp_path / "s", buffer_rows=10)
+    _write_chunks(writer, 18, 4)  # 0..17 in batches of 4: one shard of 12 rows, 6 rows still buffered
+    assert [(lo, hi) for lo, hi, _ in writer.shards()] == [(0, 11)]
+    # the process dies here: a new writer (a resumed run) re-runs the batch 8..11 then goes on
+    resumed = ShardWriter(tmp_path / "s", buffer_rows=10)
+    assert resumed.missing(n) == [(12, 23)]
+    resumed.append(list(range(8, 12)), _labels(list(range(8, 12))))
+    resumed.append(list(range(12, 23)), _labels(list(range(12, 23))))
+    resumed.flush()
+    assert [(lo, hi) for lo, hi, _ in resumed.shards()] == [(0, 11), (12, 22)]
+    assemble(source, resumed, tmp_path / "o.jsonl")
+    labels = [json.loads(line)["label"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert labels == [f"L{i}" for i in range(n)]

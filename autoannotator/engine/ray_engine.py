@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from autoannotator.config import Settings
+from autoannotator.data import DEFAULT_CHUNK_ROWS
 from autoannotator.ensemble import EnsembleOutput, tally
 from autoannotator.errors import UserError
 from autoannotator.slm.base import SLM, Prediction, TrainableSLM
@@ -172,6 +173,7 @@ class RayEngine:
         self.min_votes = min_votes
         self.source = source  # a DataSource: lets the engine label rows ahead of the loop in one job
         self.block_rows = max(1, block_rows)
+        self.align_rows = DEFAULT_CHUNK_ROWS  # the loop's shuffle blocks (and the reader's windows)
         self.ray = ensure_ray(address, num_cpus, object_store_memory)
         self.frozen = [j for j, m in enumerate(models) if not isinstance(m, TrainableSLM)]
         self._stream: Any = None  # the streaming job's batch iterator
@@ -277,12 +279,15 @@ class RayEngine:
             return self._run_frozen(texts)
         ids = np.asarray(row_ids, dtype=np.int64)
         lo, hi = int(ids.min()), int(ids.max())
+        # The loop takes rows shuffled within aligned blocks (graphs/annotate.py processing_order): keep the
+        # whole current block, drop only the blocks behind it, restart only for a row before what is kept.
+        floor = lo - lo % self.align_rows
         if self._stream is None or lo < self._buf_lo:
-            self._start_stream(lo)
-        if self._buf is not None and len(self._buf["_rid"]):  # drop rows the loop has passed
-            keep = self._buf["_rid"] >= lo
+            self._start_stream(floor)
+        if self._buf is not None and len(self._buf["_rid"]):
+            keep = self._buf["_rid"] >= floor
             self._buf = {c: v[keep] for c, v in self._buf.items()}
-        self._buf_lo = lo
+        self._buf_lo = max(self._buf_lo, floor)
         while self._buf is None or not len(self._buf["_rid"]) or int(self._buf["_rid"][-1]) < hi:
             self._pull()
         first = int(self._buf["_rid"][0])

@@ -43,6 +43,17 @@ OUTPUT_COLUMNS = ("label", "label_source", "confidence", "uncertainty", "votes")
 _TYPES = {"label": pa.string(), "label_source": pa.string(), "confidence": pa.float64(), "uncertainty": pa.float64(), "votes": pa.string()}
 
 
+def _runs(ids: list[int]) -> list[list[int]]:
+    """Positions of ``ids`` (ascending) grouped into runs of consecutive row ids."""
+    runs: list[list[int]] = []
+    for pos, rid in enumerate(ids):
+        if runs and ids[runs[-1][-1]] == rid - 1:
+            runs[-1].append(pos)
+        else:
+            runs.append([pos])
+    return runs
+
+
 def _atomic(path: Path) -> Path:
     # Same directory so os.replace is an atomic rename; not mkstemp, whose 0600 mode would stick to the output.
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -55,16 +66,53 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
 
 
 class ShardWriter:
-    """Appends labelled chunks under ``folder`` (``part-<first row>-<last row>.parquet``)."""
+    """Appends labelled chunks under ``folder`` (``part-<first row>-<last row>.parquet``).
 
-    def __init__(self, folder: Path, columns: Sequence[str] = OUTPUT_COLUMNS):
+    With ``buffer_rows`` > 0, contiguous chunks are gathered into shards of about that many rows (a loop's
+    64-row batches would otherwise make one small file each); rows still in the buffer at a crash are not
+    lost, because the run store holds them and ``missing`` names them for a resumed run to fill.
+    """
+
+    def __init__(self, folder: Path, columns: Sequence[str] = OUTPUT_COLUMNS, buffer_rows: int = 0):
         self.folder = Path(folder)
         self.columns = list(columns)
+        self.buffer_rows = buffer_rows
+        self._buf_ids: list[int] = []
+        self._buf: dict[str, list[Any]] = {c: [] for c in self.columns}
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def append(self, row_ids: Sequence[int], values: dict[str, Sequence[Any]]) -> Path:
-        """Write one chunk of contiguous rows; re-appending the same rows replaces their shard."""
+    def append(self, row_ids: Sequence[int], values: dict[str, Sequence[Any]]) -> Path | None:
+        """Add one chunk of contiguous rows; returns the shard written, if one was."""
         ids = list(row_ids)
+        self._check(ids, values)
+        if not self.buffer_rows:
+            return self._write(ids, values)
+        written = None
+        if self._buf_ids and ids[0] != self._buf_ids[-1] + 1:
+            written = self.flush()
+        self._buf_ids.extend(ids)
+        for c in self.columns:
+            self._buf[c].extend(values[c])
+        if len(self._buf_ids) >= self.buffer_rows:
+            written = self.flush()
+        return written
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows, less any an existing shard already holds (a batch re-run after a crash)."""
+        ids, values = self._buf_ids, self._buf
+        self._buf_ids, self._buf = [], {c: [] for c in self.columns}
+        covered = {r for lo, hi, _ in self.shards() if ids and lo <= ids[-1] and hi >= ids[0]
+                   for r in range(max(lo, ids[0]), min(hi, ids[-1]) + 1)}
+        keep = [i for i, r in enumerate(ids) if r not in covered]
+        if not keep:
+            return None
+        path = None
+        for run in _runs([ids[i] for i in keep]):  # what is left is one or more contiguous runs
+            at = [keep[j] for j in run]
+            path = self._write([ids[i] for i in at], {c: [values[c][i] for i in at] for c in self.columns})
+        return path
+
+    def _check(self, ids: list[int], values: dict[str, Sequence[Any]]) -> None:
         if not ids:
             raise ValueError("an empty chunk has nothing to write")
         if ids != list(range(ids[0], ids[0] + len(ids))):
@@ -74,6 +122,9 @@ class ShardWriter:
         for name, col in values.items():
             if len(col) != len(ids):
                 raise ValueError(f"column {name!r} has {len(col)} values for {len(ids)} rows")
+
+    def _write(self, ids: list[int], values: dict[str, Sequence[Any]]) -> Path:
+        """One shard; re-writing the same rows replaces their shard."""
         arrays = [pa.array(ids, type=pa.int64())] + [
             pa.array(list(values[c]), type=_TYPES.get(c)) for c in self.columns]
         table = pa.Table.from_arrays(arrays, names=["row_id", *self.columns])
