@@ -133,8 +133,10 @@ class LLMVerifier:
                                                   cached=False, paid_by_run=self.run_id, failed=True)
                     return
                 # Written at once, before the slot goes to the next request: a crash loses only the
-                # answers still in flight.
-                if not self._cache.put(key, self.model_id, label, t_in, t_out, estimated, self.run_id):
+                # answers still in flight. In a thread: a write takes milliseconds (fsync) and would stall
+                # every other request on the event loop meanwhile.
+                if not await asyncio.to_thread(self._cache.put, key, self.model_id, label, t_in, t_out, estimated,
+                                               self.run_id):
                     # Another process answered this prompt first: this answer was paid for too.
                     self._cache.log_extra(key, self.model_id, self.run_id, "duplicate", t_in, t_out, estimated)
             first, *dupes = positions
