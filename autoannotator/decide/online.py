@@ -249,6 +249,8 @@ class OnlineDecider:
         ids = np.asarray(row_ids, dtype=np.int64)
         live_mask = np.ones(len(ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
         self.budget.spend(len(answers), cost)
+        if self.patterns.llm_confusion is None:  # resumed mid-batch with nothing stored yet: fit on this batch
+            self._refit()
         before = self._posterior(ids)
         self.add_llm_votes({**audit_answers, **answers})
         conf = self.patterns.llm_confusion
