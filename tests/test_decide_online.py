@@ -156,3 +156,14 @@ def test_audit_estimate_contains_truth_on_a_synthetic_run() -> None:
     true_acc = (final[settled] == y[settled]).mean()
     assert est["n"] >= 60
     assert est["interval"][0] <= true_acc <= est["interval"][1]
+
+
+def test_settle_right_after_a_resume_with_an_empty_store() -> None:
+    """A run stopped inside its first batch resumes with no stored row: the accept step still decides."""
+    y, votes = correlated_stream(40, 8)
+    d = OnlineDecider(40, 2, ["a", "b"], routing="calibrated")
+    d.restore({}, [])
+    ids = list(range(20))
+    d.add_slm_votes(ids, votes[ids])
+    out = d.settle(ids, {0: int(y[0])})
+    assert len(out) == 20 and out[0].source in ("llm_verified", "llm_overruled")

@@ -142,7 +142,8 @@ def _data(tmp_path: Path, n: int = 40) -> Path:
 
 def test_run_quit_midway_then_resume_asks_only_what_was_not_answered(tmp_path):
     data = _data(tmp_path)
-    settings = Settings(models=["vader", "textblob"], beta=100_000, batch_size=8, runs_dir=tmp_path / "runs")
+    settings = Settings(models=["vader", "textblob"], beta=100_000, batch_size=8, runs_dir=tmp_path / "runs",
+                        routing="paper", audit=0)  # the paper rule: every asked row is verified, none audited
     sessions: list[HumanVerifier] = []
 
     def factory(script: str):

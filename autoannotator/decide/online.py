@@ -249,6 +249,8 @@ class OnlineDecider:
         ids = np.asarray(row_ids, dtype=np.int64)
         live_mask = np.ones(len(ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
         self.budget.spend(len(answers), cost)
+        if self.patterns.llm_confusion is None:  # resumed mid-batch with nothing stored yet: fit on this batch
+            self._refit()
         before = self._posterior(ids)
         self.add_llm_votes({**audit_answers, **answers})
         if self.patterns.llm_confusion is None:  # resumed at this step before any row was seen: not fitted yet
@@ -355,10 +357,13 @@ class OnlineDecider:
         """
         if not self._audit_llm:
             return {}
-        conf = self.patterns.llm_confusion
-        answers = self._votes[self._seen, -1]
-        prior = np.bincount(answers[answers >= 0], minlength=self.n_labels).astype(float) + 1.0
-        q = float(np.dot(prior / prior.sum(), np.diag(conf)))
+        if self.verdict().unreliable:
+            q = 1.0 / self.n_labels  # its answers carry no information: nothing to correct against
+        else:
+            conf = self.patterns.llm_confusion
+            answers = self._votes[self._seen, -1]
+            prior = np.bincount(answers[answers >= 0], minlength=self.n_labels).astype(float) + 1.0
+            q = float(np.dot(prior / prior.sum(), np.diag(conf)))
         rows = [(src, lab, self._audit_llm[r]) for r, (lab, src) in self._accepted.items()]
         return estimate_by_source(rows, q, (q, q), self.n_labels)
 

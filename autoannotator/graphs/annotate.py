@@ -52,7 +52,7 @@ from autoannotator.task import LabelSource, TaskSpec
 from autoannotator.verify.base import Verifier
 
 UNRELIABLE_NOTE = ("LLM judged unreliable: it agrees with the SLMs' confident labels on {agreement:.0%} of "
-                   "{n} rows where an LLM right {assumed:.0%} of the time would agree on about {expected:.0%}; "
+                   "{n} rows (overall or on one SLM label, too little) where an LLM right {assumed:.0%} of the time would agree on about {expected:.0%}; "
                    "its answers no longer move labels (label model's estimate of its accuracy: {acc})")
 
 

@@ -125,8 +125,8 @@ def unreliable_warning(decide: dict) -> str | None:
     if not v.get("unreliable"):
         return None
     acc = v.get("llm_accuracy")
-    return (f"LLM judged unreliable: it agreed with the SLMs' confident labels on {v['agreement']:.0%} of {v['n']} rows, "
-            f"where an LLM right {decide.get('llm_accuracy_assumed', 0):.0%} of the time would agree on about "
+    return (f"LLM judged unreliable: it agreed with the SLMs' confident labels on {v['agreement']:.0%} of {v['n']} rows "
+            f"(overall or on the rows of one SLM label, too little), where an LLM right {decide.get('llm_accuracy_assumed', 0):.0%} of the time would agree on about "
             f"{v['expected_agreement']:.0%} (label model's estimate of its accuracy: "
             f"{'unknown' if acc is None else f'{acc:.2f}'}); the labels follow the SLMs' posterior, not its answers.")
 
