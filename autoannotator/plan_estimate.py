@@ -325,6 +325,7 @@ def estimate_for_models(models: Sequence, pilot_texts: Sequence[str], n_rows: in
     if kind not in ("simulated", "human"):
         est.assumptions.append(f"the high end of tokens and cost is {TOKEN_HIGH_FACTOR:g}x the chars / 4 count: "
                                "the embedded server counted 1.63x that on README's example")
+    _decide_adjustments(est, settings, n_rows - n_empty, tokens_in, kind)
     est.assumptions.append(f"models: {', '.join(m.name for m in models)}; verifier: {kind}"
                            + ("" if overhead == 0 else f"; {overhead} tokens per call for the function schema"))
     return est
@@ -360,3 +361,35 @@ def estimate_for_data(settings, data_path, instruction: str, labels, *, text_col
                               kind=kind)
     est.assumptions.append(f"models from {source}")
     return est
+
+
+def _decide_adjustments(est: PlanEstimate, settings, n_live: int, tokens_in: float, kind: str) -> None:
+    """What the decision layer adds or caps: the audit's settled rows (asked too) and an LLM budget.
+
+    The calibrated routing rule (settings.routing) learns per vote pattern as the run goes; it is not
+    replayed on the pilot, and the estimate says so.
+    """
+    from autoannotator.decide.audit import default_audit_size
+
+    audit = getattr(settings, "audit", 0)
+    n_audit = default_audit_size(n_live) if audit is None else int(audit or 0)
+    budget = getattr(settings, "llm_budget", None)
+    cap = budget * n_live if budget is not None else None
+    out_tokens = 0 if kind == "human" else TOKENS_OUT_PER_CALL
+    for key in ("low", "expected", "high"):
+        calls = getattr(est.llm_calls, key) + n_audit
+        if cap is not None:
+            calls = min(calls, float(round(cap)))
+        extra = calls - getattr(est.llm_calls, key)
+        setattr(est.llm_calls, key, calls)
+        for span, per in ((est.tokens_in, tokens_in), (est.tokens_out, out_tokens)):
+            setattr(span, key, getattr(span, key) + extra * per)
+        setattr(est.tokens, key, getattr(est.tokens_in, key) + getattr(est.tokens_out, key))
+        setattr(est.cost_usd, key, est.prices.cost(getattr(est.tokens_in, key), getattr(est.tokens_out, key)))
+    if n_audit:
+        est.assumptions.append(f"{n_audit} settled rows are audited by the verifier too (settings.audit)")
+    if cap is not None:
+        est.assumptions.append(f"the LLM budget caps the calls at {budget:.0%} of the rows")
+    if getattr(settings, "routing", "paper") != "paper":
+        est.assumptions.append(f"routing {settings.routing!r} is not replayed on the pilot: the hard share is the "
+                               "paper rule's (U(x) >= epsilon); the calibrated rule may ask about fewer or other rows")

@@ -118,7 +118,8 @@ def test_plan_estimates_within_its_range_what_the_run_spends(tmp_path):
     """The issue's check: the estimate from a 100-row pilot, then the whole 300-row run (β = 60: the
     student trains and may vote, the case the range has to widen for)."""
     df = _reviews()
-    settings = {**FAST, "beta": 60, "batch_size": 32, "runs_dir": tmp_path / "runs"}
+    # The paper's routing rule: the one the estimate replays on the pilot (the calibrated rule is not).
+    settings = {**FAST, "beta": 60, "batch_size": 32, "runs_dir": tmp_path / "runs", "routing": "paper"}
     est = aa.plan(df, task=TASK, labels=LABELS, verifier="simulated", pilot_rows=100, **settings)
     assert est.pilot_rows == 100 and est.n_labelled_rows == 300
     assert est.llm_calls.low <= est.llm_calls.expected <= est.llm_calls.high < est.llm_only.llm_calls == 300
