@@ -36,6 +36,9 @@ CHARS_PER_TOKEN = 4
 # (shared/FACTS.md, "Speeds"); a GPU is far faster, so on one this overstates the wall time.
 DEFAULT_TRAIN_SAMPLES_PER_S = 34.0
 DEFAULT_ROUND_S = 20.0
+# An endpoint bills its own tokenizer's count plus its chat template: the embedded server counted 52,995
+# tokens where chars / 4 gave 32,572 on README's example (1.63x), so a real endpoint's high end is 1.7x.
+TOKEN_HIGH_FACTOR = 1.7
 # Wall time swings with machine load: speeds here varied up to 3x between runs (docs/benchmarks.md).
 WALL_LOW_FACTOR, WALL_HIGH_FACTOR = 0.5, 3.0
 
@@ -157,7 +160,7 @@ def _finetune_seconds(calls: float, beta: int, trainable: bool, holdout_fraction
 def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_per_call: float,
                   tokens_out_per_call: float, prices: PriceTable, timing: Timing, beta: int, trainable: bool,
                   holdout_fraction: float = 0.2, epochs: int = 3, distinct_share: float = 1.0,
-                  z: float = 1.96) -> PlanEstimate:
+                  z: float = 1.96, token_high_factor: float = 1.0) -> PlanEstimate:
     """The estimate with its range, and labelling everything with the LLM for comparison.
 
     ``distinct_share`` is the share of distinct texts among the non-empty rows: a repeated text is
@@ -179,6 +182,8 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
         return Span(low=calls.low * per_call, expected=calls.expected * per_call, high=calls.high * per_call)
 
     t_in, t_out = scaled(tokens_in_per_call), scaled(tokens_out_per_call)
+    t_in.high *= token_high_factor  # the tokenizer's uncertainty, on top of the calls'
+    t_out.high *= token_high_factor
     cost = Span(**{k: prices.cost(getattr(t_in, k), getattr(t_out, k)) for k in ("low", "expected", "high")})
     rounds, walls = {}, {}
     for k in ("low", "expected", "high"):
@@ -315,7 +320,12 @@ def estimate_for_models(models: Sequence, pilot_texts: Sequence[str], n_rows: in
         tokens_out_per_call=0 if kind == "human" else TOKENS_OUT_PER_CALL, prices=settings.prices, timing=timing,
         beta=settings.beta, trainable=any(isinstance(m, TrainableSLM) for m in models),
         holdout_fraction=settings.finetune.holdout_fraction, epochs=settings.finetune.epochs,
-        distinct_share=len(set(sample)) / len(sample) if sample else 1.0)
+        distinct_share=len(set(sample)) / len(sample) if sample else 1.0,
+        token_high_factor=1.0 if kind in ("simulated", "human") else TOKEN_HIGH_FACTOR)
+    if kind not in ("simulated", "human"):
+        est.assumptions.append(f"the high end of tokens and cost is {TOKEN_HIGH_FACTOR:g}x the chars / 4 count: "
+                               "the embedded server counted 1.63x that on README's example")
+    _decide_adjustments(est, settings, n_rows - n_empty, tokens_in, kind)
     est.assumptions.append(f"models: {', '.join(m.name for m in models)}; verifier: {kind}"
                            + ("" if overhead == 0 else f"; {overhead} tokens per call for the function schema"))
     return est
@@ -351,3 +361,35 @@ def estimate_for_data(settings, data_path, instruction: str, labels, *, text_col
                               kind=kind)
     est.assumptions.append(f"models from {source}")
     return est
+
+
+def _decide_adjustments(est: PlanEstimate, settings, n_live: int, tokens_in: float, kind: str) -> None:
+    """What the decision layer adds or caps: the audit's settled rows (asked too) and an LLM budget.
+
+    The calibrated routing rule (settings.routing) learns per vote pattern as the run goes; it is not
+    replayed on the pilot, and the estimate says so.
+    """
+    from autoannotator.decide.audit import default_audit_size
+
+    audit = getattr(settings, "audit", 0)
+    n_audit = default_audit_size(n_live) if audit is None else int(audit or 0)
+    budget = getattr(settings, "llm_budget", None)
+    cap = budget * n_live if budget is not None else None
+    out_tokens = 0 if kind == "human" else TOKENS_OUT_PER_CALL
+    for key in ("low", "expected", "high"):
+        calls = getattr(est.llm_calls, key) + n_audit
+        if cap is not None:
+            calls = min(calls, float(round(cap)))
+        extra = calls - getattr(est.llm_calls, key)
+        setattr(est.llm_calls, key, calls)
+        for span, per in ((est.tokens_in, tokens_in), (est.tokens_out, out_tokens)):
+            setattr(span, key, getattr(span, key) + extra * per)
+        setattr(est.tokens, key, getattr(est.tokens_in, key) + getattr(est.tokens_out, key))
+        setattr(est.cost_usd, key, est.prices.cost(getattr(est.tokens_in, key), getattr(est.tokens_out, key)))
+    if n_audit:
+        est.assumptions.append(f"{n_audit} settled rows are audited by the verifier too (settings.audit)")
+    if cap is not None:
+        est.assumptions.append(f"the LLM budget caps the calls at {budget:.0%} of the rows")
+    if getattr(settings, "routing", "paper") != "paper":
+        est.assumptions.append(f"routing {settings.routing!r} is not replayed on the pilot: the hard share is the "
+                               "paper rule's (U(x) >= epsilon); the calibrated rule may ask about fewer or other rows")

@@ -156,3 +156,13 @@ def test_a_pilot_of_the_whole_file_leaves_only_the_students_range():
                             prices=PRICES, timing=TIMING, beta=40, trainable=True)
     # 40 hard rows come after 100 rows; the other 200 may fall to the irreducible share (0.2).
     assert student.llm_calls.low == 40 + 40 and student.llm_calls.high == 120
+
+
+def test_a_real_endpoints_token_range_allows_for_its_tokenizer():
+    shares = PilotShares(n=100, hard=40, irreducible=20)
+    plain = estimate_plan(n_rows=100, n_empty=0, shares=shares, tokens_in_per_call=100, tokens_out_per_call=8,
+                          prices=PRICES, timing=TIMING, beta=10**6, trainable=False)
+    wide = estimate_plan(n_rows=100, n_empty=0, shares=shares, tokens_in_per_call=100, tokens_out_per_call=8,
+                         prices=PRICES, timing=TIMING, beta=10**6, trainable=False, token_high_factor=1.7)
+    assert wide.tokens.expected == plain.tokens.expected and wide.tokens.high == pytest.approx(plain.tokens.high * 1.7)
+    assert wide.cost_usd.high == pytest.approx(plain.cost_usd.high * 1.7)

@@ -10,7 +10,7 @@ import pytest
 from fakes import ScriptedChatModel
 from test_sandbox import use
 
-from autoannotator.agent.planning import PLAN_CACHE_DIR, WEAK_SKIP_REASON, cached_plan, plan_run
+from autoannotator.agent.planning import PLAN_CACHE_DIR, WEAK_SKIP_REASON, cached_plan, plan_run, texts_fingerprint
 from autoannotator.config import Settings
 from autoannotator.task import LabelDef, TaskSpec
 
@@ -69,18 +69,19 @@ def test_a_second_run_on_the_same_request_reuses_the_plan(first):
     assert second.deployment["final_code"] == str(code)
     assert code.read_text() == (root / "run1" / "deploy" / "ensemble" / "v1.py").read_text()
     assert second_s < first_s
-    assert cached_plan(cfg, TASK, TEXTS)["model_specs"] == [s["spec"] for s in plan.selection]
+    assert cached_plan(cfg, TASK, texts_fingerprint(TEXTS))["model_specs"] == [s["spec"] for s in plan.selection]
 
 
 def test_other_data_labels_or_settings_miss_the_cache(first):
     root, _, _, _, cfg = first
-    assert cached_plan(cfg, TASK, TEXTS[:-1]) is None
+    assert cached_plan(cfg, TASK, texts_fingerprint(TEXTS[:-1])) is None
     three = TaskSpec(instruction=TASK.instruction, labels=[*TASK.labels, LabelDef(name="neutral")])
-    assert cached_plan(cfg, three, TEXTS) is None
-    assert cached_plan(cfg.model_copy(update={"k": 2}), TASK, TEXTS) is None
+    assert cached_plan(cfg, three, texts_fingerprint(TEXTS)) is None
+    assert cached_plan(cfg.model_copy(update={"k": 2}), TASK, texts_fingerprint(TEXTS)) is None
     off, _, _, _ = _plan(root, "run3", texts=TEXTS[:-1], reuse_plans=False)
     assert "plan" not in off.decided_by and (root / "run3" / "deploy" / "probe").exists()
-    assert cached_plan(cfg, TASK, TEXTS[:-1]) is None  # reuse_plans=False neither reads nor writes the cache
+    # reuse_plans=False neither reads nor writes the cache
+    assert cached_plan(cfg, TASK, texts_fingerprint(TEXTS[:-1])) is None
 
 
 def test_a_corrupt_cache_entry_is_a_miss(first, tmp_path):
@@ -89,4 +90,4 @@ def test_a_corrupt_cache_entry_is_a_miss(first, tmp_path):
     (tmp_path / "runs" / PLAN_CACHE_DIR).mkdir(parents=True)
     for entry in (root / "runs" / PLAN_CACHE_DIR).glob("*.json"):
         (tmp_path / "runs" / PLAN_CACHE_DIR / entry.name).write_text("{not json")
-    assert cached_plan(copy, TASK, TEXTS) is None
+    assert cached_plan(copy, TASK, texts_fingerprint(TEXTS)) is None

@@ -98,7 +98,9 @@ def _num(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if not value.is_integer() else f"{int(value)}"
+        if value.is_integer() or abs(value) >= 100:
+            return f"{round(value):,}"
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".")
     return _e(value)
 
 
@@ -319,8 +321,9 @@ def _headline(report: dict[str, Any]) -> str:
     est = report.get("estimate")
     if isinstance(est, dict) and est.get("llm_calls"):
         calls = est["llm_calls"]
-        cards.append(_card("planned LLM calls", f"{_e(calls.get('expected'))}",
-                           f"range {_e(calls.get('low'))}–{_e(calls.get('high'))}; spent {_e(report.get('llm_calls'))}"))
+        cards.append(_card("planned LLM calls", _num(calls.get("expected")),
+                           f"range {_num(calls.get('low'))}–{_num(calls.get('high'))}; "
+                           f"spent {_e(report.get('llm_calls'))}"))
     return f'<section id="headline"><h2>Headline</h2><div class="cards">{"".join(cards)}</div></section>'
 
 
