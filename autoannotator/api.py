@@ -262,8 +262,8 @@ def bench(data: Any, task: str, gold_column: str, labels: str | Iterable[str | L
     ``verifier``: ``"llm"``, ``"human"`` or ``"simulated:P"`` (a seeded stand-in right with
     probability P; every table that uses it says so). Writes results.json/.md and tradeoff.png.
     """
-    from autoannotator.bench.output import write_results
-    from autoannotator.bench.suite import run_bench
+    from autoannotator.benchmark.output import write_results
+    from autoannotator.benchmark.suite import run_bench
 
     cfg = _settings(settings, config)
     out_dir = Path(out_dir)

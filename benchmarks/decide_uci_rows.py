@@ -4,8 +4,8 @@ sandbox none), plus the SLM rows. Usage: PYTHONPATH=. .venv/bin/python benchmark
 [CONFIGS, e.g. paper,calibrated,calibrated:0.1]"""
 import sys, json, time
 from pathlib import Path
-from autoannotator.bench.suite import Bench, BenchRow
-from autoannotator.bench.output import write_results
+from autoannotator.benchmark.suite import Bench, BenchRow
+from autoannotator.benchmark.output import write_results
 from autoannotator.config import Settings
 from autoannotator.data import load_dataset
 from autoannotator.task import LabelDef, build_task

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoannotator.bench.output import write_results
-from autoannotator.bench.suite import run_bench
+from autoannotator.benchmark.output import write_results
+from autoannotator.benchmark.suite import run_bench
 from autoannotator.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -56,7 +56,8 @@ def _check_outputs(data: Path, run_dir: Path) -> tuple[pd.DataFrame, dict]:
     assert out["text"].tolist() == src["text"].tolist()  # every input row, in order, once
     assert out["input_label"].tolist() == src["label"].tolist()  # the gold column survives, renamed
     assert set(out["label"]) <= {"positive", "negative"}
-    assert set(out["label_source"]) <= {"slm_consensus", "llm_verified"}
+    # llm_overruled: the LLM answered, the posterior over every vote says otherwise (calibrated routing)
+    assert set(out["label_source"]) <= {"slm_consensus", "llm_verified", "llm_overruled"}
     for key in ("n_samples", "llm_calls", "llm_call_rate", "llm_tokens_in", "llm_tokens_out", "est_cost_usd",
                 "all_llm_baseline_cost_usd", "price_table", "finetune_rounds", "model_agreement", "timings_s",
                 "accuracy", "by_label_source"):

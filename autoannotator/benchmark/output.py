@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autoannotator.bench.suite import BenchRow
+from autoannotator.benchmark.suite import BenchRow
 
 _COLUMNS = ["name", "accuracy", "macro_f1", "llm_calls", "llm_call_rate", "llm_tokens_in", "llm_tokens_out",
             "est_cost_usd", "wall_s", "coverage", "finetune_rounds", "audit_calls", "audit_estimate", "audit_interval",
