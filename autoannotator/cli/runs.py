@@ -32,7 +32,7 @@ from autoannotator.run.inspect import (
     run_state,
 )
 from autoannotator.run.paths import RunPaths
-from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.run.plan import RunPlan
 from autoannotator.run.report import render_markdown
 from autoannotator.run.store import RunStore
 
@@ -245,15 +245,10 @@ def export_labelstudio(run: str = typer.Argument(..., help="Run directory, id or
                        all_rows: bool = typer.Option(False, "--all", help="Every row, not only the hard ones."),
                        runs_dir: Optional[Path] = _RUNS_DIR, config: Optional[Path] = _CONFIG) -> None:
     """Write the run's hard rows (or all) as Label Studio tasks, its labels as predictions; print the config."""
-    from autoannotator.run.labelstudio import export_tasks, labeling_config
+    from autoannotator.run.labelstudio import labeling_config, run_tasks
 
     run_dir, plan, _ = _load(run, runs_dir, config)
-    store = RunStore(RunPaths(run_dir).store)
-    try:
-        results = store.results()
-    finally:
-        store.close()
-    tasks = export_tasks(plan, results, load_run_dataset(plan).texts, all_rows)
+    tasks = run_tasks(run_dir, plan, all_rows)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(tasks, ensure_ascii=False, indent=2), encoding="utf-8")
     typer.echo(f"wrote {len(tasks)} task(s) to {out_file}; Label Studio labeling config:", err=True)

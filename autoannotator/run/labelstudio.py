@@ -297,16 +297,21 @@ class PushResult:
     n_predictions: int
 
 
-def push_run(run_dir: Path, client: LabelStudioClient, all_rows: bool = False, title: str | None = None) -> PushResult:
-    """Create a Label Studio project for the run (its labelling config) and import its hard rows (or all)
-    as tasks with the run's labels as predictions: the first half of the review round trip."""
-    plan = RunPlan.load(run_dir)
+def run_tasks(run_dir: Path, plan: RunPlan, all_rows: bool = False) -> list[dict]:
+    """The run's hard rows (or all) as Label Studio tasks, read from its store and data file."""
     store = RunStore(RunPaths(run_dir).store)
     try:
         results = store.results()
     finally:
         store.close()
-    tasks = export_tasks(plan, results, load_run_dataset(plan).texts, all_rows)
+    return export_tasks(plan, results, load_run_dataset(plan).texts, all_rows)
+
+
+def push_run(run_dir: Path, client: LabelStudioClient, all_rows: bool = False, title: str | None = None) -> PushResult:
+    """Create a Label Studio project for the run (its labelling config) and import its hard rows (or all)
+    as tasks with the run's labels as predictions: the first half of the review round trip."""
+    plan = RunPlan.load(run_dir)
+    tasks = run_tasks(run_dir, plan, all_rows)
     if not tasks:
         raise UserError(f"run {plan.run_id} has no hard rows to review; pass --all to push every row")
     title = title or f"autoannotator {plan.run_id}"[:50]  # Label Studio's limit: 3 to 50 characters
