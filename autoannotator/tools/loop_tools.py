@@ -307,7 +307,9 @@ def checked(name: str, value: float) -> float | int:
     info = Settings.model_fields[name]
     number: float | int = int(value) if name in ("beta", "k") else value
     try:
-        return TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(number)
+        # Annotated[(t, *m)] rather than Annotated[t, *m]: the starred form is Python 3.11+ syntax
+        field_type = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        return TypeAdapter(field_type).validate_python(number)
     except ValidationError as exc:
         raise ToolException(f"{name}={number}: {exc.errors()[0]['msg']}") from None
 
