@@ -321,3 +321,23 @@ def test_label_run_with_few_shot_embeds_rows_once_and_records_the_setting(tmp_pa
         for rid, ex in batch.items():
             assert rid not in {e.row_id for e in ex}
             assert all(e.label in LABELS and e.text for e in ex)
+
+
+def test_the_cost_estimate_counts_the_longer_few_shot_prompt():
+    from autoannotator.plan_estimate import estimate_for_models
+    from autoannotator.slm.catalog import build_model
+
+    texts = pd.read_csv(Path(__file__).resolve().parents[1] / "examples" / "reviews.csv")["text"].head(60).tolist()
+    task = TaskSpec(instruction="label these reviews for sentiment", labels=[LabelDef(name=n) for n in LABELS])
+
+    def per_call(shots: int) -> tuple[float, list[str]]:
+        settings = Settings(few_shot=shots, routing="paper")
+        models = [build_model(s, task, settings) for s in ("vader", "textblob")]
+        est = estimate_for_models(models, texts, 300, 0, task, settings, kind="simulated")
+        return est.tokens_in_per_call, est.assumptions
+
+    zero, notes0 = per_call(0)
+    four, notes4 = per_call(4)
+    text_tokens = sum(len(t) for t in texts) / len(texts) / 4
+    assert four - zero > 4 * text_tokens  # four example texts of about the same length, plus their blocks
+    assert not any("examples" in n for n in notes0) and any("4 examples" in n for n in notes4)
