@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     max_llm_cost: float | None = Field(None, ge=0.0)  # USD, at the price table's prices
     # Settled rows also sent to the LLM to estimate label quality without gold: None = min(100, 2 %), 0 = off.
     audit: int | None = Field(None, ge=0)
+    # Few-shot verification prompts: per hard row, this many rows labelled in earlier batches (nearest by
+    # MiniLM embedding, balanced across labels; verify/examples.py); 0 = the zero-shot prompt. Settled rows
+    # qualify as examples at a posterior confidence of at least few_shot_min_confidence.
+    few_shot: int = Field(0, ge=0, le=32)
+    few_shot_min_confidence: float = Field(0.9, ge=0.0, le=1.0)
     models: list[str] = Field(default_factory=list)
     model_dirs: list[Path] = Field(default_factory=list)
     # Tool plugins by file: "path/to/file.py" or "path/to/file.py:factory" (see tools/registry.py).

@@ -295,6 +295,16 @@ def schema_overhead_tokens(labels: Sequence[str]) -> int:
     return tokens_from_chars(len(json.dumps(convert_to_openai_tool(label_schema(list(labels))))))
 
 
+def _pilot_examples(sample: Sequence[str], j: int, task, settings) -> list:
+    """``--few-shot N``: N other pilot rows as stand-in examples, so the estimate counts the longer prompt
+    (the real ones are the nearest labelled rows: similar texts, so of about the same length)."""
+    from autoannotator.verify.base import Example
+
+    shots = min(int(getattr(settings, "few_shot", 0) or 0), max(0, len(sample) - 1))
+    names = task.label_names
+    return [Example(-1, sample[(j + 1 + i) % len(sample)], names[i % len(names)]) for i in range(shots)]
+
+
 def estimate_for_models(models: Sequence, pilot_texts: Sequence[str], n_rows: int, n_empty: int, task, settings, *,
                         kind: str) -> PlanEstimate:
     """Run ``models`` (the run's own ensemble) on pilot texts (evenly spread rows) and estimate the whole run."""
@@ -311,7 +321,8 @@ def estimate_for_models(models: Sequence, pilot_texts: Sequence[str], n_rows: in
     shares = pilot_shares(out.votes, len(task.label_names), settings.epsilon, settings.min_votes)
     prompt = VerifyPrompt(task, settings.llm_max_text_chars)
     overhead = 0 if kind in ("simulated", "human") else schema_overhead_tokens(task.label_names)
-    per_row = [prompt_tokens([str(m.content) for m in prompt.messages(t)], overhead) for t in sample]
+    per_row = [prompt_tokens([str(m.content) for m in prompt.messages(t, _pilot_examples(sample, j, task, settings))],
+                             overhead) for j, t in enumerate(sample)]
     tokens_in = sum(per_row) / len(per_row) if per_row else 0.0
     timing = Timing(slm_s_per_row=slm_s, llm_s_per_call=LATENCY_S.get(kind, 1.0),
                     llm_concurrency=1 if kind in ("embedded", "human") else settings.llm_max_concurrency)
@@ -326,6 +337,9 @@ def estimate_for_models(models: Sequence, pilot_texts: Sequence[str], n_rows: in
         est.assumptions.append(f"the high end of tokens and cost is {TOKEN_HIGH_FACTOR:g}x the chars / 4 count: "
                                "the embedded server counted 1.63x that on README's example")
     _decide_adjustments(est, settings, n_rows - n_empty, tokens_in, kind)
+    if int(getattr(settings, "few_shot", 0) or 0) > 0:
+        est.assumptions.append(f"every call shows {settings.few_shot} examples (other pilot rows); the first "
+                               "batch's calls show none, so the token count is a little high")
     est.assumptions.append(f"models: {', '.join(m.name for m in models)}; verifier: {kind}"
                            + ("" if overhead == 0 else f"; {overhead} tokens per call for the function schema"))
     return est

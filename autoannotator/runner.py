@@ -34,6 +34,7 @@ from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
 from autoannotator.plan_estimate import (DEFAULT_PILOT_ROWS, PlanEstimate, estimate_for_models, summary_lines,
                                          verifier_kind)
 from autoannotator.run.output import ShardWriter, assemble, label_columns, write_run_output
+from autoannotator.run.embeddings import EmbeddingStore
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.lock import RunLock
 from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, record_llm,
@@ -46,7 +47,8 @@ from autoannotator.sandbox.base import SandboxError
 from autoannotator.slm.base import SLM, TrainableSLM
 from autoannotator.slm.catalog import build_model, default_selection
 from autoannotator.task import LabelDef, LabelSource, TaskSpec, build_task
-from autoannotator.verify.base import Verifier
+from autoannotator.verify.base import ExampleVerifier, Verifier
+from autoannotator.verify.examples import FewShotPicker
 from autoannotator.verify.factory import make_verifier
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ def label(
         plan = RunPlan.load(run_dir)
         frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
         frozen.setdefault("routing", "paper")  # a run planned before the decision layer keeps the paper's rule
+        frozen.setdefault("few_shot", 0)  # ... and one planned before few-shot prompts its zero-shot prompt
         frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
         settings = settings.model_copy(update=frozen)
         if verifier_factory is None:
@@ -181,11 +184,15 @@ def label(
                              address=settings.ray_address)
         stack.callback(engine.close)
         writer = ShardWriter(run_dir / "labelled", buffer_rows=10_000)
-        # No list of every text: the pool's rows (what fine-tuning trains on) are read back when needed.
-        text_of = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()])
+        few_shot = _few_shot_picker(settings, store, paths, plan.task, verifier, stack, on_progress, source.warnings)
+        # No list of every text: the pool's rows (what fine-tuning trains on) and the few-shot candidates
+        # are read back when needed.
+        text_of = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()] +
+                           (few_shot.wanted() if few_shot is not None else []))
         ctx = AnnotateContext(dataset=None, task=plan.task, models=models, verifier=verifier, store=store,
                               settings=settings, run_dir=run_dir, on_progress=on_progress,
-                              empty_rows=EmptyRows(text_of), text_of=text_of, engine=engine, writer=writer)
+                              empty_rows=EmptyRows(text_of), text_of=text_of, engine=engine, writer=writer,
+                              few_shot=few_shot)
         graph = build_annotate_graph(ctx, checkpointer=saver)
         n_rows = source.n_rows
         n_batches = -(-n_rows // settings.batch_size)
@@ -218,6 +225,27 @@ def label(
         report = _finish(plan, source, store, writer, verifier, settings, models, llm_info, {**timings, **node_s},
                          run_dir, estimate=estimate, decide=final.get("decide_summary"))
     return report, run_dir
+
+
+def _few_shot_picker(settings: Settings, store: RunStore, paths: RunPaths, task: TaskSpec, verifier: Verifier,
+                     stack: ExitStack, on_progress: Callable[[dict], None],
+                     warnings: list[str]) -> FewShotPicker | None:
+    """``--few-shot N``: the frozen MiniLM encoder and the run's embedding store; None when off or when
+    the verifier's prompt cannot show examples (a person, a custom verifier: said once)."""
+    if settings.few_shot <= 0:
+        return None
+    if not isinstance(verifier, ExampleVerifier):
+        note = f"--few-shot {settings.few_shot} ignored: the verifier {verifier.model_id} shows no examples"
+        on_progress({"event": "note", "text": note})
+        warnings.append(note)
+        return None
+    from autoannotator.slm.student import SentenceEncoder  # torch: loaded only when few-shot is on
+
+    encoder = SentenceEncoder(device=settings.device)
+    embeddings = EmbeddingStore(paths.embeddings, encoder.dim)
+    stack.callback(embeddings.close)
+    return FewShotPicker(settings.few_shot, store, embeddings, encoder.encode, task.label_names,
+                         min_confidence=settings.few_shot_min_confidence)
 
 
 def _invoke(graph: Any, config: dict[str, Any], resumed: bool, snapshot: Any, store: RunStore, n_rows: int,

@@ -88,6 +88,9 @@ def label(
     max_llm_cost: Optional[float] = typer.Option(None, help="Most USD spent on LLM calls (at the price table)."),
     audit: Optional[int] = typer.Option(None, help="Settled rows also sent to the LLM to estimate label quality "
                                                    "without gold (default min(100, 2 %); 0 = off)."),
+    few_shot: Optional[int] = typer.Option(None, "--few-shot", metavar="N", help="Show the LLM N rows labelled "
+                                           "earlier, nearest to each hard row and balanced across labels "
+                                           "(default 0: zero-shot)."),
 ) -> None:
     """Label DATA: the SLM ensemble votes, the LLM re-verifies disagreements, the student learns from them."""
     from autoannotator import api
@@ -99,7 +102,7 @@ def label(
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
         "llm_base_url": llm_base_url, "engine": engine, "ray_address": ray_address,
         "routing": routing, "llm_budget": llm_budget, "max_llm_cost": max_llm_cost, "audit": audit,
-        "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
+        "few_shot": few_shot, "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }
     if dry_run:
         if data is None or not task:
@@ -198,6 +201,8 @@ def bench(
                                                         "each (e.g. 0.05,0.1,0.2,0.3)."),
     max_llm_cost: Optional[float] = typer.Option(None, help="Most USD per run spent on LLM calls."),
     audit: Optional[int] = typer.Option(None, help="Audit rows per run (default min(100, 2 %); 0 = off)."),
+    few_shot: Optional[int] = typer.Option(None, "--few-shot", metavar="N", help="Few-shot examples per LLM "
+                                           "verification prompt (default 0)."),
 ) -> None:
     """Compare each SLM, their majority vote, the LLM alone and AutoAnnotator on labelled data."""
     from autoannotator import api
@@ -211,7 +216,7 @@ def bench(
         max_llm_cost=max_llm_cost, audit=audit,
         on_progress=lambda msg: console.print(f"[dim]bench[/] {msg}"),
         command=" ".join(["autoannotator", *sys.argv[1:]]),
-        k=k, batch_size=batch_size, sandbox=sandbox, llm_base_url=llm_base_url, llm_model=llm_model,
+        k=k, batch_size=batch_size, sandbox=sandbox, llm_base_url=llm_base_url, llm_model=llm_model, few_shot=few_shot,
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
     )
     for row in result.rows:

@@ -7,7 +7,7 @@ run from chat is the same step the loop runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from autoannotator.ensemble import BatchVotes, run_ensemble
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM, TrainableSLM
 from autoannotator.task import LabelSource
-from autoannotator.verify.base import HintedVerifier, Verifier
+from autoannotator.verify.base import Example, ExampleVerifier, HintedVerifier, Verifier
 
 
 def score_batch(models: Sequence[SLM], row_ids: Sequence[int], text_of: Callable[[int], str],
@@ -59,11 +59,15 @@ def majority_label(labels: Sequence[str], batch: BatchVotes, pos: int) -> str | 
 
 
 def ask_verifier(verifier: Verifier, items: list[tuple[int, str]],
-                 hints: dict[int, dict] | None = None) -> tuple[dict[str, str | None], list[Any]]:
+                 hints: dict[int, dict] | None = None,
+                 examples: Mapping[int, Sequence[Example]] | None = None) -> tuple[dict[str, str | None], list[Any]]:
     """Ask the verifier about ``items``: (row id as text -> label, None where it gave no valid label
-    after its attempts; the raw results, for their usage)."""
+    after its attempts; the raw results, for their usage). ``examples``: few-shot examples per row id,
+    for a verifier whose prompt shows them (none given: its zero-shot prompt)."""
     if hints and isinstance(verifier, HintedVerifier):  # a human sees the SLM votes next to each sample
         verifier.set_hints(hints)
+    if isinstance(verifier, ExampleVerifier):  # always set: no example of an earlier call may linger
+        verifier.set_examples(examples or {})
     results = list(verifier.verify(items)) if items else []
     # A failed row maps to None: it keeps the models' label (llm_failed) and stays out of the pool.
     return {str(r.row_id): (None if getattr(r, "failed", False) else r.label) for r in results}, results

@@ -50,6 +50,7 @@ from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
 from autoannotator.task import LabelSource, TaskSpec
 from autoannotator.verify.base import Verifier
+from autoannotator.verify.examples import FewShotPicker
 
 UNRELIABLE_NOTE = ("LLM judged unreliable: it agrees with the SLMs' confident labels on {agreement:.0%} of "
                    "{n} rows (overall or on one SLM label, too little) where an LLM right {assumed:.0%} of the time would agree on about {expected:.0%}; "
@@ -75,6 +76,8 @@ class AnnotateContext:
     text_of: Callable[[int], str] | None = None
     engine: Engine | None = None
     writer: ShardWriter | None = None
+    # ``--few-shot N``: chooses each hard row's labelled examples from earlier batches (None: zero-shot).
+    few_shot: FewShotPicker | None = None
 
 
 def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[AnnotateState], dict]:
@@ -202,7 +205,11 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         hints = {rid: {"votes": row_votes(ctx.models, labels, batch, pos[rid]),
                        "uncertainty": batch["uncertainty"][pos[rid]],
                        "majority": majority_label(labels, batch, pos[rid])} for rid in ask + audit}
-        answers, results = ask_verifier(ctx.verifier, [(rid, text_of(rid)) for rid in ask + audit], hints)
+        # Examples from the store as of this batch's start: a redone batch makes the same prompts.
+        examples = (ctx.few_shot.pick(ask + audit, state.get("batch_index", 0), text_of)
+                    if ctx.few_shot is not None else None)
+        answers, results = ask_verifier(ctx.verifier, [(rid, text_of(rid)) for rid in ask + audit], hints,
+                                        examples)
         audit_set = set(audit)
         # A routed row the verifier gave no valid label (None) keeps the models' label as llm_failed.
         verified = {k: v for k, v in answers.items() if int(k) not in audit_set}

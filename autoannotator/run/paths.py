@@ -23,6 +23,10 @@ class RunPaths:
         return self.root / "llm_cache.sqlite"
 
     @property
+    def embeddings(self) -> Path:  # sentence embeddings of rows, for choosing the verifier's few-shot examples
+        return self.root / "embeddings.sqlite"
+
+    @property
     def checkpoints(self) -> Path:  # LangGraph's SQLite checkpointer
         return self.root / "checkpoints.sqlite"
 

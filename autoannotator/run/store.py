@@ -132,6 +132,10 @@ class RunStore:
         """Rows lo <= row_id < hi, by row id."""
         return self._select_results("WHERE row_id >= ? AND row_id < ?", (lo, hi))
 
+    def results_in_batches(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        """Rows labelled in batches lo <= batch < hi, by row id: what earlier batches settled."""
+        return self._select_results("WHERE batch >= ? AND batch < ?", (lo, hi))
+
     def count_between(self, lo: int, hi: int) -> int:
         return self._db.execute("SELECT COUNT(*) FROM results WHERE row_id >= ? AND row_id < ?", (lo, hi)).fetchone()[0]
 

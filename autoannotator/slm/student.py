@@ -86,11 +86,52 @@ class MeanPooledClassifier(torch.nn.Module):
     def forward(self, input_ids, attention_mask, **kwargs):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        pooled = mean_pooled(self.encoder, input_ids, attention_mask, **kwargs)
         return SequenceClassifierOutput(logits=self.head(pooled * LOGIT_SCALE))
+
+
+def mean_pooled(encoder: torch.nn.Module, input_ids, attention_mask, **kwargs) -> torch.Tensor:
+    """The unit-length mean over real tokens: the sentence embedding all-MiniLM-L6-v2 was trained to give."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+class SentenceEncoder:
+    """The frozen all-MiniLM-L6-v2 sentence embedding (the student's encoder before any round, loaded
+    the same way): what the verifier's few-shot examples are chosen by (``verify/examples.py``).
+    Frozen on purpose: the student's encoder moves every round, and a neighbour chosen by moving
+    vectors would change the prompt of a row on resume."""
+
+    def __init__(self, model_path: str | None = None, *, device: str = "auto", batch_size: int = 64,
+                 max_length: int = 128, max_text_chars: int = 2000):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = model_path or minilm_path()
+        self.device = resolve_device(device)
+        self.batch_size, self.max_length, self.max_text_chars = batch_size, max_length, max_text_chars
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        with quiet_transformers():
+            self.encoder = AutoModel.from_pretrained(path).to(self.device).eval()
+        self.dim = int(self.encoder.config.hidden_size)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32 unit rows in input order, fp32 on every device (a neighbour must not depend on
+        the arithmetic's precision); a blank text gets a zero row (similar to nothing)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        clipped = clip_texts(texts, self.max_text_chars)
+        lengths = np.fromiter((len(t.strip()) for t in clipped), dtype=np.int64, count=len(clipped))
+        keep = np.flatnonzero(lengths > 0)
+        order = keep[np.argsort(lengths[keep], kind="stable")]  # similar lengths per chunk: less padding
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                enc = self.tokenizer([clipped[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                out[idx] = mean_pooled(self.encoder, enc["input_ids"], enc["attention_mask"]).cpu().numpy()
+        return out
 
 
 class MiniLMStudent(TrainableSLM):

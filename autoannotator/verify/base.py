@@ -7,12 +7,22 @@ person in the terminal) and ``simulated.SimulatedVerifier`` (a seeded stand-in f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from autoannotator.costs import LLMUsage
+
+
+@dataclass(frozen=True)
+class Example:
+    """A row labelled earlier in the run, shown to the verifier beside a hard row (``--few-shot``)."""
+
+    row_id: int
+    text: str
+    label: str
 
 
 class VerifyResult(BaseModel):
@@ -43,3 +53,11 @@ class HintedVerifier(Verifier, Protocol):
     """A verifier that shows the SLM votes next to each hard sample (the human one)."""
 
     def set_hints(self, hints: dict[int, dict]) -> None: ...
+
+
+@runtime_checkable
+class ExampleVerifier(Verifier, Protocol):
+    """A verifier whose prompt can show labelled examples per row (the LLM one; the simulated one counts
+    their tokens). ``set_examples`` replaces the examples for the next ``verify``: row id -> examples."""
+
+    def set_examples(self, examples: Mapping[int, Sequence[Example]]) -> None: ...

@@ -21,6 +21,7 @@ import hashlib
 import json
 import random
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from autoannotator.llm.loop import run_on_llm_loop
 from autoannotator.llm.retry import is_transient, retry_after_seconds
 from autoannotator.run.cache import AnswerCache
 from autoannotator.task import TaskSpec
-from autoannotator.verify.base import VerifyResult
+from autoannotator.verify.base import Example, VerifyResult
 from autoannotator.verify.prompt import VerifyPrompt, label_schema
 
 __all__ = ["LLMVerifier", "VerifyPrompt", "VerifyResult", "prompt_key"]
@@ -81,10 +82,16 @@ class LLMVerifier:
         self.prompt = VerifyPrompt(task, max_text_chars)
         self._cache = AnswerCache(cache_path)
         self._stopping = threading.Event()
+        self._examples: dict[int, tuple[Example, ...]] = {}
 
     # -- prompts and keys ---------------------------------------------------------------------------
-    def messages(self, text: str) -> list[BaseMessage]:
-        return self.prompt.messages(text)
+    def set_examples(self, examples: Mapping[int, Sequence[Example]]) -> None:
+        """The few-shot examples of the next ``verify``, per row id (replacing any earlier ones): they
+        are part of the prompt, hence of its cache key."""
+        self._examples = {int(k): tuple(v) for k, v in examples.items()}
+
+    def messages(self, text: str, examples: Sequence[Example] = ()) -> list[BaseMessage]:
+        return self.prompt.messages(text, examples)
 
     def _key(self, messages: list[BaseMessage]) -> str:
         return prompt_key(self.model_id, self.labels, messages)
@@ -103,7 +110,7 @@ class LLMVerifier:
         return self._cache.ledger(run_id or self.run_id)
 
     async def averify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
-        prepared = [(row_id, self.messages(text)) for row_id, text in items]
+        prepared = [(row_id, self.messages(text, self._examples.get(row_id, ()))) for row_id, text in items]
         keys = [self._key(msgs) for _, msgs in prepared]
         hits = self._cache.get_many(sorted(set(keys)))
         results: list[VerifyResult | None] = [None] * len(items)

@@ -12,8 +12,13 @@ from pydantic import BaseModel, Field, create_model
 
 from autoannotator.prompts import render
 from autoannotator.task import TaskSpec
+from autoannotator.verify.base import Example
 
 _DATA_TAG = re.compile(r"<\s*/?\s*text_to_classify\s*>", re.IGNORECASE)
+# An example's text must not close its own block or the data block either.
+_EXAMPLE_TAG = re.compile(r"<\s*/?\s*(?:text_to_classify|example)\s*>", re.IGNORECASE)
+# Examples are context, not the text to judge: a shorter cut keeps N of them from swamping the prompt.
+EXAMPLE_MAX_CHARS = 600
 
 
 def truncate_middle(text: str, max_chars: int) -> str:
@@ -23,6 +28,11 @@ def truncate_middle(text: str, max_chars: int) -> str:
     head = max_chars * 2 // 3
     tail = max_chars - head
     return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
+
+
+def example_excerpt(text: str) -> str:
+    """What an example shows of its text; idempotent, so a picker may keep excerpts instead of whole texts."""
+    return text if len(text) <= EXAMPLE_MAX_CHARS else truncate_middle(text, EXAMPLE_MAX_CHARS - 40)
 
 
 def label_schema(labels: Sequence[str]) -> type[BaseModel]:
@@ -43,8 +53,12 @@ class VerifyPrompt:
         self._system = render("verify_system.md", instruction=task.instruction, labels=task.labels,
                               label_names=self.labels)
 
-    def messages(self, text: str) -> list[BaseMessage]:
+    def messages(self, text: str, examples: Sequence[Example] = ()) -> list[BaseMessage]:
+        """The system and user messages for one text; ``examples`` (labelled rows, ``--few-shot``) are
+        rendered by the template before the text. Without examples the prompt is the zero-shot one."""
         # Neutralise our own delimiters so a text cannot close the data block and speak as the user.
         body = _DATA_TAG.sub("[tag removed]", truncate_middle(text, self.max_text_chars))
+        shown = [{"text": _EXAMPLE_TAG.sub("[tag removed]", example_excerpt(e.text)), "label": e.label}
+                 for e in examples]
         return [SystemMessage(self._system),
-                HumanMessage(render("verify_user.md", text=body, label_names=self.labels))]
+                HumanMessage(render("verify_user.md", text=body, label_names=self.labels, examples=shown))]

@@ -9,9 +9,9 @@ offered by `bench` only, never by `label`; every table and plot that uses it say
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from autoannotator.verify.base import VerifyResult
+from autoannotator.verify.base import Example, VerifyResult
 from autoannotator.verify.prompt import VerifyPrompt
 from autoannotator.costs import LLMUsage
 from autoannotator.task import TaskSpec
@@ -29,6 +29,11 @@ class SimulatedVerifier:
         self.prompt = VerifyPrompt(task, max_text_chars)
         self.model_id = f"simulated:{p}"
         self._paid: dict[int, tuple[int, int]] = {}
+        self._examples: dict[int, tuple[Example, ...]] = {}
+
+    def set_examples(self, examples: Mapping[int, Sequence[Example]]) -> None:
+        """Few-shot examples do not change its answer (it ignores prompts), only the tokens it counts."""
+        self._examples = {int(k): tuple(v) for k, v in examples.items()}
 
     @property
     def description(self) -> str:
@@ -46,7 +51,7 @@ class SimulatedVerifier:
     def verify(self, items: list[tuple[int, str]]) -> list[VerifyResult]:
         out = []
         for row_id, text in items:
-            chars = sum(len(str(m.content)) for m in self.prompt.messages(text))
+            chars = sum(len(str(m.content)) for m in self.prompt.messages(text, self._examples.get(row_id, ())))
             cached = row_id in self._paid
             if not cached:
                 self._paid[row_id] = (max(1, chars // 4), _TOKENS_OUT)
