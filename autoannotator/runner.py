@@ -181,6 +181,13 @@ def label(
         engine = make_engine(settings.engine, models, plan.model_specs, plan.task, settings, source=source,
                              address=settings.ray_address)
         stack.callback(engine.close)
+        if settings.engine == "ray":  # the verifier's uncached prompts go out from Ray workers
+            from autoannotator.engine.ray_engine import ensure_ray
+            from autoannotator.engine.ray_verify import spread_verifier
+
+            asker = spread_verifier(verifier, llm, settings, ensure_ray(settings.ray_address))
+            if asker is not None:
+                stack.callback(asker.close)
         writer = ShardWriter(run_dir / "labelled", buffer_rows=10_000)
         # No list of every text: the pool's rows (what fine-tuning trains on) are read back when needed.
         text_of = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()])
