@@ -153,7 +153,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             return {"warm_started": True}
         weights = train_on_records(ctx.models, records, text_of, labels, ctx.settings, 1,
                                    RunPaths(ctx.run_dir).models, ctx.store, kind="warm_start",
-                                   on_progress=ctx.on_progress)
+                                   on_progress=ctx.on_progress, engine=ctx.engine)
         return {"warm_started": True, "finetune_round": 1, "finetune_seen": 0,
                 "weights": {**(state.get("weights") or {}), **weights}}
 
@@ -285,7 +285,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         seen = ctx.store.n_results()  # every row so far; the next round's new rows come after these
         accepted, pool_size = finetune_trainables(ctx.models, ctx.store, text_of, labels, ctx.settings, round_,
                                                   RunPaths(ctx.run_dir).models, ctx.on_progress,
-                                                  seen_upto=state.get("finetune_seen", 0))
+                                                  seen_upto=state.get("finetune_seen", 0), engine=ctx.engine)
         weights = {**(state.get("weights") or {}), **accepted}
         return {"finetune_round": round_, "pool_at_last_finetune": pool_size, "finetune_seen": seen,
                 "weights": weights}

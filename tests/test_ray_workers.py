@@ -1,17 +1,23 @@
-"""With --engine ray, the verifier's uncached prompts go to the endpoint from Ray workers, through the
-orchestrator's cache and ledger: spread over the workers, at most the configured concurrency in flight,
-each distinct prompt asked once, a cached answer never asked again (a real local Ray instance and the
-loopback fake endpoint, which counts its answers per prompt)."""
+"""Work the Ray engine sends to Ray workers, on a real local Ray instance (one per module).
+
+The verifier's uncached prompts go to the endpoint from Ray workers, through the orchestrator's cache and
+ledger: spread over the workers, at most the configured concurrency in flight, each distinct prompt asked
+once, a cached answer never asked again (the loopback fake endpoint counts its answers per prompt). A
+fine-tuning round runs as a Ray task in another process and the model it keeps votes like the one the
+same round keeps in this process."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -111,3 +117,38 @@ def test_an_endpoint_down_seen_from_the_workers_ends_the_verify_as_llm_unavailab
 
 def test_embedded_or_non_llm_verifiers_stay_in_the_orchestrator(ray_up, tmp_path):
     assert spread_verifier(object(), None, Settings(), ray_up) is None
+
+
+def _untimed(record: dict) -> dict:
+    """A round's record without its clock readings and the weights' path (they differ between two runs)."""
+    timed = ("seconds", "per_s")
+    return {k: _untimed(v) if isinstance(v, dict) else v for k, v in record.items()
+            if k != "weights" and not k.endswith(timed)}
+
+
+def test_a_finetune_round_runs_on_a_ray_worker_and_its_model_votes_here(ray_up, tmp_path):
+    from autoannotator.engine.ray_engine import RayEngine
+    from autoannotator.finetune import plan_round, run_round
+    from autoannotator.slm.tfidf import TfidfStudent
+
+    with open(REPO / "examples" / "reviews.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"] in ("positive", "negative")]
+    texts = [r["text"] for r in rows]
+    records = [{"row_id": i, "label": r["label"], "label_source": "llm_verified",
+                "votes": {"v": {"label": r["label"]}}} for i, r in enumerate(rows)]
+    settings = Settings(models=["tfidf"], beta=50)
+    plan = plan_round(records, TASK.label_names, settings.finetune, beta=settings.beta, seen_upto=0, round_=1)
+    assert plan.train and plan.holdout
+    here, rec_here = run_round(TfidfStudent(TASK.label_names), plan, texts.__getitem__, settings.finetune, 1,
+                               tmp_path / "here")
+    engine = RayEngine([TfidfStudent(TASK.label_names)], ["tfidf"], TASK, settings)
+    there, rec_there = engine.run_round(engine.models[0], plan, texts.__getitem__, settings.finetune, 1,
+                                        tmp_path / "there")
+    assert engine.round_pids and engine.round_pids[0] != os.getpid()  # another process trained it
+    assert _untimed(rec_there) == _untimed(rec_here)
+    assert rec_there["n_train"] == len(plan.train) > 0
+    if rec_there["accepted"]:  # the weights the worker saved are where the record says
+        assert Path(rec_there["weights"]).exists() and str(tmp_path / "there") in rec_there["weights"]
+    p_there, p_here = there.predict(texts), here.predict(texts)
+    assert p_there.votes.tolist() == p_here.votes.tolist()  # (it abstains until a round passes its guard)
+    assert np.allclose(p_there.proba, p_here.proba) and np.abs(p_there.proba - 0.5).max() > 0.3  # trained
