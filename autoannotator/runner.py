@@ -41,6 +41,7 @@ from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, record
                                     resume_inputs, settings_for_resume)
 from autoannotator.run.precheck import check_output_writable, check_run_dir_writable
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
+from autoannotator.run.tally import RowTally
 from autoannotator.run.store import RunStore
 from autoannotator.sandbox import fallback_note, get_sandbox
 from autoannotator.sandbox.base import SandboxError
@@ -183,6 +184,13 @@ def label(
         engine = make_engine(settings.engine, models, plan.model_specs, plan.task, settings, source=source,
                              address=settings.ray_address)
         stack.callback(engine.close)
+        if settings.engine == "ray":  # the verifier's uncached prompts go out from Ray workers
+            from autoannotator.engine.ray_engine import ensure_ray
+            from autoannotator.engine.ray_verify import spread_verifier
+
+            asker = spread_verifier(verifier, llm, settings, ensure_ray(settings.ray_address))
+            if asker is not None:
+                stack.callback(asker.close)
         writer = ShardWriter(run_dir / "labelled", buffer_rows=10_000)
         few_shot = _few_shot_picker(settings, store, paths, plan.task, verifier, stack, on_progress, source.warnings)
         # No list of every text: the pool's rows (what fine-tuning trains on) and the few-shot candidates
@@ -351,7 +359,7 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
         stack.enter_context(RunLock(run_dir))
         store = RunStore(paths.store)
         stack.callback(store.close)
-        failed = [r for r in store.results() if r["label_source"] == LabelSource.LLM_FAILED.value]
+        failed = store.results_with_source(LabelSource.LLM_FAILED.value)
         if not failed:
             raise UserError(f"run {plan.run_id} has no llm_failed rows to retry")
         check_output_writable(Path(plan.out_path))
@@ -410,19 +418,17 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
             settings: Settings, models: list[SLM], llm_info: dict[str, Any], timings: dict[str, float],
             run_dir: Path, model_descriptions: list[dict] | None = None,
             estimate: PlanEstimate | None = None, decide: dict | None = None) -> dict[str, Any]:
-    results = store.results()
     n = source.n_rows
-    if len(results) != n or any(r["row_id"] != i for i, r in enumerate(results)):
-        raise RuntimeError(f"run store holds {len(results)} rows for {n} inputs")
+    if not store.covers(n):
+        raise RuntimeError(f"run store holds {store.n_results()} rows for {n} inputs")
     writer.flush()
     for lo, hi in writer.missing(n):  # stored, but killed before its shard was written: the store is the truth
         for start in range(lo, hi, 10_000):
-            part = results[start:min(hi, start + 10_000)]
+            part = store.results_between(start, min(hi, start + 10_000))
             writer.append([r["row_id"] for r in part], label_columns(part))
         writer.flush()
     written = assemble(source, writer, Path(plan.out_path))
     warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
-    gold = [g for chunk in source.iter_chunks() for g in (chunk.gold or [])] if plan.gold_column else None
     if settings.engine == "ray":
         where = ("ray: the frozen SLMs ran on Ray actors built from their specs (no generated code); trainable "
                  "models in-process")
@@ -431,13 +437,13 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
                  f"trainable models in-process")
     else:
         where = "none: all SLMs ran in-process"
+    described = model_descriptions if model_descriptions is not None else [m.describe() for m in models]
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
-        results=results, usage=verifier.ledger(), settings=settings,
-        models=model_descriptions if model_descriptions is not None else [m.describe() for m in models],
-        finetune_records=store.finetune_records(), timings=timings,
-        gold=gold, labels=plan.task.label_names,
+        tally=_tally(store, source, bool(plan.gold_column), plan.task.label_names, [m["name"] for m in described]),
+        usage=verifier.ledger(), settings=settings, models=described,
+        finetune_records=store.finetune_records(), timings=timings, labels=plan.task.label_names,
         llm=llm_info,
         warnings=warnings,
         sandbox=where,
@@ -446,3 +452,23 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
     )
     write_report(report, run_dir)
     return report
+
+
+def _tally(store: RunStore, source: DataSource, with_gold: bool, labels: list[str], model_names: list[str]
+           ) -> RowTally:
+    """The report's per-row figures in one pass over the store, 10,000 rows at a time (with the input's
+    gold labels, read alongside by chunk), so the end of a run holds no list of every row."""
+    tally = RowTally(labels, model_names, with_gold=with_gold)
+    if not with_gold:
+        for part in store.iter_results():
+            for rec in part:
+                tally.add(rec)
+        return tally
+    for chunk in source.iter_chunks(0, 10_000):
+        part = store.results_between(chunk.row_ids[0], chunk.row_ids[-1] + 1)
+        if [r["row_id"] for r in part] != chunk.row_ids:
+            raise RuntimeError(f"run store does not line up with the input at row {chunk.row_ids[0]}")
+        for rec, g in zip(part, chunk.gold or [None] * len(part)):
+            tally.add(rec, g)
+            tally.add_gold(g)
+    return tally

@@ -21,6 +21,7 @@ class _Server:
     def __init__(self, latency_s: float, max_concurrency: int):
         self.latency_s, self.max_concurrency = latency_s, max_concurrency
         self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it held at once
         self.answered = 0
         self.log: collections.Counter[str] = collections.Counter()  # sha256 of the last user message -> answers
 
@@ -46,7 +47,8 @@ class _Server:
         if method == "GET" and path.endswith("/models"):
             return 200, json.dumps({"object": "list", "data": [{"id": "fake-llm", "object": "model"}]}).encode()
         if method == "GET" and path == "/_stats":
-            return 200, json.dumps({"answered": self.answered}).encode()
+            return 200, json.dumps({"answered": self.answered, "in_flight": self.in_flight,
+                                    "max_in_flight": self.max_in_flight}).encode()
         if method == "GET" and path == "/_log":
             return 200, json.dumps(self.log).encode()
         if not path.endswith("/chat/completions"):
@@ -54,6 +56,7 @@ class _Server:
         if self.in_flight >= self.max_concurrency:
             return 429, b'{"error": {"message": "too many concurrent requests"}}'
         self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self.latency_s)
         finally:

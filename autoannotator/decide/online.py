@@ -42,7 +42,7 @@ rebuilt from the run store with ``restore``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -373,7 +373,7 @@ class OnlineDecider:
         return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
                 "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage)}
 
-    def restore(self, state: Mapping, book: list[dict]) -> None:
+    def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
         row: row_id, slm (list of label indices, -1 abstain), llm (index or -1), audit (bool),
         label (index), source."""

@@ -11,9 +11,12 @@ load their models once per run, not once per batch.
 What runs where:
 - frozen models (``vader``, ``hf:...``): on Ray actors; neural ones get ``num_gpus`` when the cluster has
   GPUs (a fraction of one GPU per model, so all of them fit on each GPU), CPUs otherwise;
-- trainable models (the student): in the orchestrator, in-process, because their weights change with every
-  accepted fine-tuning round and the loop checks them against its held-out slice there. Shipping the
-  accepted weights to actors is not built.
+- trainable models (the student): they vote in the orchestrator, in-process; their fine-tuning round
+  (``finetune.run_round``: training, the held-out guard, saving the weights) runs as a Ray task, and the
+  model it keeps travels back to the orchestrator, which votes with it from the next batch on. The task
+  gets the round's texts with it (not the data), and writes the weights under the run directory: on a
+  cluster that directory must be on a filesystem the workers share. Voting on actors with the shipped
+  weights is not built.
 """
 
 from __future__ import annotations
@@ -146,6 +149,15 @@ def _shard_reader(source: Any, shard: Any, skip: int, block_rows: int):
     return read
 
 
+def _round_on_worker(model: Any, plan: Any, texts: dict[int, str], cfg: Any, round_: int, save_dir: str
+                     ) -> tuple[Any, dict, int]:
+    """``finetune.run_round`` on a Ray worker; returns (the model kept, the round's record, the worker's pid)."""
+    from autoannotator.finetune import run_round
+
+    kept, record = run_round(model, plan, texts.__getitem__, cfg, round_, Path(save_dir))
+    return kept, record, os.getpid()
+
+
 def _SourceDatasource(source: Any, start: int, block_rows: int) -> Any:
     return _datasource_class()(source, start, block_rows)
 
@@ -180,6 +192,7 @@ class RayEngine:
         self._buf: dict[str, np.ndarray] | None = None  # its rows not yet handed to the loop
         self._buf_lo = 0
         self.jobs = 0  # Ray jobs started: one per run (or per restart) with a data source
+        self.round_pids: list[int] = []  # the worker process of each fine-tuning round
 
     # -- resources -------------------------------------------------------------------------------
     def _shapes(self) -> dict[int, dict[str, Any]]:
@@ -318,6 +331,17 @@ class RayEngine:
             confidence = np.zeros((n, 0), dtype=np.float32)
         majority, uncertainty, n_votes = tally(votes, self.n_labels, self.min_votes)
         return EnsembleOutput(votes, confidence, majority, uncertainty, n_votes)
+
+    def run_round(self, model: TrainableSLM, plan: Any, text_of: Any, cfg: Any, round_: int, save_dir: Path
+                  ) -> tuple[TrainableSLM, dict]:
+        """A fine-tuning round as a Ray task (no CPU share reserved: the actor pools hold the CPUs, and the
+        loop waits for the round anyway); the kept model comes back to vote in this process."""
+        ids = {r.row_id for part in (plan.train, plan.holdout, plan.forgetting) for r in part}
+        task = self.ray.remote(_round_on_worker).options(num_cpus=0)
+        kept, record, pid = self.ray.get(task.remote(model, plan, {rid: text_of(rid) for rid in ids}, cfg, round_,
+                                                     str(save_dir)))
+        self.round_pids.append(pid)
+        return kept, record
 
     def models_changed(self) -> None:
         return None  # trainable models run in-process and are read from the loop's list on every chunk

@@ -106,12 +106,14 @@ def accept_records(models: Sequence[SLM], labels: Sequence[str], row_ids: Sequen
 def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callable[[int], str],
                      labels: Sequence[str], settings: Settings, round_: int, models_dir: Path, store: RunStore, *,
                      seen_upto: int = 0, kind: str = "incremental",
-                     on_progress: Callable[[dict], None] = lambda event: None) -> dict[str, str]:
+                     on_progress: Callable[[dict], None] = lambda event: None,
+                     engine: Engine | None = None) -> dict[str, str]:
     """One round for every trainable model on ``records`` (labelled rows in processing order).
 
     ``finetune.plan_round`` picks the rows and weights (everything labelled, O(beta) per round),
-    ``finetune.run_round`` trains from the current weights and guards the result. Replaces accepted
-    models in ``models`` in place; returns model name -> accepted weights.
+    ``finetune.run_round`` trains from the current weights and guards the result (where the engine
+    runs it: this process, or a Ray worker). Replaces accepted models in ``models`` in place; returns
+    model name -> accepted weights.
     """
     weights: dict[str, str] = {}
     for i, model in enumerate(models):
@@ -121,7 +123,8 @@ def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callab
                           round_=round_, seed=settings.seed,
                           epochs=settings.finetune.warm_start_epochs if kind == "warm_start" else None)
         on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(plan.train)})
-        kept, record = run_round(model, plan, text_of, settings.finetune, round_, models_dir)
+        runner = getattr(engine, "run_round", None) or run_round
+        kept, record = runner(model, plan, text_of, settings.finetune, round_, models_dir)
         record["kind"] = kind
         record["rows_labelled"] = 0 if kind == "warm_start" else len(records)
         models[i] = kept
@@ -140,12 +143,12 @@ def labelled_in_order(store: RunStore) -> list[dict[str, Any]]:
 def finetune_trainables(models: list[SLM], store: RunStore, text_of: Callable[[int], str], labels: Sequence[str],
                         settings: Settings, round_: int, models_dir: Path,
                         on_progress: Callable[[dict], None] = lambda event: None, *,
-                        seen_upto: int = 0) -> tuple[dict[str, str], int]:
+                        seen_upto: int = 0, engine: Engine | None = None) -> tuple[dict[str, str], int]:
     """The beta branch: a round on everything labelled so far; rows past ``seen_upto`` (in labelling order) are new.
     Returns (model name -> accepted weights, the hard-sample pool's size)."""
     kind = "incremental" if settings.finetune.incremental else "full"
     weights = train_on_records(models, labelled_in_order(store), text_of, labels, settings, round_, models_dir,
-                               store, seen_upto=seen_upto, kind=kind, on_progress=on_progress)
+                               store, seen_upto=seen_upto, kind=kind, on_progress=on_progress, engine=engine)
     return weights, store.pool_size()
 
 

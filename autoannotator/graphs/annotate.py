@@ -156,7 +156,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             return {"warm_started": True}
         weights = train_on_records(ctx.models, records, text_of, labels, ctx.settings, 1,
                                    RunPaths(ctx.run_dir).models, ctx.store, kind="warm_start",
-                                   on_progress=ctx.on_progress)
+                                   on_progress=ctx.on_progress, engine=ctx.engine)
         return {"warm_started": True, "finetune_round": 1, "finetune_seen": 0,
                 "weights": {**(state.get("weights") or {}), **weights}}
 
@@ -174,7 +174,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         and the run store's votes (a resumed run continues where it stopped)."""
         if "d" not in box:
             d = OnlineDecider.from_settings(ctx.settings, state["n_rows"], len(labels), [m.name for m in ctx.models])
-            d.restore(state.get("decide") or {}, [_book_row(r) for r in ctx.store.results()])
+            d.restore(state.get("decide") or {}, (_book_row(r) for part in ctx.store.iter_results() for r in part))
             box["d"] = d
         return box["d"]
 
@@ -267,20 +267,23 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
                 "llm_label": llm_label, "batch": batch_index, "confidence": conf, "audit": str(rid) in audit_answers}
 
     def _relabel(d: OnlineDecider) -> list[int]:
-        """Earlier rows' labels under the final model; returns the row ids whose stored record changed."""
+        """Earlier rows' labels under the final model; returns the row ids whose stored record changed.
+        Compared with the store block by block (label, source and confidence only), never every row at once."""
         changed = d.relabel()
         if not changed:
             return []
-        stored = {r["row_id"]: r for r in ctx.store.results()}
         updates = []
-        for rid, dec in changed.items():
-            rec = stored.get(rid)
-            if rec is None or str(rec["label_source"]) == LabelSource.SKIPPED_EMPTY.value:
-                continue
-            label = labels[dec.label] if dec.label >= 0 else None
-            if (label, dec.source) != (rec["label"], str(rec["label_source"])) or rec.get("confidence") is None \
-                    or abs(rec["confidence"] - dec.confidence) > 1e-6:
-                updates.append((rid, label, dec.source, round(dec.confidence, 6)))
+        ids = sorted(changed)
+        step = DEFAULT_CHUNK_ROWS
+        for lo in range(ids[0] - ids[0] % step, ids[-1] + 1, step):
+            stored = ctx.store.decisions_between(lo, lo + step)
+            for rid in range(lo, lo + step):
+                dec, rec = changed.get(rid), stored.get(rid)
+                if dec is None or rec is None or rec[1] == LabelSource.SKIPPED_EMPTY.value:
+                    continue
+                label = labels[dec.label] if dec.label >= 0 else None
+                if (label, dec.source) != (rec[0], rec[1]) or rec[2] is None or abs(rec[2] - dec.confidence) > 1e-6:
+                    updates.append((rid, label, dec.source, round(dec.confidence, 6)))
         ctx.store.update_decisions(updates)
         return [u[0] for u in updates]
 
@@ -289,7 +292,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         seen = ctx.store.n_results()  # every row so far; the next round's new rows come after these
         accepted, pool_size = finetune_trainables(ctx.models, ctx.store, text_of, labels, ctx.settings, round_,
                                                   RunPaths(ctx.run_dir).models, ctx.on_progress,
-                                                  seen_upto=state.get("finetune_seen", 0))
+                                                  seen_upto=state.get("finetune_seen", 0), engine=ctx.engine)
         weights = {**(state.get("weights") or {}), **accepted}
         return {"finetune_round": round_, "pool_at_last_finetune": pool_size, "finetune_seen": seen,
                 "weights": weights}

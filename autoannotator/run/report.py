@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import resource
-from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from autoannotator.costs import LLMUsage, cost_summary
 from autoannotator.finetune import finetune_summary
-from autoannotator.metrics import accuracy_counts
 from autoannotator.plan_estimate import PlanEstimate, compare_with_spent
-from autoannotator.run.report_html import confusion_by_source, per_batch, render_html
+from autoannotator.run.report_html import render_html
+from autoannotator.run.tally import RowTally
 
 EMBEDDED_WARNING = (
     "The embedded LLM (SmolLM2-135M-Instruct, 4-bit) makes the tool run anywhere offline but labels poorly; "
@@ -20,44 +20,28 @@ EMBEDDED_WARNING = (
 )
 
 
-def quality(results: list[dict], gold: list[str | None], labels: list[str]) -> dict[str, Any]:
+def quality(results: Iterable[dict], gold: Sequence[str | None], labels: list[str]) -> dict[str, Any]:
     """Accuracy overall and per label_source, over rows whose gold label is one of the task's labels."""
-    known = set(labels)
-    scored = [(r, gold[r["row_id"]]) for r in results if gold[r["row_id"]] in known]
-    by_source: dict[str, list] = {}
-    for rec, g in scored:
-        by_source.setdefault(rec["label_source"], []).append((rec["label"], g))
-    unknown = Counter(g for g in gold if g not in known)
-    return {
-        "accuracy": accuracy_counts([(r["label"], g) for r, g in scored])["accuracy"],
-        "n_scored": len(scored),
-        "by_label_source": {src: accuracy_counts(pairs) for src, pairs in sorted(by_source.items())},
-        "gold_unknown_rows": sum(unknown.values()),
-        "gold_unknown_values": dict(unknown.most_common(10)),
-    }
+    return RowTally(labels, with_gold=True).add_all(results, gold).quality()
 
 
-def model_agreement(results: list[dict], model_names: list[str]) -> dict[str, dict[str, Any]]:
+def model_agreement(results: Iterable[dict], model_names: list[str]) -> dict[str, dict[str, Any]]:
     """Per model: how often it voted, and how often its vote matched the final label."""
-    out = {}
-    labelled = [r for r in results if r["label"] is not None]
-    for name in model_names:
-        voted = [r for r in labelled if (r["votes"].get(name) or {}).get("label") is not None]
-        agree = sum(1 for r in voted if r["votes"][name]["label"] == r["label"])
-        out[name] = {
-            "coverage": round(len(voted) / len(labelled), 4) if labelled else None,
-            "agreement": round(agree / len(voted), 4) if voted else None,
-        }
-    return out
+    return RowTally([], model_names).add_all(results).model_agreement()
 
 
-def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, models: list[dict],
-                 finetune_records: list[dict], timings: dict[str, float], gold: list[str | None] | None,
-                 labels: list[str], llm: dict, warnings: list[str], sandbox: str = "none",
+def build_report(*, run: dict, usage: LLMUsage, settings, models: list[dict],
+                 finetune_records: list[dict], timings: dict[str, float], labels: list[str], llm: dict,
+                 warnings: list[str], results: Iterable[dict] | None = None, gold: Sequence[str | None] | None = None,
+                 tally: RowTally | None = None, sandbox: str = "none",
                  planning_usage: LLMUsage | None = None, estimate: PlanEstimate | None = None,
                  decide: dict | None = None) -> dict[str, Any]:
-    n = len(results)
-    sources = Counter(r["label_source"] for r in results)
+    """The report dict. The per-row figures come from ``tally`` (gathered by streaming over the run store,
+    with gold labels when the tally has them), or from ``results`` and ``gold`` (a list indexed by row id)."""
+    if tally is None:
+        tally = RowTally(labels, [m["name"] for m in models], with_gold=gold is not None).add_all(results or [], gold)
+    n = tally.n
+    sources = tally.sources
     audit_usage = ((decide or {}).get("audit") or {}).get("usage") or {}
     if audit_usage:  # the audit's calls are counted and priced apart from the routing's
         usage = usage.model_copy(update={"calls": max(0, usage.calls - int(audit_usage.get("calls", 0))),
@@ -67,13 +51,13 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         "run": run,
         "n_samples": n,
         "label_sources": dict(sources),
-        "label_counts": dict(Counter(r["label"] for r in results if r["label"] is not None)),
+        "label_counts": dict(tally.label_counts),
         **cost_summary(usage, n, sources.get("llm_verified", 0) + sources.get("llm_overruled", 0), settings.prices),
         "finetune_rounds": finetune_records,
         "n_finetune_rounds": len({r["round"] for r in finetune_records}),
         "finetune_summary": finetune_summary(finetune_records),
         "models": models,
-        "model_agreement": model_agreement(results, [m["name"] for m in models]),
+        "model_agreement": tally.model_agreement(),
         "settings": {"k": settings.k, "epsilon": settings.epsilon, "beta": settings.beta,
                      "min_votes": settings.min_votes, "batch_size": settings.batch_size,
                      "routing": getattr(settings, "routing", "paper"), "llm_budget": getattr(settings, "llm_budget", None),
@@ -90,7 +74,7 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         "throughput_samples_per_s": round(n / timings["graph_wall"], 2) if timings.get("graph_wall") else None,
         # This process only: the embedded LLM server and sandboxed workers are separate processes.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "per_batch": per_batch(results),
+        "per_batch": tally.per_batch(),
         "warnings": warnings,
     }
     if decide is not None:
@@ -98,9 +82,9 @@ def build_report(*, run: dict, results: list[dict], usage: LLMUsage, settings, m
         note = unreliable_warning(decide)
         if note:
             report["warnings"] = [note] + list(report["warnings"])
-    if gold is not None:
-        report.update(quality(results, gold, labels))
-        report["confusion_by_source"] = confusion_by_source(results, gold, labels)
+    if tally.with_gold:
+        report.update(tally.quality())
+        report["confusion_by_source"] = tally.confusion_by_source()
     if estimate is not None:
         report["estimate"] = estimate_next_to_spent(estimate, report)
     return report

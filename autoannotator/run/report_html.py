@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import html
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-NO_LABEL = "(no label)"
+from autoannotator.run.tally import NO_LABEL, RowTally  # NO_LABEL: the page's name for it too
+
 _PALETTE = ["#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"]
 
 
@@ -32,17 +32,7 @@ def per_batch(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     from the cache counts here too, so on a file with repeated texts the sum can exceed the
     report's paid ``llm_calls``.
     """
-    rows: Counter[int] = Counter()
-    calls: Counter[int] = Counter()
-    sources: dict[int, Counter[str]] = {}
-    for rec in results:
-        b = int(rec.get("batch") or 0)
-        rows[b] += 1
-        sources.setdefault(b, Counter())[str(rec.get("label_source"))] += 1
-        answered = rec.get("llm_label") is not None if "llm_label" in rec else rec.get("label_source") == "llm_verified"
-        calls[b] += int(answered)
-    return [{"batch": b, "rows": rows[b], "llm_calls": calls[b], "by_source": dict(sorted(sources[b].items()))}
-            for b in sorted(rows)]
+    return RowTally([]).add_all(results).per_batch()
 
 
 def finetune_batches(batches: Sequence[dict[str, Any]], beta: int, n_rounds: int) -> list[int]:
@@ -68,22 +58,7 @@ def confusion_by_source(results: Iterable[dict[str, Any]], gold: Sequence[str | 
     labelled ``columns[j]``. Rows whose gold label is outside the label set are not scored (as in
     the report's accuracy); a row left without a label falls in the last column, ``(no label)``.
     """
-    known = {name: i for i, name in enumerate(labels)}
-    columns = list(labels) + [NO_LABEL]
-    out: dict[str, dict[str, Any]] = {}
-    for rec in results:
-        g = gold[rec["row_id"]]
-        if g not in known:
-            continue
-        entry = out.setdefault(str(rec["label_source"]), {
-            "labels": list(labels), "columns": columns, "matrix": [[0] * len(columns) for _ in labels]})
-        j = known.get(rec.get("label"), len(labels))
-        entry["matrix"][known[g]][j] += 1
-    for entry in out.values():
-        if not any(row[-1] for row in entry["matrix"]):  # drop the empty "(no label)" column
-            entry["columns"] = entry["columns"][:-1]
-            entry["matrix"] = [row[:-1] for row in entry["matrix"]]
-    return dict(sorted(out.items()))
+    return RowTally(labels, with_gold=True).add_all(results, gold).confusion_by_source()
 
 
 # -- small helpers -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 from contextlib import closing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,27 @@ class RunStore:
     def results_in_batches(self, lo: int, hi: int) -> list[dict[str, Any]]:
         """Rows labelled in batches lo <= batch < hi, by row id: what earlier batches settled."""
         return self._select_results("WHERE batch >= ? AND batch < ?", (lo, hi))
+    def iter_results(self, chunk_rows: int = 10_000) -> Iterator[list[dict[str, Any]]]:
+        """Every stored row by row id, ``chunk_rows`` ids at a time: a pass over a large run in bounded memory."""
+        top = self._db.execute("SELECT MAX(row_id) FROM results").fetchone()[0]
+        for lo in range(0, -1 if top is None else top + 1, chunk_rows):
+            yield self.results_between(lo, lo + chunk_rows)
+
+    def covers(self, n_rows: int) -> bool:
+        """Exactly the rows 0..n_rows-1 are stored (row ids are unique, so count and bounds say it)."""
+        count, lo, hi = self._db.execute("SELECT COUNT(*), MIN(row_id), MAX(row_id) FROM results").fetchone()
+        return count == n_rows and (n_rows == 0 or (lo, hi) == (0, n_rows - 1))
+
+    def decisions_between(self, lo: int, hi: int) -> dict[int, tuple[str | None, str, float | None]]:
+        """row id -> (label, label source, confidence) for lo <= row_id < hi: a relabelling's comparison
+        needs these columns only, not the votes."""
+        rows = self._db.execute("SELECT row_id, label, label_source, confidence FROM results "
+                                "WHERE row_id >= ? AND row_id < ?", (lo, hi))
+        return {rid: (label, source, conf) for rid, label, source, conf in rows}
+
+    def results_with_source(self, label_source: str) -> list[dict[str, Any]]:
+        """The rows of one label source, by row id (selected in SQL, not filtered from every row)."""
+        return self._select_results("WHERE label_source = ?", (label_source,))
 
     def count_between(self, lo: int, hi: int) -> int:
         return self._db.execute("SELECT COUNT(*) FROM results WHERE row_id >= ? AND row_id < ?", (lo, hi)).fetchone()[0]

@@ -21,7 +21,7 @@ import hashlib
 import json
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +56,32 @@ class _NoValidLabel(Exception):
     """Every attempt got an answer, none with a usable label: the row fails, the run goes on."""
 
 
+class ExtraLog:
+    """Stands in for the answer cache where there is none (a Ray worker asking for the orchestrator): the
+    extra requests ``_ask`` logs are kept here and travel back with the answer, for the orchestrator to
+    write to the run's ledger."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple] = []
+
+    def log_extra(self, *record: Any) -> None:
+        self.records.append(record)
+
+    def take(self) -> list[tuple]:
+        out, self.records = self.records, []
+        return out
+
+
 class _Stopped(Exception):
     """Interrupted between two attempts: the row is simply not done (a resume asks again)."""
 
 
 class LLMVerifier:
-    def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path, run_id: str,
+    def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path | None, run_id: str,
                  max_concurrency: int = 4, max_retries: int = 4, max_text_chars: int = 4000,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, retry_after_cap_s: float = 60.0,
                  grace_s: float = 10.0) -> None:
+        """``cache_path`` None: no cache (a Ray worker's verifier; its extra requests collect in an ExtraLog)."""
         self.model_id = model_id
         self.task = task
         self.run_id = run_id
@@ -80,9 +97,12 @@ class LLMVerifier:
         self._structured = chat.with_structured_output(
             label_schema(self.labels), method="function_calling", include_raw=True)
         self.prompt = VerifyPrompt(task, max_text_chars)
-        self._cache = AnswerCache(cache_path)
+        self._cache: Any = AnswerCache(cache_path) if cache_path is not None else ExtraLog()
         self._stopping = threading.Event()
         self._examples: dict[int, tuple[Example, ...]] = {}
+        # Who asks the endpoint about a prompt the cache lacks: this process (``_ask``), or Ray workers
+        # (``engine/ray_verify.py``); either way the answer is written here, as it returns.
+        self.asker: Callable[[str, list[BaseMessage]], Awaitable[tuple[str, int, int, bool]]] = self._ask
 
     # -- prompts and keys ---------------------------------------------------------------------------
     def set_examples(self, examples: Mapping[int, Sequence[Example]]) -> None:
@@ -131,7 +151,7 @@ class LLMVerifier:
                     return
                 msgs = prepared[positions[0]][1]
                 try:
-                    label, t_in, t_out, estimated = await self._ask(key, msgs)
+                    label, t_in, t_out, estimated = await self.asker(key, msgs)
                 except _Stopped:
                     return
                 except _NoValidLabel:
