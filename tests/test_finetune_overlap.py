@@ -171,3 +171,13 @@ def test_a_crash_mid_round_reruns_it_on_resume_and_labels_as_an_uninterrupted_ru
     assert records[0]["overlap"]["swap_batch"] == 3
     assert final["finetune_pending"] is None and ctx.models[2].is_trained
     assert {r["row_id"]: (r["label"], r["label_source"], r["votes"]["student"]["label"]) for r in results} == expected
+
+
+def test_a_resumed_run_is_told_which_round_was_in_flight(tmp_path):
+    from autoannotator.run.plan import resume_inputs
+
+    store = RunStore(tmp_path / "run.sqlite")
+    pending = {"round": 2, "launch_batch": 5, "seen_upto": 100}
+    inputs = resume_inputs({"finetune_pending": pending, "finetune_round": 2, "cursor": 400}, store, 1000)
+    assert inputs["finetune_pending"] == pending and inputs["cursor"] == 0  # the store, not the checkpoint, says where
+    store.close()
