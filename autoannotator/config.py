@@ -86,6 +86,13 @@ class FinetuneSettings(BaseModel):
     # each round; weights that lose more than forgetting_margin accuracy there are refused.
     forgetting_rows: int = Field(200, ge=0)
     forgetting_margin: float = Field(0.05, ge=0.0, le=1.0)
+    # Overlap: a beta-branch round trains in a background thread while the loop labels the next batches
+    # with the current weights; its accepted weights are swapped in at a batch boundary: the first one
+    # after the round ends (overlap_batches None: labels then depend on the machine's speed), or exactly
+    # overlap_batches batches after it began, waiting for it there if need be (reproducible labels).
+    # The warm start stays in line: the first batches need its weights. False: the loop waits for each round.
+    overlap: bool = False
+    overlap_batches: int | None = Field(None, ge=0)
 
 
 class Settings(BaseSettings):

@@ -345,14 +345,36 @@ def finetune_model(
     return (candidate if accepted else model), record
 
 
+@dataclass
+class RoundData:
+    """A plan's rows as texts and arrays: everything a round needs, so it can train away from the run's data."""
+
+    train: tuple[list[str], np.ndarray, np.ndarray]
+    holdout: Slice
+    forgetting: Slice | None
+    epochs: int
+    summary: dict
+
+
+def round_data(plan: RoundPlan, text_of: Callable[[int], str]) -> RoundData:
+    """Read the plan's texts now (``text_of`` may read the data source, which is not for another thread)."""
+    hold_t, hold_y, _ = as_arrays(plan.holdout, text_of)
+    forget_t, forget_y, _ = as_arrays(plan.forgetting, text_of)
+    return RoundData(as_arrays(plan.train, text_of), (hold_t, hold_y),
+                     (forget_t, forget_y) if plan.forgetting else None, plan.epochs, plan.summary)
+
+
+def train_round(model: TrainableSLM, data: RoundData, cfg: FinetuneSettings, round_: int,
+                save_dir: Path) -> tuple[TrainableSLM, dict]:
+    """``finetune_model`` on a round's data: safe to run in a background thread on a model no one else uses."""
+    return finetune_model(model, data.train, data.holdout, cfg, round_, save_dir, forgetting=data.forgetting,
+                          epochs=data.epochs, plan=data.summary)
+
+
 def run_round(model: TrainableSLM, plan: RoundPlan, text_of: Callable[[int], str], cfg: FinetuneSettings,
               round_: int, save_dir: Path) -> tuple[TrainableSLM, dict]:
     """``finetune_model`` on a ``plan_round`` plan; ``text_of`` maps a row id to its text."""
-    hold_t, hold_y, _ = as_arrays(plan.holdout, text_of)
-    forget_t, forget_y, _ = as_arrays(plan.forgetting, text_of)
-    return finetune_model(model, as_arrays(plan.train, text_of), (hold_t, hold_y), cfg, round_, save_dir,
-                          forgetting=(forget_t, forget_y) if plan.forgetting else None, epochs=plan.epochs,
-                          plan=plan.summary)
+    return train_round(model, round_data(plan, text_of), cfg, round_, save_dir)
 
 
 def finetune_summary(records: Sequence[dict]) -> dict[str, dict]:

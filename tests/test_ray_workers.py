@@ -128,7 +128,7 @@ def _untimed(record: dict) -> dict:
 
 def test_a_finetune_round_runs_on_a_ray_worker_and_its_model_votes_here(ray_up, tmp_path):
     from autoannotator.engine.ray_engine import RayEngine
-    from autoannotator.finetune import plan_round, run_round
+    from autoannotator.finetune import plan_round, round_data, run_round
     from autoannotator.slm.tfidf import TfidfStudent
 
     with open(REPO / "examples" / "reviews.csv", newline="", encoding="utf-8") as fh:
@@ -142,8 +142,8 @@ def test_a_finetune_round_runs_on_a_ray_worker_and_its_model_votes_here(ray_up, 
     here, rec_here = run_round(TfidfStudent(TASK.label_names), plan, texts.__getitem__, settings.finetune, 1,
                                tmp_path / "here")
     engine = RayEngine([TfidfStudent(TASK.label_names)], ["tfidf"], TASK, settings)
-    there, rec_there = engine.run_round(engine.models[0], plan, texts.__getitem__, settings.finetune, 1,
-                                        tmp_path / "there")
+    there, rec_there = engine.train_round(engine.models[0], round_data(plan, texts.__getitem__), settings.finetune,
+                                          1, tmp_path / "there")
     assert engine.round_pids and engine.round_pids[0] != os.getpid()  # another process trained it
     assert _untimed(rec_there) == _untimed(rec_here)
     assert rec_there["n_train"] == len(plan.train) > 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from autoannotator.config import FinetuneSettings
 from autoannotator.ensemble import EnsembleOutput, run_ensemble
-from autoannotator.slm.base import SLM
+from autoannotator.finetune import RoundData, train_round
+from autoannotator.slm.base import SLM, TrainableSLM
 
 
 @runtime_checkable
@@ -19,6 +22,10 @@ class Engine(Protocol):
 
     def models_changed(self) -> None:
         """A trainable model's weights changed (a fine-tuning round was accepted): drop cached votes."""
+
+    def train_round(self, model: TrainableSLM, data: RoundData, cfg: FinetuneSettings, round_: int,
+                    save_dir: Path) -> tuple[TrainableSLM, dict]:
+        """One fine-tuning round (``finetune.train_round``) where the engine trains: (model kept, record)."""
 
     def close(self) -> None: ...
 
@@ -42,6 +49,10 @@ class LocalEngine:
 
     def models_changed(self) -> None:
         return None
+
+    def train_round(self, model: TrainableSLM, data: RoundData, cfg: FinetuneSettings, round_: int,
+                    save_dir: Path) -> tuple[TrainableSLM, dict]:
+        return train_round(model, data, cfg, round_, save_dir)
 
     def close(self) -> None:
         return None

@@ -12,7 +12,7 @@ What runs where:
 - frozen models (``vader``, ``hf:...``): on Ray actors; neural ones get ``num_gpus`` when the cluster has
   GPUs (a fraction of one GPU per model, so all of them fit on each GPU), CPUs otherwise;
 - trainable models (the student): they vote in the orchestrator, in-process; their fine-tuning round
-  (``finetune.run_round``: training, the held-out guard, saving the weights) runs as a Ray task, and the
+  (``finetune.train_round``: training, the held-out guard, saving the weights) runs as a Ray task, and the
   model it keeps travels back to the orchestrator, which votes with it from the next batch on. The task
   gets the round's texts with it (not the data), and writes the weights under the run directory: on a
   cluster that directory must be on a filesystem the workers share. Voting on actors with the shipped
@@ -149,12 +149,11 @@ def _shard_reader(source: Any, shard: Any, skip: int, block_rows: int):
     return read
 
 
-def _round_on_worker(model: Any, plan: Any, texts: dict[int, str], cfg: Any, round_: int, save_dir: str
-                     ) -> tuple[Any, dict, int]:
-    """``finetune.run_round`` on a Ray worker; returns (the model kept, the round's record, the worker's pid)."""
-    from autoannotator.finetune import run_round
+def _round_on_worker(model: Any, data: Any, cfg: Any, round_: int, save_dir: str) -> tuple[Any, dict, int]:
+    """``finetune.train_round`` on a Ray worker; returns (the model kept, the round's record, the worker's pid)."""
+    from autoannotator.finetune import train_round
 
-    kept, record = run_round(model, plan, texts.__getitem__, cfg, round_, Path(save_dir))
+    kept, record = train_round(model, data, cfg, round_, Path(save_dir))
     return kept, record, os.getpid()
 
 
@@ -332,14 +331,13 @@ class RayEngine:
         majority, uncertainty, n_votes = tally(votes, self.n_labels, self.min_votes)
         return EnsembleOutput(votes, confidence, majority, uncertainty, n_votes)
 
-    def run_round(self, model: TrainableSLM, plan: Any, text_of: Any, cfg: Any, round_: int, save_dir: Path
-                  ) -> tuple[TrainableSLM, dict]:
+    def train_round(self, model: TrainableSLM, data: Any, cfg: Any, round_: int, save_dir: Path
+                    ) -> tuple[TrainableSLM, dict]:
         """A fine-tuning round as a Ray task (no CPU share reserved: the actor pools hold the CPUs, and the
-        loop waits for the round anyway); the kept model comes back to vote in this process."""
-        ids = {r.row_id for part in (plan.train, plan.holdout, plan.forgetting) for r in part}
+        loop waits for the round anyway); the round's texts travel with it (``finetune.RoundData``); the
+        kept model comes back to vote in this process."""
         task = self.ray.remote(_round_on_worker).options(num_cpus=0)
-        kept, record, pid = self.ray.get(task.remote(model, plan, {rid: text_of(rid) for rid in ids}, cfg, round_,
-                                                     str(save_dir)))
+        kept, record, pid = self.ray.get(task.remote(model, data, cfg, round_, str(save_dir)))
         self.round_pids.append(pid)
         return kept, record
 

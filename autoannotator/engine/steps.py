@@ -7,14 +7,16 @@ run from chat is the same step the loop runs.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from autoannotator.config import Settings
 from autoannotator.engine.base import Engine
-from autoannotator.finetune import plan_round, run_round
+from autoannotator.finetune import RoundData, plan_round, round_data, train_round
 from autoannotator.ensemble import BatchVotes, run_ensemble
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM, TrainableSLM
@@ -111,11 +113,23 @@ def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callab
     """One round for every trainable model on ``records`` (labelled rows in processing order).
 
     ``finetune.plan_round`` picks the rows and weights (everything labelled, O(beta) per round),
-    ``finetune.run_round`` trains from the current weights and guards the result (where the engine
+    ``finetune.plan_round`` picks the rows and weights (everything labelled, O(beta) per round),
+    ``finetune.train_round`` trains from the current weights and guards the result (where the engine
     runs it: this process, or a Ray worker). Replaces accepted models in ``models`` in place; returns
     model name -> accepted weights.
     """
-    weights: dict[str, str] = {}
+    train = engine.train_round if engine is not None else train_round
+    results = []
+    for i, data in _round_inputs(models, records, text_of, labels, settings, round_, seen_upto, kind, on_progress):
+        results.append((i, *train(models[i], data, settings.finetune, round_, models_dir)))
+    return _keep_round(models, results, store, kind, 0 if kind == "warm_start" else len(records), on_progress)
+
+
+def _round_inputs(models: Sequence[SLM], records: Sequence[dict], text_of: Callable[[int], str],
+                  labels: Sequence[str], settings: Settings, round_: int, seen_upto: int, kind: str,
+                  on_progress: Callable[[dict], None]) -> list[tuple[int, RoundData]]:
+    """(model index, the round's texts and arrays) per trainable model: the part of a round that reads the data."""
+    out = []
     for i, model in enumerate(models):
         if not isinstance(model, TrainableSLM):
             continue
@@ -123,29 +137,110 @@ def train_on_records(models: list[SLM], records: Sequence[dict], text_of: Callab
                           round_=round_, seed=settings.seed,
                           epochs=settings.finetune.warm_start_epochs if kind == "warm_start" else None)
         on_progress({"event": "finetune_start", "model": model.name, "round": round_, "n": len(plan.train)})
-        runner = getattr(engine, "run_round", None) or run_round
-        kept, record = runner(model, plan, text_of, settings.finetune, round_, models_dir)
+        out.append((i, round_data(plan, text_of)))
+    return out
+
+
+def _keep_round(models: list[SLM], results: Sequence[tuple[int, TrainableSLM, dict]], store: RunStore, kind: str,
+                rows_labelled: int, on_progress: Callable[[dict], None], extra: dict | None = None) -> dict[str, str]:
+    """Put each model the guard kept into ``models`` and record its round; returns model name -> accepted weights."""
+    weights: dict[str, str] = {}
+    for i, kept, record in results:
         record["kind"] = kind
-        record["rows_labelled"] = 0 if kind == "warm_start" else len(records)
-        models[i] = kept
+        record["rows_labelled"] = rows_labelled
+        record.update(extra or {})
+        if record["accepted"]:
+            models[i] = kept
         if record["weights"]:
-            weights[model.name] = record["weights"]
-        store.put_finetune_record(round_, model.name, record)
+            weights[kept.name] = record["weights"]
+        store.put_finetune_record(record["round"], kept.name, record)
         on_progress({"event": "finetune_done", **record})
     return weights
 
 
-def labelled_in_order(store: RunStore) -> list[dict[str, Any]]:
-    """The store's rows in the order the loop labelled them (batch by batch; a round falls between batches)."""
-    return sorted(store.results(), key=lambda r: (r["batch"], r["row_id"]))
+@dataclass
+class BackgroundRound:
+    """A beta-branch round training in a thread while the loop labels on with the current weights.
+
+    The thread trains copies (``clone``) of the trainable models on texts read beforehand, so it
+    shares nothing with the loop but the CPU: no model, tokenizer, store or data reader. Its results
+    wait in ``results`` until the loop takes them at a batch boundary (``finish_background_round``).
+    """
+
+    round_: int
+    kind: str
+    n_records: int
+    started: float
+    thread: threading.Thread | None = None
+    results: list[tuple[int, TrainableSLM, dict]] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.thread is None or not self.thread.is_alive()
+
+    def wait(self) -> float:
+        """Block until the round has ended; returns the seconds waited. A failure in the thread is raised here."""
+        start = time.perf_counter()
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return time.perf_counter() - start
+
+
+def start_background_round(models: Sequence[SLM], records: Sequence[dict], text_of: Callable[[int], str],
+                           labels: Sequence[str], settings: Settings, round_: int, models_dir: Path,
+                           on_progress: Callable[[dict], None] = lambda event: None, *,
+                           seen_upto: int = 0, engine: Engine | None = None) -> BackgroundRound:
+    """Plan the round and read its texts here, then train in a daemon thread (torch releases the GIL).
+
+    A daemon thread dies with the process: a round in flight at a crash leaves nothing behind but
+    maybe a weights folder no state points to, and a resumed run simply trains it again.
+    """
+    kind = "incremental" if settings.finetune.incremental else "full"
+    inputs = [(i, models[i].clone(), data) for i, data in
+              _round_inputs(models, records, text_of, labels, settings, round_, seen_upto, kind, on_progress)]
+    bg = BackgroundRound(round_, kind, len(records), time.perf_counter())
+    train = engine.train_round if engine is not None else train_round  # a Ray engine: the round on a worker
+
+    def work() -> None:
+        try:
+            for i, twin, data in inputs:
+                bg.results.append((i, *train(twin, data, settings.finetune, round_, models_dir)))
+        except BaseException as exc:  # handed to the loop's thread by wait()
+            bg.error = exc
+
+    bg.thread = threading.Thread(target=work, name=f"finetune-round-{round_}", daemon=True)
+    bg.thread.start()
+    return bg
+
+
+def finish_background_round(bg: BackgroundRound, models: list[SLM], store: RunStore,
+                            on_progress: Callable[[dict], None] = lambda event: None, *,
+                            overlap: dict | None = None) -> tuple[dict[str, str], float]:
+    """Wait for the round if it is still training, swap in what the guard kept, write its records.
+    Returns (model name -> accepted weights, the seconds the loop waited)."""
+    waited = bg.wait()
+    info = {**(overlap or {}), "wait_seconds": round(waited, 3),
+            "wall_seconds": round(time.perf_counter() - bg.started, 3)}
+    return _keep_round(models, bg.results, store, bg.kind, bg.n_records, on_progress, {"overlap": info}), waited
+
+
+def labelled_in_order(store: RunStore, before_batch: int | None = None) -> list[dict[str, Any]]:
+    """The store's rows in the order the loop labelled them (batch by batch; a round falls between batches).
+    ``before_batch``: only the batches before it (what a round begun there saw, when a resume trains it again)."""
+    rows = store.results()
+    if before_batch is not None:
+        rows = [r for r in rows if r["batch"] < before_batch]
+    return sorted(rows, key=lambda r: (r["batch"], r["row_id"]))
 
 
 def finetune_trainables(models: list[SLM], store: RunStore, text_of: Callable[[int], str], labels: Sequence[str],
                         settings: Settings, round_: int, models_dir: Path,
                         on_progress: Callable[[dict], None] = lambda event: None, *,
                         seen_upto: int = 0, engine: Engine | None = None) -> tuple[dict[str, str], int]:
-    """The beta branch: a round on everything labelled so far; rows past ``seen_upto`` (in labelling order) are new.
-    Returns (model name -> accepted weights, the hard-sample pool's size)."""
+    """The beta branch in line: a round on everything labelled so far; rows past ``seen_upto`` (in labelling
+    order) are new. Returns (model name -> accepted weights, the hard-sample pool's size)."""
     kind = "incremental" if settings.finetune.incremental else "full"
     weights = train_on_records(models, labelled_in_order(store), text_of, labels, settings, round_, models_dir,
                                store, seen_upto=seen_upto, kind=kind, on_progress=on_progress, engine=engine)

@@ -4,6 +4,13 @@
                                                               \\-------------------------> accept
     accept -(beta new verified?)-> finetune -> load_batch | report -> END
 
+With ``finetune.overlap`` the finetune node only starts the round (``engine/steps.py``: a thread
+training copies of the models) and the loop labels on with the current weights; load_batch, at
+the next batch boundaries, swaps the kept weights in once the round has ended (or, with
+``overlap_batches``, exactly that many batches after it began), and report waits for a round
+still training. The state names the round in flight (``finetune_pending``); a resumed run finds
+no thread for it and trains it again from the rows labelled before it began (they are in the store).
+
 The ensemble node asks the decision layer (``decide/online.py``) which rows go to the LLM: the
 paper's U >= epsilon or the calibrated rule, within ``--llm-budget`` / ``--max-llm-cost``, plus a
 seeded audit sample of settled rows; the accept node takes each row's label from it (the LLM's
@@ -33,11 +40,15 @@ from autoannotator.data import DEFAULT_CHUNK_ROWS, Dataset
 from autoannotator.decide.online import Decision, OnlineDecider
 from autoannotator.engine.base import Engine
 from autoannotator.engine.steps import (
+    BackgroundRound,
     finetune_trainables,
+    finish_background_round,
+    labelled_in_order,
     majority_label,
     row_votes,
     score_batch,
     ask_verifier,
+    start_background_round,
     train_on_records,
     warm_start_records,
 )
@@ -85,7 +96,7 @@ def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[Annotate
         faultpoint("before", name)  # the fault suite's crash points; nothing unless its env var is set
         start = time.perf_counter()
         update = fn(state)
-        update["timings"] = {name: time.perf_counter() - start}
+        update["timings"] = {**update.get("timings", {}), name: time.perf_counter() - start}
         faultpoint("after", name)
         return update
 
@@ -122,6 +133,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     labels = ctx.task.label_names
     cfg = ctx.settings.finetune
     orders: dict[int, np.ndarray] = {}
+    inflight: dict[int, BackgroundRound] = {}  # background rounds of this process, by round number
 
     def order_of(n_rows: int) -> np.ndarray:
         """The processing order, computed once per process from (seed, n_rows): nothing stored."""
@@ -163,8 +175,35 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     def load_batch(state: AnnotateState) -> dict:
         start = state.get("cursor", 0)
         stop = min(start + ctx.settings.batch_size, state["n_rows"])
-        return {"batch_ids": order_of(state["n_rows"])[start:stop].tolist(), "cursor": stop, "batch": None,
+        return {**take_finished_round(state, wait=False),
+                "batch_ids": order_of(state["n_rows"])[start:stop].tolist(), "cursor": stop, "batch": None,
                 "verified": {}}
+
+    def take_finished_round(state: AnnotateState, wait: bool) -> dict:
+        """At a batch boundary: swap in a background round's kept weights once it has ended (at the
+        fixed ``overlap_batches`` point, or with ``wait``, once it has ended whatever it takes)."""
+        pending = state.get("finetune_pending")
+        if not pending:
+            return {}
+        bg = inflight.get(pending["round"])
+        if bg is None:  # resumed: the thread died with the process, so the round is trained again
+            bg = inflight[pending["round"]] = start_background_round(
+                ctx.models, labelled_in_order(ctx.store, before_batch=pending["launch_batch"]), text_of, labels,
+                ctx.settings, pending["round"], RunPaths(ctx.run_dir).models, ctx.on_progress,
+                seen_upto=pending["seen_upto"], engine=ctx.engine)
+        since = state.get("batch_index", 0) - pending["launch_batch"]
+        due = bg.done() if cfg.overlap_batches is None else since >= cfg.overlap_batches
+        if not (wait or due):
+            return {}
+        accepted, waited = finish_background_round(
+            bg, ctx.models, ctx.store, ctx.on_progress,
+            overlap={"launch_batch": pending["launch_batch"], "swap_batch": state.get("batch_index", 0),
+                     "batches_overlapped": since})
+        del inflight[pending["round"]]
+        if accepted and ctx.engine is not None:
+            ctx.engine.models_changed()
+        return {"finetune_pending": None, "weights": {**(state.get("weights") or {}), **accepted},
+                "timings": {"finetune_wait": waited}}
 
     label_idx = {name: i for i, name in enumerate(labels)}
     box: dict[str, OnlineDecider] = {}
@@ -290,6 +329,15 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1
         seen = ctx.store.n_results()  # every row so far; the next round's new rows come after these
+        if cfg.overlap:  # start it and go on labelling; load_batch swaps its weights in when it is done
+            inflight[round_] = start_background_round(ctx.models, labelled_in_order(ctx.store), text_of, labels,
+                                                      ctx.settings, round_, RunPaths(ctx.run_dir).models,
+                                                      ctx.on_progress, seen_upto=state.get("finetune_seen", 0),
+                                                      engine=ctx.engine)
+            pending = {"round": round_, "launch_batch": state.get("batch_index", 0),
+                       "seen_upto": state.get("finetune_seen", 0)}
+            return {"finetune_round": round_, "pool_at_last_finetune": ctx.store.pool_size(),
+                    "finetune_seen": seen, "finetune_pending": pending}
         accepted, pool_size = finetune_trainables(ctx.models, ctx.store, text_of, labels, ctx.settings, round_,
                                                   RunPaths(ctx.run_dir).models, ctx.on_progress,
                                                   seen_upto=state.get("finetune_seen", 0), engine=ctx.engine)
@@ -300,8 +348,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     def report(state: AnnotateState) -> dict:
         # The runner builds the report from the store once the graph has ended: this node marks the
         # end and leaves the decision layer's summary (reliabilities, verdict, audit) in the state.
+        update = take_finished_round(state, wait=True)  # a round still training ends the run's last
         ctx.on_progress({"event": "finished", "n_rows": state["n_rows"]})
-        return {"finished": True, "decide_summary": decider(state).summary(labels)}
+        return {**update, "finished": True, "decide_summary": decider(state).summary(labels)}
 
     graph = StateGraph(AnnotateState)
     for name, fn in [("warm_start", warm_start), ("load_batch", load_batch), ("ensemble", ensemble),

@@ -34,9 +34,11 @@ def route_after_ensemble(state: AnnotateState) -> Literal["verify", "accept"]:
     return "verify" if ask or audit else "accept"
 
 
-def should_finetune(pool_size: int, pool_at_last_finetune: int, beta: int, has_trainable: bool) -> bool:
-    """The beta branch: fine-tune once beta new LLM-verified samples have joined the pool."""
-    return has_trainable and pool_size - pool_at_last_finetune >= beta
+def should_finetune(pool_size: int, pool_at_last_finetune: int, beta: int, has_trainable: bool,
+                    pending: bool = False) -> bool:
+    """The beta branch: fine-tune once beta new LLM-verified samples have joined the pool; while a
+    background round is still in flight (``pending``) the next one waits, so rounds never stack up."""
+    return has_trainable and not pending and pool_size - pool_at_last_finetune >= beta
 
 
 def route_next_batch(state: AnnotateState) -> Literal["load_batch", "report"]:
@@ -45,6 +47,6 @@ def route_next_batch(state: AnnotateState) -> Literal["load_batch", "report"]:
 
 def route_after_accept(state: AnnotateState) -> Literal["finetune", "load_batch", "report"]:
     if should_finetune(state.get("pool_size", 0), state.get("pool_at_last_finetune", 0), state["beta"],
-                       state.get("has_trainable", False)):
+                       state.get("has_trainable", False), bool(state.get("finetune_pending"))):
         return "finetune"
     return route_next_batch(state)

@@ -38,5 +38,7 @@ class AnnotateState(TypedDict, total=False):
     warm_started: bool  # the warm-start node ran (whether or not it trained)
     finetune_seen: int  # labelled rows (processing order) that earlier rounds covered: later ones are new
     weights: dict[str, str]  # trainable model name -> accepted weights folder
+    # A background round in flight (finetune.overlap): {"round", "launch_batch", "seen_upto"}; None when none
+    finetune_pending: dict | None
     timings: Annotated[dict[str, float], add_timings]
     finished: bool

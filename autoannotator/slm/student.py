@@ -275,8 +275,12 @@ class MiniLMStudent(TrainableSLM):
                 "device": str(self.device)}
 
     def clone(self) -> "MiniLMStudent":
-        twin = copy.copy(self)  # the tokenizer is read-only, so sharing it is safe
+        """Weights and tokenizer copied: a background round trains and scores the clone in another thread
+        while the loop labels with this one, and a fast tokenizer used by two threads at once can fail
+        ("Already borrowed"); the copy costs about 0.2 s a round."""
+        twin = copy.copy(self)
         twin.model = copy.deepcopy(self.model)
+        twin.tokenizer = copy.deepcopy(self.tokenizer)
         return twin
 
     def save(self, path) -> None:
