@@ -234,10 +234,18 @@ def test_confidence_bins_resume_like_an_uninterrupted_run() -> None:
 
     a = fresh()
     _, _, _, book = run_conf(a, y, votes, conf, answer, stop=400)
+    # stopped after planning the batch at 400 (its votes are in the checkpointed state, not the store):
+    ids = list(range(400, 450))
+    pa = a.plan(ids, votes[ids], confidence=conf[ids])
     b = fresh()
     b.restore(a.state_dict(), book)
+    b.add_slm_votes(ids, votes[ids], conf[ids])  # what the accept step does on resume
+    answers = {r: answer(r) for r in pa.ask}
+    audit = {r: answer(r) for r in pa.audit}
+    da, db = a.settle(ids, answers, audit), b.settle(ids, answers, audit)
+    assert {k: (v.label, v.confidence) for k, v in da.items()} == {k: (v.label, v.confidence) for k, v in db.items()}
     assert [list(c) for c in a._cuts] == [list(c) for c in b._cuts] and a._split == b._split
-    for start in range(400, 800, 50):
+    for start in range(450, 800, 50):
         ids = list(range(start, start + 50))
         pa, pb = a.plan(ids, votes[ids], confidence=conf[ids]), b.plan(ids, votes[ids], confidence=conf[ids])
         assert pa.ask == pb.ask and pa.audit == pb.audit and pa.confidence == pb.confidence

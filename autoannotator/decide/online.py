@@ -188,6 +188,7 @@ class OnlineDecider:
         self.refined = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
         self._cuts: list[np.ndarray] = [np.zeros(0)] * len(self.slm_names)
         self._split: set[int] = set()
+        self._stale = False  # votes added since the last fit (a resumed run settles a batch it did not plan)
         self.label_model: LabelModel | None = None
         if self.budget is None:
             self.budget = LLMBudget(self.n_rows)
@@ -198,9 +199,13 @@ class OnlineDecider:
         """``confidence`` [n, k]: each vote's probability (as the store keeps it); None keeps what was
         recorded (the accept step re-adds the votes it was planned with)."""
         ids = np.asarray(row_ids, dtype=np.int64)
-        self._votes[ids, :-1] = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
-        if confidence is not None:
-            self._conf[ids] = np.asarray(confidence, dtype=np.float64).reshape(len(ids), -1)
+        new = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
+        conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(len(ids), -1)
+        self._stale |= bool((~self._seen[ids]).any() or (self._votes[ids, :-1] != new).any()
+                            or (conf is not None and (self._conf[ids] != conf).any()))
+        self._votes[ids, :-1] = new
+        if conf is not None:
+            self._conf[ids] = conf
         self._seen[ids] = True
 
     def add_llm_votes(self, answers: Mapping[int, int]) -> None:
@@ -246,6 +251,7 @@ class OnlineDecider:
         return pattern_ids(fine, self.n_labels * bins)
 
     def _refit(self) -> None:
+        self._stale = False
         rows = np.nonzero(self._seen)[0]
         slm = self._slm(rows)
         self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
@@ -315,7 +321,7 @@ class OnlineDecider:
         ids = np.asarray(row_ids, dtype=np.int64)
         live_mask = np.ones(len(ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
         self.budget.spend(len(answers), cost)
-        if self.patterns.llm_confusion is None:  # resumed mid-batch with nothing stored yet: fit on this batch
+        if self.patterns.llm_confusion is None or self._stale:  # resumed mid-batch: fit as plan() did
             self._refit()
         before = self._posterior(ids)
         self.add_llm_votes({**audit_answers, **answers})

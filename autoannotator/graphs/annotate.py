@@ -229,7 +229,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         ids, batch = state["batch_ids"], state["batch"]
         verified, audit_answers = state.get("verified") or {}, state.get("audit_answers") or {}
         d = decider(state)
-        d.add_slm_votes(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)))
+        # again, with their confidences: a run resumed after the ensemble step has not planned this batch
+        d.add_slm_votes(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)),
+                        np.asarray(batch["confidence"], dtype=np.float64).reshape(len(ids), len(ctx.models)))
         decisions = d.settle(ids, {int(k): label_idx.get(v, -1) for k, v in verified.items() if v is not None},
                              {int(k): label_idx.get(v, -1) for k, v in audit_answers.items()},
                              cost=float((state.get("routed") or {}).get("cost", 0.0)),
