@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # calibrated_margin, labels follow the per-vote-pattern posterior (see decide/online.py).
     routing: Literal["paper", "calibrated"] = "calibrated"
     calibrated_margin: float = Field(0.02, ge=0.0, le=1.0)
+    # Each SLM vote is refined by its model's confidence quantile bin (cut points from the run's own
+    # confidences) before the pattern posterior: a confident vote and a guess are told apart; 1 = off.
+    confidence_bins: int = Field(2, ge=1, le=8)
     # The LLM's accuracy the calibrated rule assumes: with SLMs that may err together it cannot be
     # learnt from the votes; an LLM that agrees with confident SLMs less than this implies is judged
     # unreliable and then ignored (see decide/online.py).

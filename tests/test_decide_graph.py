@@ -17,6 +17,7 @@ from autoannotator.task import LabelDef, TaskSpec
 from graph_fakes import LABELS, KeywordSLM, OracleVerifier
 
 N = 240
+BINS = 2
 
 
 def _data(seed: int = 0) -> tuple[list[str], list[str]]:
@@ -141,3 +142,50 @@ def test_report_shows_decisions_and_prices_the_audit_apart():
     assert report["warnings"][0].startswith("LLM judged unreliable")
     md = render_markdown(report)
     assert "## Decisions" in md and "UNRELIABLE" in md and "| slm_consensus | 5 | 0.8 | 0.875 | 0.4–1.0 |" in md
+
+
+class _ShadedKeywordSLM(KeywordSLM):
+    """A keyword voter whose probability varies by row (0.55-0.99, from the row number): the
+    decision layer's confidence bins see a spread of confidences, as with real models."""
+
+    def native_proba(self, texts):
+        out = super().native_proba(texts)
+        for i, t in enumerate(texts):
+            col = int(out[i].argmax())
+            if col < 2:
+                p = 0.55 + 0.44 * ((int(t.split()[-1]) * 37) % 100) / 100
+                out[i] = (1 - p) / 2
+                out[i, col] = p
+        return out
+
+
+def test_confidences_are_stored_and_a_crashed_run_resumes_to_the_same_labels(tmp_path):
+    """The voters' confidences reach the decision layer in the store: a run stopped after a few LLM
+    calls and resumed (the layer rebuilt from the store) labels every row as an uninterrupted run."""
+    texts, gold = _data(3)
+    settings = Settings(batch_size=20, beta=10**9, routing="calibrated", audit=8, confidence_bins=BINS)
+
+    def ctx_for(path: Path, verifier) -> AnnotateContext:
+        ctx = _context(path, texts, verifier, settings, [])
+        ctx.models = [_ShadedKeywordSLM("a"), _ShadedKeywordSLM("b", flip_on="tricky")]
+        return ctx
+
+    (tmp_path / "once").mkdir()
+    whole = ctx_for(tmp_path / "once", OracleVerifier(gold))
+    build_annotate_graph(whole).invoke(_initial(settings), {"recursion_limit": 400})
+    expected = {r["row_id"]: (r["label"], r["label_source"], r["confidence"]) for r in whole.store.results()}
+    stored = whole.store.results()[0]["votes"]
+    assert {m: v["p"] for m, v in stored.items()} and all(0.5 < v["p"] < 1 for v in stored.values() if v["label"])
+
+    config = {"configurable": {"thread_id": "t"}, "recursion_limit": 400}
+    (tmp_path / "crash").mkdir()
+    with SqliteSaver.from_conn_string(str(tmp_path / "ck.sqlite")) as saver:
+        ctx = ctx_for(tmp_path / "crash", OracleVerifier(gold, crash_after=30))
+        with pytest.raises(KeyboardInterrupt):
+            build_annotate_graph(ctx, checkpointer=saver).invoke(_initial(settings), config)
+        ctx.store.close()
+    with SqliteSaver.from_conn_string(str(tmp_path / "ck.sqlite")) as saver:
+        ctx = ctx_for(tmp_path / "crash", OracleVerifier(gold))
+        build_annotate_graph(ctx, checkpointer=saver).invoke(None, config)
+    got = {r["row_id"]: (r["label"], r["label_source"], r["confidence"]) for r in ctx.store.results()}
+    assert got == expected

@@ -167,3 +167,109 @@ def test_settle_right_after_a_resume_with_an_empty_store() -> None:
     d.add_slm_votes(ids, votes[ids])
     out = d.settle(ids, {0: int(y[0])})
     assert len(out) == 20 and out[0].source in ("llm_verified", "llm_overruled")
+
+
+def confident_stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One voter whose confident votes (p in 0.85-1.0, half the rows) are right 98 % of the time and
+    whose unconfident ones (p in 0.5-0.7) 60 %: its hard votes alone are right ~79 %, below the LLM."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    sure = rng.random(n) < 0.5
+    right = np.where(sure, rng.random(n) < 0.98, rng.random(n) < 0.6)
+    votes = np.where(right, y, 1 - y)[:, None]
+    conf = np.where(sure, rng.uniform(0.85, 1.0, n), rng.uniform(0.5, 0.7, n))[:, None]
+    return y, votes, conf, sure
+
+
+def run_conf(decider: OnlineDecider, y, votes, conf, answer, batch: int = 50, stop: int | None = None):
+    """Like ``run`` with confidences; returns the final labels, their sources, the rows asked and a book."""
+    final, source, asked, book = np.full(len(y), -1), {}, [], []
+    for start in range(0, stop or len(y), batch):
+        ids = list(range(start, min(start + batch, len(y))))
+        plan = decider.plan(ids, votes[ids], confidence=conf[ids])
+        answers = {r: answer(r) for r in plan.ask}
+        audit = {r: answer(r) for r in plan.audit}
+        asked += plan.ask
+        for rid, d in decider.settle(ids, answers, audit).items():
+            final[rid], source[rid] = d.label, d.source
+            book.append({"row_id": rid, "slm": votes[rid].tolist(), "conf": conf[rid].tolist(),
+                         "llm": answers.get(rid, audit.get(rid, -1)), "audit": rid in audit, "label": d.label,
+                         "source": d.source})
+    return final, source, asked, book
+
+
+def test_confidence_bins_settle_confident_votes_and_route_the_rest() -> None:
+    y, votes, conf, sure = confident_stream(2000, 11)
+    answer = good_llm(y, seed=11)
+    hard = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=1)
+    final_hard, _, asked_hard, _ = run_conf(hard, y, votes, conf, answer)
+    binned = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=2)
+    final, source, asked, _ = run_conf(binned, y, votes, conf, answer)
+    # hard votes: one pattern per label at ~0.79, which either asks every row of that label or (a
+    # lucky first streak of answers) settles all of them at 0.79; the bins dominate either way
+    acc_hard, acc = (final_hard == y).mean(), (final == y).mean()
+    assert (acc >= acc_hard + 0.03 and len(asked) <= 1.1 * len(asked_hard)) or \
+        (acc >= acc_hard and len(asked) <= 0.7 * len(asked_hard))
+    # binned: the unconfident half is asked, the confident half settles after a short exploration
+    asked_set = set(asked)
+    assert 0.45 * 2000 <= len(asked) <= 0.65 * 2000
+    assert np.mean([r in asked_set for r in np.nonzero(~sure)[0]]) > 0.95
+    settled = [r for r, s in source.items() if s == "slm_consensus"]
+    assert np.mean(sure[settled]) > 0.97 and np.mean(final[settled] == y[settled]) > 0.96
+    # the confident patterns' posteriors sit near the 0.98 they are right, the unconfident near 0.6
+    post = binned._posterior(np.arange(2000)).max(axis=1)
+    assert abs(np.median(post[sure]) - 0.98) < 0.03 and abs(np.median(post[~sure]) - 0.6) < 0.08
+    assert (final == y).mean() > 0.93
+
+
+def test_confidence_bins_resume_like_an_uninterrupted_run() -> None:
+    y, votes, conf, _ = confident_stream(800, 12)
+    votes = np.concatenate([votes, np.where(np.random.default_rng(3).random(800) < 0.8, y, 1 - y)[:, None]], axis=1)
+    conf = np.concatenate([conf, np.random.default_rng(4).uniform(0.5, 1.0, (800, 1))], axis=1)
+    answer = good_llm(y, seed=12)
+
+    def fresh() -> OnlineDecider:
+        return OnlineDecider(800, 2, ["s", "t"], routing="calibrated", budget=LLMBudget(800, share=0.5),
+                             audit=AuditSampler(20, 800))
+
+    a = fresh()
+    _, _, _, book = run_conf(a, y, votes, conf, answer, stop=400)
+    # stopped after planning the batch at 400 (its votes are in the checkpointed state, not the store):
+    ids = list(range(400, 450))
+    pa = a.plan(ids, votes[ids], confidence=conf[ids])
+    b = fresh()
+    b.restore(a.state_dict(), book)
+    b.add_slm_votes(ids, votes[ids], conf[ids])  # what the accept step does on resume
+    answers = {r: answer(r) for r in pa.ask}
+    audit = {r: answer(r) for r in pa.audit}
+    da, db = a.settle(ids, answers, audit), b.settle(ids, answers, audit)
+    assert {k: (v.label, v.confidence) for k, v in da.items()} == {k: (v.label, v.confidence) for k, v in db.items()}
+    assert [list(c) for c in a._cuts] == [list(c) for c in b._cuts] and a._split == b._split
+    for start in range(450, 800, 50):
+        ids = list(range(start, start + 50))
+        pa, pb = a.plan(ids, votes[ids], confidence=conf[ids]), b.plan(ids, votes[ids], confidence=conf[ids])
+        assert pa.ask == pb.ask and pa.audit == pb.audit and pa.confidence == pb.confidence
+        answers = {r: answer(r) for r in pa.ask}
+        audit = {r: answer(r) for r in pa.audit}
+        da, db = a.settle(ids, answers, audit), b.settle(ids, answers, audit)
+        assert {k: (v.label, v.confidence) for k, v in da.items()} == {k: (v.label, v.confidence) for k, v in db.items()}
+    assert a.audit_estimate() == b.audit_estimate()
+
+
+def test_paper_rule_ignores_confidences() -> None:
+    """``paper`` asks and labels exactly as U >= epsilon and the LLM's answer / the majority, whatever
+    the voters' confidences."""
+    y, votes, conf, _ = confident_stream(600, 13)
+    votes = np.concatenate([votes, np.where(np.random.default_rng(5).random(600) < 0.75, y, 1 - y)[:, None]], axis=1)
+    conf = np.concatenate([conf, np.random.default_rng(6).uniform(0.5, 1.0, (600, 1))], axis=1)
+    answer = good_llm(y, seed=13)
+    d = OnlineDecider(600, 2, ["s", "t"], routing="paper", epsilon=1e-6, confidence_bins=2)
+    for start in range(0, 600, 50):
+        ids = list(range(start, start + 50))
+        majority, u, _ = tally(votes[ids], 2, 2)
+        plan = d.plan(ids, votes[ids], uncertainty=u.tolist(), confidence=conf[ids])
+        assert plan.ask == [r for r, x in zip(ids, u) if x >= 1e-6]
+        answers = {r: answer(r) for r in plan.ask}
+        for k, (rid, dec) in enumerate(d.settle(ids, answers, majority=majority.tolist()).items()):
+            assert dec.label == (answers[rid] if rid in answers else majority[k])
+    assert d.relabel() == {}

@@ -35,8 +35,18 @@ from SLMs that are worse than that assumption, and this test does not try.
 With ``routing="paper"`` the rows asked and the labels are exactly the paper's (U >= epsilon, the
 LLM's answer is the label); confidence, reliabilities and the audit are still computed.
 
-Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes are
-rebuilt from the run store with ``restore``.
+Confidence bins. A hard vote cannot tell a confident student from a guessing one, so with
+``confidence_bins`` B > 1 each vote is refined by its model's confidence bin, the cut points being the
+model's own confidence quantiles over the rows seen so far (adapting to each model and to the run, no
+fixed threshold): the pattern (positive, positive, abstain) splits into (positive-confident, ...) and
+(positive-unconfident, ...). Refined patterns are thin, so each is shrunk toward its coarse pattern's
+posterior (``refined``: a second ``PatternModel`` whose prior per row is the coarse posterior): a
+refined pattern starts where its coarse pattern stands and moves only as far as its own answers
+say. Cut points are recomputed from the stored confidences on every refit, so a resumed run bins as
+an uninterrupted one.
+
+Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes and the
+voters' confidences are rebuilt from the run store with ``restore``.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from autoannotator.decide.routing import route
 LLM = "llm"
 MIN_LLM_VOTES_FOR_VERDICT = 30  # fewer answers (on rows the SLMs labelled) than this: too few to judge
 MIN_PER_CLASS = 10  # the per-label check needs this many answered rows with that SLM label
+MIN_VOTES_FOR_BINS = 20  # a model with fewer votes seen is not split by confidence yet
 
 
 Z_VERDICT = 3.0  # standard errors: the test is repeated after every batch, so it must be strict
@@ -133,6 +144,7 @@ class OnlineDecider:
     epsilon: float = 1e-6
     margin: float = 0.02
     explore: bool = False  # True: route on the pattern's lower bound (see PatternModel.pessimistic)
+    confidence_bins: int = 2  # per-model confidence quantile bins refining each vote; 1 = hard votes only
     llm_accuracy: float = 0.9
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
@@ -146,6 +158,7 @@ class OnlineDecider:
         audit_n = default_audit_size(n_rows) if settings.audit is None else int(settings.audit)
         return cls(n_rows=n_rows, n_labels=n_labels, slm_names=list(slm_names), routing=settings.routing,
                    epsilon=settings.epsilon, margin=settings.calibrated_margin, llm_accuracy=settings.llm_accuracy,
+                   confidence_bins=settings.confidence_bins,
                    budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
                    audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None)
 
@@ -167,19 +180,32 @@ class OnlineDecider:
     def __post_init__(self) -> None:
         self.sources = list(self.slm_names) + [LLM]
         self._votes = np.full((self.n_rows, len(self.sources)), -1, dtype=np.int16)
+        self._conf = np.zeros((self.n_rows, len(self.slm_names)), dtype=np.float64)  # each vote's probability
         self._seen = np.zeros(self.n_rows, dtype=bool)
         self._audit_llm: dict[int, int] = {}
         self._accepted: dict[int, tuple[int, str]] = {}
         self.patterns = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
+        self.refined = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
+        self._cuts: list[np.ndarray] = [np.zeros(0)] * len(self.slm_names)
+        self._split: set[int] = set()
+        self._stale = False  # votes added since the last fit (a resumed run settles a batch it did not plan)
         self.label_model: LabelModel | None = None
         if self.budget is None:
             self.budget = LLMBudget(self.n_rows)
 
     # ---------- the vote book ----------
 
-    def add_slm_votes(self, row_ids: list[int], votes: np.ndarray) -> None:
+    def add_slm_votes(self, row_ids: list[int], votes: np.ndarray, confidence: np.ndarray | None = None) -> None:
+        """``confidence`` [n, k]: each vote's probability (as the store keeps it); None keeps what was
+        recorded (the accept step re-adds the votes it was planned with)."""
         ids = np.asarray(row_ids, dtype=np.int64)
-        self._votes[ids, :-1] = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
+        new = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
+        conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(len(ids), -1)
+        self._stale |= bool((~self._seen[ids]).any() or (self._votes[ids, :-1] != new).any()
+                            or (conf is not None and (self._conf[ids] != conf).any()))
+        self._votes[ids, :-1] = new
+        if conf is not None:
+            self._conf[ids] = conf
         self._seen[ids] = True
 
     def add_llm_votes(self, answers: Mapping[int, int]) -> None:
@@ -201,27 +227,72 @@ class OnlineDecider:
             return np.tile(freq / freq.sum(), (self.n_labels, 1))
         return one_coin(self.llm_accuracy, self.n_labels)
 
+    def _fit_cuts(self, rows: np.ndarray) -> None:
+        """Each model's confidence quantiles over its votes on ``rows`` (the rows seen so far)."""
+        qs = np.arange(1, self.confidence_bins) / self.confidence_bins
+        slm = self._slm(rows)
+        cuts = []
+        for j in range(len(self.slm_names)):
+            c = self._conf[rows, j][slm[:, j] >= 0]
+            cut = np.unique(np.quantile(c, qs)) if len(c) >= MIN_VOTES_FOR_BINS and qs.size else np.zeros(0)
+            if len(np.unique(np.searchsorted(cut, c, side="left"))) < 2:  # every vote in one bin: no split
+                cut = np.zeros(0)
+            cuts.append(cut)
+        self._cuts = cuts
+
+    def _refined_ids(self, rows: np.ndarray) -> np.ndarray:
+        """Pattern ids of the votes refined by confidence bin: vote v in bin b -> v * B + b."""
+        slm = self._slm(rows)
+        bins = self.confidence_bins
+        fine = np.full_like(slm, -1)
+        for j, cut in enumerate(self._cuts):
+            b = np.searchsorted(cut, self._conf[rows, j], side="left")  # a value at a cut goes below it
+            fine[:, j] = np.where(slm[:, j] >= 0, slm[:, j] * bins + b, -1)
+        return pattern_ids(fine, self.n_labels * bins)
+
     def _refit(self) -> None:
+        self._stale = False
         rows = np.nonzero(self._seen)[0]
         slm = self._slm(rows)
         self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
         self._verdict = None
-        self.patterns.fixed_llm = True
-        self.patterns.llm_confusion = self._llm_confusion()
-        self.patterns.fit(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels),
-                          self._votes[rows, -1].astype(np.int64))
+        conf = self._llm_confusion()
+        answers = self._votes[rows, -1].astype(np.int64)
+        self.patterns.fixed_llm = self.refined.fixed_llm = True
+        self.patterns.llm_confusion = conf
+        self.patterns.fit(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels), answers)
+        if self.confidence_bins > 1:
+            self._fit_cuts(rows)
+            fine = self._refined_ids(rows)
+            coarse = pattern_ids(slm, self.n_labels)
+            pairs = np.unique(np.stack([coarse, fine], axis=1), axis=0)
+            kinds, n_fine = np.unique(pairs[:, 0], return_counts=True)
+            self._split = set(kinds[n_fine > 1].tolist())  # coarse patterns the bins divide
+            self.refined.llm_confusion = conf.copy()
+            self.refined.fit(fine, self._coarse_posterior(rows), answers)
 
-    def _posterior(self, rows: np.ndarray) -> np.ndarray:
+    def _coarse_posterior(self, rows: np.ndarray) -> np.ndarray:
         slm = self._slm(rows)
         return self.patterns.posterior(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels))
+
+    def _posterior(self, rows: np.ndarray) -> np.ndarray:
+        """P(true label | the SLMs' votes and confidences): the refined pattern's, else the coarse one's."""
+        coarse = self._coarse_posterior(rows)
+        if self.confidence_bins <= 1 or not self._split:
+            return coarse
+        fine = self.refined.posterior(self._refined_ids(rows), coarse)
+        split = np.isin(pattern_ids(self._slm(rows), self.n_labels), list(self._split))
+        return np.where(split[:, None], fine, coarse)  # an undivided pattern: its own (coarse) posterior
 
     # ---------- per batch ----------
 
     def plan(self, row_ids: list[int], slm_votes: np.ndarray, uncertainty: list[float | None] | None = None,
-             live: list[bool] | None = None, cost_per_call: float | None = None) -> BatchPlan:
-        """Rows of the batch to ask and to audit; ``live`` False = no text (never asked)."""
+             live: list[bool] | None = None, cost_per_call: float | None = None,
+             confidence: np.ndarray | None = None) -> BatchPlan:
+        """Rows of the batch to ask and to audit; ``live`` False = no text (never asked);
+        ``confidence`` [n, k] each vote's probability (None: confidence bins see none, all in one bin)."""
         live_mask = np.ones(len(row_ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
-        self.add_slm_votes(row_ids, slm_votes)
+        self.add_slm_votes(row_ids, slm_votes, confidence)
         self._refit()
         ids = np.asarray(row_ids, dtype=np.int64)
         post = self._posterior(ids)
@@ -229,8 +300,9 @@ class OnlineDecider:
             u = np.asarray([np.nan if x is None else x for x in (uncertainty or [None] * len(ids))], dtype=np.float64)
             mask, prio = route("paper", uncertainty=u, epsilon=self.epsilon)
         else:
-            slm = self._slm(ids)
-            cautious = self.patterns.pessimistic(pattern_ids(slm, self.n_labels), post) if self.explore else post
+            model, pats = ((self.refined, self._refined_ids(ids)) if self.confidence_bins > 1
+                           else (self.patterns, pattern_ids(self._slm(ids), self.n_labels)))
+            cautious = model.pessimistic(pats, post) if self.explore else post
             mask, prio = route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion,
                                margin=self.margin)
         mask &= live_mask
@@ -249,7 +321,7 @@ class OnlineDecider:
         ids = np.asarray(row_ids, dtype=np.int64)
         live_mask = np.ones(len(ids), dtype=bool) if live is None else np.asarray(live, dtype=bool)
         self.budget.spend(len(answers), cost)
-        if self.patterns.llm_confusion is None:  # resumed mid-batch with nothing stored yet: fit on this batch
+        if self.patterns.llm_confusion is None or self._stale:  # resumed mid-batch: fit as plan() did
             self._refit()
         before = self._posterior(ids)
         self.add_llm_votes({**audit_answers, **answers})
@@ -375,11 +447,13 @@ class OnlineDecider:
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
-        row: row_id, slm (list of label indices, -1 abstain), llm (index or -1), audit (bool),
-        label (index), source."""
+        row: row_id, slm (list of label indices, -1 abstain), conf (each vote's probability; absent =
+        0), llm (index or -1), audit (bool), label (index), source."""
         for rec in book:
             rid = int(rec["row_id"])
             self._votes[rid, :-1] = rec["slm"]
+            if rec.get("conf") is not None:
+                self._conf[rid] = rec["conf"]
             self._votes[rid, -1] = rec.get("llm", -1)
             self._seen[rid] = True
             if rec.get("audit") and rec.get("llm", -1) >= 0:

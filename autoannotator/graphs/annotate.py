@@ -218,8 +218,10 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         return box["d"]
 
     def _book_row(rec: dict) -> dict:
-        slm = [label_idx.get((rec["votes"].get(m.name) or {}).get("label"), -1) for m in ctx.models]
-        return {"row_id": rec["row_id"], "slm": slm, "llm": label_idx.get(rec.get("llm_label"), -1),
+        votes = [rec["votes"].get(m.name) or {} for m in ctx.models]
+        slm = [label_idx.get(v.get("label"), -1) for v in votes]
+        conf = [float(v.get("p") or 0.0) for v in votes]
+        return {"row_id": rec["row_id"], "slm": slm, "conf": conf, "llm": label_idx.get(rec.get("llm_label"), -1),
                 "audit": bool(rec.get("audit")), "label": label_idx.get(rec["label"], -1),
                 "source": str(rec["label_source"])}
 
@@ -230,7 +232,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         d = decider(state)
         live = [u is not None for u in batch["uncertainty"]]
         plan = d.plan(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)),
-                      uncertainty=batch["uncertainty"], live=live)
+                      uncertainty=batch["uncertainty"], live=live,
+                      confidence=np.asarray(batch["confidence"], dtype=np.float64).reshape(len(ids), len(ctx.models)))
         verdict = d.verdict()
         if verdict.unreliable and not d.unreliable_noted:
             d.unreliable_noted = True
@@ -272,7 +275,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         ids, batch = state["batch_ids"], state["batch"]
         verified, audit_answers = state.get("verified") or {}, state.get("audit_answers") or {}
         d = decider(state)
-        d.add_slm_votes(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)))
+        # again, with their confidences: a run resumed after the ensemble step has not planned this batch
+        d.add_slm_votes(ids, np.asarray(batch["votes"], dtype=np.int64).reshape(len(ids), len(ctx.models)),
+                        np.asarray(batch["confidence"], dtype=np.float64).reshape(len(ids), len(ctx.models)))
         decisions = d.settle(ids, {int(k): label_idx.get(v, -1) for k, v in verified.items() if v is not None},
                              {int(k): label_idx.get(v, -1) for k, v in audit_answers.items()},
                              cost=float((state.get("routed") or {}).get("cost", 0.0)),
