@@ -148,19 +148,24 @@ class OnlineDecider:
     llm_accuracy: float = 0.9
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
+    # The verifier's answer is the label (a person reviewing): routing still follows the posterior, but
+    # an answer is never overruled by it, as a reviewer who corrects a label expects to see it stay.
+    answers_final: bool = False
     unreliable_noted: bool = False
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, settings, n_rows: int, n_labels: int, slm_names: list[str]) -> OnlineDecider:
+    def from_settings(cls, settings, n_rows: int, n_labels: int, slm_names: list[str], *,
+                      answers_final: bool = False) -> OnlineDecider:
         """The decider a run's settings ask for (``routing``, ``llm_budget``, ``max_llm_cost``, ``audit``)."""
         audit_n = default_audit_size(n_rows) if settings.audit is None else int(settings.audit)
         return cls(n_rows=n_rows, n_labels=n_labels, slm_names=list(slm_names), routing=settings.routing,
                    epsilon=settings.epsilon, margin=settings.calibrated_margin, llm_accuracy=settings.llm_accuracy,
                    confidence_bins=settings.confidence_bins,
                    budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
-                   audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None)
+                   audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None,
+                   answers_final=answers_final)
 
     def add_audit_usage(self, calls: int, tokens_in: int, tokens_out: int, cost: float) -> None:
         for key, value in (("calls", calls), ("tokens_in", tokens_in), ("tokens_out", tokens_out)):
@@ -349,7 +354,7 @@ class OnlineDecider:
         return out
 
     def _decide_asked(self, llm_label: int, post: np.ndarray) -> Decision:
-        if self.routing == "paper":  # the paper: the LLM's answer is the label
+        if self.routing == "paper" or self.answers_final:  # the paper (and a person): the answer is the label
             return Decision(int(llm_label), float(post[llm_label]), "llm_verified")
         label = int(post.argmax())
         return Decision(label, float(post.max()), "llm_verified" if label == llm_label else "llm_overruled")

@@ -54,6 +54,7 @@ from autoannotator.engine.steps import (
 )
 from autoannotator.graphs.routing import route_after_accept, route_after_ensemble, route_next_batch, routed_rows
 from autoannotator.graphs.state import AnnotateState
+from autoannotator.run.cache import HUMAN
 from autoannotator.run.faultpoint import faultpoint
 from autoannotator.run.output import ShardWriter, label_columns
 from autoannotator.run.paths import RunPaths
@@ -212,7 +213,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         """The decision layer of this process: built once, restored from the checkpointed counters
         and the run store's votes (a resumed run continues where it stopped)."""
         if "d" not in box:
-            d = OnlineDecider.from_settings(ctx.settings, state["n_rows"], len(labels), [m.name for m in ctx.models])
+            d = OnlineDecider.from_settings(ctx.settings, state["n_rows"], len(labels), [m.name for m in ctx.models],
+                                            answers_final=ctx.verifier.model_id == HUMAN)
             d.restore(state.get("decide") or {}, (_book_row(r) for part in ctx.store.iter_results() for r in part))
             box["d"] = d
         return box["d"]
