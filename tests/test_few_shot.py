@@ -341,3 +341,19 @@ def test_the_cost_estimate_counts_the_longer_few_shot_prompt():
     text_tokens = sum(len(t) for t in texts) / len(texts) / 4
     assert four - zero > 4 * text_tokens  # four example texts of about the same length, plus their blocks
     assert not any("examples" in n for n in notes0) and any("4 examples" in n for n in notes4)
+
+
+def test_a_verifier_that_shows_no_examples_runs_zero_shot_and_says_so(tmp_path):
+    import autoannotator as aa
+    from graph_fakes import OracleVerifier
+
+    frame = pd.read_csv(Path(__file__).resolve().parents[1] / "examples" / "reviews.csv").head(40)
+    notes: list[str] = []
+    res = aa.label(frame, task="label these reviews for sentiment", labels=LABELS, run_dir=tmp_path / "run",
+                   runs_dir=tmp_path / "runs", verifier=lambda task, run_dir, run_id: OracleVerifier(
+                       frame["label"].tolist()), verifier_info={"oracle": True}, models=["vader", "textblob"],
+                   sandbox="none", batch_size=16, audit=0, few_shot=2,
+                   on_progress=lambda e: notes.append(e.get("text", "")) if e["event"] == "note" else None)
+    assert len(res.data) == 40
+    assert any("--few-shot 2 ignored" in n for n in notes)
+    assert not (tmp_path / "run" / "embeddings.sqlite").exists()
