@@ -11,7 +11,7 @@ what overlapping buys when nothing waits on the network; with a real LLM the bat
 of their time waiting for answers, which the round can use.
 
 Run:  .venv/bin/python benchmarks/finetune_overlap.py ../shared/data/uci-sentences/yelp.csv --beta 250 \\
-          --out bench-out/overlap [--repeat 2] [--routing paper] [--seed 0]
+          --out bench-out/overlap [--repeat 2] [--overlap-first] [--routing paper] [--seed 0]
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--routing", default="paper")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overlap-first", action="store_true", help="start with the overlapped run")
     ap.add_argument("--out", type=Path, default=Path("bench-out/overlap"))
     args = ap.parse_args()
 
@@ -74,7 +75,7 @@ def main() -> None:
     results = []
     try:
         for rep in range(args.repeat):
-            for overlap in ((False, True) if rep % 2 == 0 else (True, False)):
+            for overlap in ((False, True) if (rep + args.overlap_first) % 2 == 0 else (True, False)):
                 settings = base.model_copy(update={"finetune": base.finetune.model_copy(update={"overlap": overlap})})
                 name = f"{'overlap' if overlap else 'inline'}-{rep}"
                 res = one_run(bench, specs, settings, name, args.beta, args.routing)
@@ -83,12 +84,12 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in res.items() if k != "labels"}), flush=True)
     finally:
         bench.close()
-    reference = next(r for r in results if not r["overlap"])["labels"]
+    reference = next(r for r in results if not r["overlap"])
     for r in results:
-        r["labels_differing_from_inline_0"] = sum(a != b for a, b in zip(r["labels"], reference))
+        r["labels_differing_from_inline"] = sum(a != b for a, b in zip(r["labels"], reference["labels"]))
         print(f"{r['name']}: accuracy {r['accuracy']}, LLM calls {r['llm_calls']}, wall {r['wall_s']} s, "
-              f"waited for rounds {r['finetune_wait_s']} s, labels differing from inline-0: "
-              f"{r['labels_differing_from_inline_0']}")
+              f"waited for rounds {r['finetune_wait_s']} s, labels differing from {reference['name']}: "
+              f"{r['labels_differing_from_inline']}")
     (args.out / "overlap.json").write_text(json.dumps(results, indent=1))
 
 

@@ -61,6 +61,8 @@ def test_save_load_clone_round_trip(trained, tmp_path):
     np.testing.assert_array_equal(fresh.native_proba(probe), want)
     twin = student.clone()
     np.testing.assert_array_equal(twin.native_proba(probe), want)
+    # its own tokenizer too: a background round uses the twin from another thread (finetune.overlap)
+    assert twin.tokenizer is not student.tokenizer
     with torch.no_grad():
         next(twin.model.parameters()).zero_()  # the twin's weights are its own
     np.testing.assert_array_equal(student.native_proba(probe), want)
