@@ -39,9 +39,9 @@ def load_run(run_dir: Path, labels: list[str]) -> tuple[list[list[int]], dict, l
 
 
 def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float | None, seed: int = 0,
-           margin: float = 0.02) -> dict:
+           margin: float = 0.02, explore: bool = False) -> dict:
     d = OnlineDecider(n_rows, 2 if len(set(gold)) <= 2 else len(set(gold)), models, routing="calibrated",
-                      confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin,
+                      confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin, explore=explore,
                       audit=AuditSampler(default_audit_size(n_rows), n_rows, seed=seed))
     final = np.full(n_rows, -1)
     source = {}
@@ -68,7 +68,7 @@ def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float
             "call_share": round(calls / n_rows, 4), "audit_estimate": est.get("estimate"),
             "audit_interval": est.get("interval"),
             "settled_true": round(float((final[settled] == g[settled]).mean()), 4) if settled else None,
-            "margin": margin, "calls_per_batch": per_batch}
+            "margin": margin, "explore": explore, "calls_per_batch": per_batch}
 
 
 def main() -> None:
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--p", type=float, default=0.9)
     ap.add_argument("--budget", type=float, default=None)
     ap.add_argument("--margin", type=float, default=0.02)
+    ap.add_argument("--explore", action="store_true", help="route on the patterns' lower bounds")
     a = ap.parse_args()
     ds = load_dataset(a.data, None, a.gold_column, 4000)
     names = sorted({x for x in ds.gold if x})
@@ -90,7 +91,7 @@ def main() -> None:
     gold = [idx.get(x, -1) for x in ds.gold]
     for b in (int(x) for x in a.bins.split(",")):
         print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], b,
-                                a.budget, margin=a.margin)), flush=True)
+                                a.budget, margin=a.margin, explore=a.explore)), flush=True)
 
 
 if __name__ == "__main__":
