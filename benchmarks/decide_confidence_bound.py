@@ -15,11 +15,11 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decide_replay import load_run  # noqa: E402
+from decide_replay import load_run
 
-from autoannotator.data import load_dataset  # noqa: E402
-from autoannotator.task import LabelDef, build_task  # noqa: E402
-from autoannotator.verify.simulated import SimulatedVerifier  # noqa: E402
+from autoannotator.data import load_dataset
+from autoannotator.task import LabelDef, build_task
+from autoannotator.verify.simulated import SimulatedVerifier
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def load_run(run_dir: Path, labels: list[str]) -> tuple[list[list[int]], dict, l
 
 def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float | None, seed: int = 0,
            margin: float = 0.02, explore: bool = False, routing: str = "calibrated") -> dict:
-    n_labels = 2 if len(set(gold)) <= 2 else len(set(gold))
+    n_labels = max(2, len(set(gold)))
     d = OnlineDecider(n_rows, n_labels, models, routing=routing,
                       confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin, explore=explore,
                       audit=AuditSampler(default_audit_size(n_rows), n_rows, seed=seed))
