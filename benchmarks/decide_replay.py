@@ -4,7 +4,7 @@ rules (the student's training, which depends on the labels the rule produced, is
 variant sees the votes the recorded run's student cast).
 
 Usage: PYTHONPATH=. .venv/bin/python benchmarks/decide_replay.py RUN_DIR DATA.csv [--gold-column label]
-       [--bins 1,2,3] [--p 0.9] [--budget 0.1]
+       [--bins 1,2,3] [--p 0.9] [--budget 0.1] [--margin 0.02] [--explore] [--paper]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from autoannotator.data import load_dataset
 from autoannotator.decide.audit import AuditSampler, default_audit_size
 from autoannotator.decide.budget import LLMBudget
 from autoannotator.decide.online import OnlineDecider
+from autoannotator.ensemble import tally
 from autoannotator.task import LabelDef, build_task
 from autoannotator.verify.simulated import SimulatedVerifier
 
@@ -39,9 +40,10 @@ def load_run(run_dir: Path, labels: list[str]) -> tuple[list[list[int]], dict, l
 
 
 def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float | None, seed: int = 0,
-           margin: float = 0.02) -> dict:
-    d = OnlineDecider(n_rows, 2 if len(set(gold)) <= 2 else len(set(gold)), models, routing="calibrated",
-                      confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin,
+           margin: float = 0.02, explore: bool = False, routing: str = "calibrated") -> dict:
+    n_labels = max(2, len(set(gold)))
+    d = OnlineDecider(n_rows, n_labels, models, routing=routing,
+                      confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin, explore=explore,
                       audit=AuditSampler(default_audit_size(n_rows), n_rows, seed=seed))
     final = np.full(n_rows, -1)
     source = {}
@@ -57,18 +59,19 @@ def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float
         audit = {r: answer(r) for r in plan.audit}
         calls += len(answers)
         per_batch.append(len(answers))
-        for rid, dec in d.settle(ids, answers, audit, live=live).items():
+        majority = tally(votes, n_labels, 2)[0].tolist()  # the paper's settled label (min_votes = 2)
+        for rid, dec in d.settle(ids, answers, audit, live=live, majority=majority).items():
             final[rid], source[rid] = dec.label, dec.source
     for rid, dec in d.relabel().items():
         final[rid], source[rid] = dec.label, dec.source
     g = np.asarray(gold)
     settled = [r for r, s in source.items() if s == "slm_consensus"]
     est = d.audit_estimate().get("slm_consensus", {})
-    return {"bins": bins, "budget": budget, "accuracy": round(float((final == g).mean()), 4),
+    return {"routing": routing, "bins": bins, "budget": budget, "accuracy": round(float((final == g).mean()), 4),
             "call_share": round(calls / n_rows, 4), "audit_estimate": est.get("estimate"),
             "audit_interval": est.get("interval"),
             "settled_true": round(float((final[settled] == g[settled]).mean()), 4) if settled else None,
-            "margin": margin, "calls_per_batch": per_batch}
+            "margin": margin, "explore": explore, "calls_per_batch": per_batch}
 
 
 def main() -> None:
@@ -80,6 +83,8 @@ def main() -> None:
     ap.add_argument("--p", type=float, default=0.9)
     ap.add_argument("--budget", type=float, default=None)
     ap.add_argument("--margin", type=float, default=0.02)
+    ap.add_argument("--explore", action="store_true", help="route on the patterns' lower bounds")
+    ap.add_argument("--paper", action="store_true", help="also the paper rule (U >= 1e-6) on the same votes")
     a = ap.parse_args()
     ds = load_dataset(a.data, None, a.gold_column, 4000)
     names = sorted({x for x in ds.gold if x})
@@ -88,9 +93,12 @@ def main() -> None:
     idx = {n: i for i, n in enumerate(names)}
     batches, book, models = load_run(a.run_dir, names)
     gold = [idx.get(x, -1) for x in ds.gold]
+    if a.paper:
+        print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], 1,
+                                None, routing="paper")), flush=True)
     for b in (int(x) for x in a.bins.split(",")):
         print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], b,
-                                a.budget, margin=a.margin)), flush=True)
+                                a.budget, margin=a.margin, explore=a.explore)), flush=True)
 
 
 if __name__ == "__main__":

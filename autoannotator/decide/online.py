@@ -362,7 +362,8 @@ class OnlineDecider:
     def relabel(self) -> dict[int, Decision]:
         """Every seen row's decision under the final model (calibrated routing only): labels made
         before the LLM was found unreliable, or before the patterns were learnt, follow the final
-        posterior. Audited rows keep their label source; their audit answer is not used."""
+        posterior. Audited rows keep their label source; their audit answer is not used, and the
+        audit estimate then scores their final labels (the ones the accuracy is about)."""
         if self.routing == "paper":
             return {}
         self._refit()
@@ -377,6 +378,8 @@ class OnlineDecider:
                 out[rid] = self._decide_asked(a, after / after.sum() if after.sum() > 0 else post[k])
             else:
                 out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
+                if rid in self._accepted:  # the audit judges the label the row ends with
+                    self._accepted[rid] = (out[rid].label, out[rid].source)
         return out
 
     # ---------- what it learnt ----------
