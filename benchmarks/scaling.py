@@ -11,7 +11,8 @@ does not depend on the data size), peak RSS and the run directory's size.
 
 Part 2, LLM calls: a loopback fake endpoint with ``--latency`` (200 ms) that answers 429 past
 ``--max-concurrency`` (50) requests in flight. ``--calls`` unique prompts through (a) a bare async httpx
-client at that concurrency and (b) autoannotator's verifier at ``llm_max_concurrency`` = that concurrency.
+client at that concurrency and (b) autoannotator's verifier at ``llm_max_concurrency`` = that concurrency,
+(c) with ``--llm-engines local,ray``, the same verifier sending its requests from Ray workers.
 The ideal is max_concurrency / latency = 250 calls/s.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/scaling.py --sizes 1000,10000,100000 --engines local,ray

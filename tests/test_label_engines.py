@@ -161,3 +161,28 @@ def test_kill_9_mid_run_then_resume_on_ray(tmp_path):
     finally:
         proc_ep.terminate()
         proc_ep.wait(10)
+
+
+def _untimed(record: dict) -> dict:
+    """A round's record without its clock readings and the weights' path (they differ between two runs)."""
+    return {k: _untimed(v) if isinstance(v, dict) else v for k, v in record.items()
+            if k != "weights" and not k.endswith(("seconds", "per_s"))}
+
+
+def test_ray_engine_fine_tunes_on_a_worker_like_the_local_engine(tmp_path):
+    """A trainable model in the ensemble: its rounds run as Ray tasks, and the run keeps the same rounds,
+    labels and votes as on the local engine."""
+    data, texts, gold = _shards(tmp_path / "data")
+    outs, rounds = {}, {}
+    for engine in ("local", "ray"):
+        settings = Settings(models=["vader", "textblob", "tfidf"], sandbox="none", engine=engine, batch_size=40,
+                            beta=60, runs_dir=tmp_path / "runs")
+        report, run_dir = runner.label(
+            settings, data, instruction=INSTRUCTION, labels=parse_labels("positive,negative,neutral"),
+            gold_column="label", run_dir=tmp_path / f"ft-{engine}",
+            verifier_factory=lambda task, _d, run_id: SimulatedVerifier(gold, task, 0.9, run_id=run_id))
+        outs[engine] = pd.read_csv(report["run"]["out_path"], dtype=str, keep_default_na=False)
+        rounds[engine] = [_untimed(r) for r in report["finetune_rounds"]]
+    assert len(rounds["local"]) >= 2 and rounds["ray"] == rounds["local"]
+    for col in ("label", "label_source", "votes"):
+        assert outs["ray"][col].tolist() == outs["local"][col].tolist(), col
