@@ -227,7 +227,8 @@ def label(
             # The share of the loop spent outside the models, the LLM and training: LangGraph's
             # checkpointing, the run store, routing. Only meaningful for a run made in one go.
             wall = time.perf_counter() - graph_start
-            work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune"))
+            # finetune_wait: the loop waiting on an overlapped round is training time, not orchestration
+            work = sum(node_s.get(k, 0.0) for k in ("ensemble", "verify", "finetune", "finetune_wait"))
             timings["graph_wall"] = wall
             timings["orchestration_overhead_share"] = max(0.0, 1 - work / wall) if wall else 0.0
         report = _finish(plan, source, store, writer, verifier, settings, models, llm_info, {**timings, **node_s},
