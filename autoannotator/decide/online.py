@@ -52,7 +52,7 @@ voters' confidences are rebuilt from the run store with ``restore``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -360,27 +360,34 @@ class OnlineDecider:
         return Decision(label, float(post.max()), "llm_verified" if label == llm_label else "llm_overruled")
 
     def relabel(self) -> dict[int, Decision]:
-        """Every seen row's decision under the final model (calibrated routing only): labels made
-        before the LLM was found unreliable, or before the patterns were learnt, follow the final
-        posterior. Audited rows keep their label source; their audit answer is not used, and the
-        audit estimate then scores their final labels (the ones the accuracy is about)."""
+        """Every seen row's decision under the final model, in one dict (see ``relabel_blocks``)."""
+        return {rid: dec for block in self.relabel_blocks() for rid, dec in block.items()}
+
+    def relabel_blocks(self, block_rows: int = 10_000) -> Iterator[dict[int, Decision]]:
+        """Every seen row's decision under the final model (calibrated routing only), ``block_rows`` row
+        ids at a time: labels made before the LLM was found unreliable, or before the patterns were
+        learnt, follow the final posterior. Audited rows keep their label source; their audit answer is
+        not used, and the audit estimate then scores their final labels (the ones the accuracy is
+        about). By blocks, so a run's last step holds one block of decisions, not one per row."""
         if self.routing == "paper":
-            return {}
+            return
         self._refit()
-        rows = np.nonzero(self._seen)[0]
-        post = self._posterior(rows)
         conf = self.patterns.llm_confusion
-        out: dict[int, Decision] = {}
-        for k, rid in enumerate(int(r) for r in rows):
-            a = int(self._votes[rid, -1])
-            if a >= 0 and rid not in self._audit_llm:
-                after = post[k] * conf[:, a]
-                out[rid] = self._decide_asked(a, after / after.sum() if after.sum() > 0 else post[k])
-            else:
-                out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
-                if rid in self._accepted:  # the audit judges the label the row ends with
-                    self._accepted[rid] = (out[rid].label, out[rid].source)
-        return out
+        seen = np.nonzero(self._seen)[0]
+        for lo in range(0, len(seen), block_rows):
+            rows = seen[lo:lo + block_rows]
+            post = self._posterior(rows)
+            out: dict[int, Decision] = {}
+            for k, rid in enumerate(int(r) for r in rows):
+                a = int(self._votes[rid, -1])
+                if a >= 0 and rid not in self._audit_llm:
+                    after = post[k] * conf[:, a]
+                    out[rid] = self._decide_asked(a, after / after.sum() if after.sum() > 0 else post[k])
+                else:
+                    out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
+                    if rid in self._accepted:  # the audit judges the label the row ends with
+                        self._accepted[rid] = (out[rid].label, out[rid].source)
+            yield out
 
     # ---------- what it learnt ----------
 

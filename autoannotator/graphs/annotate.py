@@ -314,24 +314,24 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
 
     def _relabel(d: OnlineDecider) -> list[int]:
         """Earlier rows' labels under the final model; returns the row ids whose stored record changed.
-        Compared with the store block by block (label, source and confidence only), never every row at once."""
-        changed = d.relabel()
-        if not changed:
-            return []
-        updates = []
-        ids = sorted(changed)
-        step = DEFAULT_CHUNK_ROWS
-        for lo in range(ids[0] - ids[0] % step, ids[-1] + 1, step):
-            stored = ctx.store.decisions_between(lo, lo + step)
-            for rid in range(lo, lo + step):
-                dec, rec = changed.get(rid), stored.get(rid)
-                if dec is None or rec is None or rec[1] == LabelSource.SKIPPED_EMPTY.value:
+        Decided and compared with the store block by block (label, source and confidence only), never
+        every row at once."""
+        changed_ids: list[int] = []
+        for block in d.relabel_blocks(DEFAULT_CHUNK_ROWS):
+            if not block:
+                continue
+            stored = ctx.store.decisions_between(min(block), max(block) + 1)
+            updates = []
+            for rid, dec in block.items():
+                rec = stored.get(rid)
+                if rec is None or rec[1] == LabelSource.SKIPPED_EMPTY.value:
                     continue
                 label = labels[dec.label] if dec.label >= 0 else None
                 if (label, dec.source) != (rec[0], rec[1]) or rec[2] is None or abs(rec[2] - dec.confidence) > 1e-6:
                     updates.append((rid, label, dec.source, round(dec.confidence, 6)))
-        ctx.store.update_decisions(updates)
-        return [u[0] for u in updates]
+            ctx.store.update_decisions(updates)
+            changed_ids += [u[0] for u in updates]
+        return changed_ids
 
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1
