@@ -174,7 +174,7 @@ class OnlineDecider:
 
     def summary(self, label_names: list[str]) -> dict:
         """What the report shows: the rule, the budget spent, reliabilities, the verdict, the audit."""
-        v = self.verdict()
+        v = self.verdict(estimates=True)
         audit = self.audit_estimate()
         return {"routing": self.routing, "llm_accuracy_assumed": self.llm_accuracy, "margin": self.margin,
                 "budget": self.budget.report(), "reliability": self.reliability(), "llm_verdict": v.as_dict(),
@@ -259,7 +259,9 @@ class OnlineDecider:
         self._stale = False
         rows = np.nonzero(self._seen)[0]
         slm = self._slm(rows)
-        self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
+        # The label model only reports (reliabilities, the verdict's estimates): fitted when asked, not on
+        # every batch, where refitting it over every row seen made a run's cost grow with its rows squared.
+        self.label_model = None
         self._verdict = None
         conf = self._llm_confusion()
         answers = self._votes[rows, -1].astype(np.int64)
@@ -391,9 +393,18 @@ class OnlineDecider:
 
     # ---------- what it learnt ----------
 
-    def verdict(self) -> Verdict:
-        """Is the LLM unreliable? (see the module docstring for the test)."""
-        if self._verdict is not None:
+    def _fitted_label_model(self) -> LabelModel | None:
+        if self.label_model is None and self._seen.any():
+            rows = np.nonzero(self._seen)[0]
+            self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
+        return self.label_model
+
+    def verdict(self, estimates: bool = False) -> Verdict:
+        """Is the LLM unreliable? (see the module docstring for the test). ``estimates``: add the label
+        model's estimates of the LLM's and the SLM consensus's accuracy (a fit over every row seen: asked
+        for by the report and the first unreliable note, not by the per-batch routing)."""
+        if self._verdict is not None and (not estimates or self._verdict.llm_accuracy is not None
+                                          or self._fitted_label_model() is None):
             return self._verdict
         rows = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
         slm = self._slm(rows)
@@ -401,9 +412,10 @@ class OnlineDecider:
         has = (slm >= 0).any(axis=1) & (audited | unanimous(slm))
         rows, slm = rows[has], slm[has]
         llm_acc = interval = consensus = None
-        if self.label_model is not None:
+        model = self._fitted_label_model() if estimates else None
+        if model is not None:
             seen = np.nonzero(self._seen)[0]
-            lv = self.label_model.llm_verdict(self._votes[seen].astype(np.int64), LLM)
+            lv = model.llm_verdict(self._votes[seen].astype(np.int64), LLM)
             llm_acc, interval, consensus = lv.llm_accuracy, lv.llm_interval, lv.slm_consensus_accuracy
         n = len(rows)
         if n < MIN_LLM_VOTES_FOR_VERDICT:
@@ -430,9 +442,10 @@ class OnlineDecider:
         return self._verdict
 
     def reliability(self) -> dict[str, dict]:
-        if self.label_model is None:
+        model = self._fitted_label_model()
+        if model is None:
             return {}
-        return {name: rel.as_dict() for name, rel in self.label_model.reliability().items()}
+        return {name: rel.as_dict() for name, rel in model.reliability().items()}
 
     def audit_estimate(self) -> dict[str, dict]:
         """Accuracy of the settled labels per label source, from the audit (see ``audit.py``).

@@ -239,7 +239,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         verdict = d.verdict()
         if verdict.unreliable and not d.unreliable_noted:
             d.unreliable_noted = True
-            ctx.on_progress({"event": "note", "text": _unreliable_text(verdict.as_dict(), d.llm_accuracy)})
+            ctx.on_progress({"event": "note", "text": _unreliable_text(d.verdict(estimates=True).as_dict(),
+                                                                         d.llm_accuracy)})
         return {"batch": batch, "routed": {"ask": plan.ask, "audit": plan.audit}, "decide": d.state_dict()}
 
     def verify(state: AnnotateState) -> dict:
