@@ -229,9 +229,7 @@ def finish_background_round(bg: BackgroundRound, models: list[SLM], store: RunSt
 def labelled_in_order(store: RunStore, before_batch: int | None = None) -> list[dict[str, Any]]:
     """The store's rows in the order the loop labelled them (batch by batch; a round falls between batches).
     ``before_batch``: only the batches before it (what a round begun there saw, when a resume trains it again)."""
-    rows = store.results()
-    if before_batch is not None:
-        rows = [r for r in rows if r["batch"] < before_batch]
+    rows = store.results() if before_batch is None else store.results_in_batches(0, before_batch)
     return sorted(rows, key=lambda r: (r["batch"], r["row_id"]))
 
 
