@@ -60,7 +60,7 @@ import numpy as np
 from autoannotator.decide.audit import AuditSampler, default_audit_size, estimate_by_source
 from autoannotator.decide.budget import LLMBudget
 from autoannotator.decide.label_model import LabelModel, one_coin
-from autoannotator.decide.pattern_model import PatternModel, pattern_ids
+from autoannotator.decide.pattern_model import PatternModel, PatternTable, decode_patterns, pattern_ids
 from autoannotator.decide.routing import route
 
 LLM = "llm"
@@ -72,11 +72,13 @@ MIN_VOTES_FOR_BINS = 20  # a model with fewer votes seen is not split by confide
 Z_VERDICT = 3.0  # standard errors: the test is repeated after every batch, so it must be strict
 
 
-def _below(hits: np.ndarray, expected: np.ndarray) -> bool:
-    """Is the agreement rate more than Z_VERDICT standard errors below its expectation?"""
-    e = float(expected.mean())
-    se = math.sqrt(max(e * (1 - e), 1e-9) / len(hits))
-    return float(hits.mean()) < e - Z_VERDICT * se
+def _below(hits: np.ndarray, expected: np.ndarray, weight: np.ndarray) -> bool:
+    """Is the agreement rate more than Z_VERDICT standard errors below its expectation? (``weight``:
+    rows behind each entry)"""
+    n = float(weight.sum())
+    e = float(np.dot(weight, expected)) / n
+    se = math.sqrt(max(e * (1 - e), 1e-9) / n)
+    return float(np.dot(weight, hits)) / n < e - Z_VERDICT * se
 
 
 @dataclass
@@ -192,6 +194,8 @@ class OnlineDecider:
         self.patterns = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
         self.refined = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
         self._cuts: list[np.ndarray] = [np.zeros(0)] * len(self.slm_names)
+        self._coarse = PatternTable(self.n_rows, self.n_labels)  # per-row pattern and answer counts, kept
+        self._fine = PatternTable(self.n_rows, self.n_labels)  # as rows arrive (the refined ones under _cuts)
         self._split: set[int] = set()
         self._stale = False  # votes added since the last fit (a resumed run settles a batch it did not plan)
         self.label_model: LabelModel | None = None
@@ -212,10 +216,32 @@ class OnlineDecider:
         if conf is not None:
             self._conf[ids] = conf
         self._seen[ids] = True
+        self._coarse.assign(ids, pattern_ids(self._slm(ids), self.n_labels))
+        if self.confidence_bins > 1:
+            self._fine.assign(ids, self._refined_ids(ids))
 
     def add_llm_votes(self, answers: Mapping[int, int]) -> None:
-        for rid, a in answers.items():
-            self._votes[int(rid), -1] = int(a)
+        if not answers:
+            return
+        rows = np.fromiter((int(r) for r in answers), dtype=np.int64, count=len(answers))
+        values = np.fromiter((int(a) for a in answers.values()), dtype=np.int64, count=len(answers))
+        self._votes[rows, -1] = values
+        self._coarse.answer(rows, values)
+        self._fine.answer(rows, values)
+
+    def _rebuild_tables(self) -> None:
+        """The pattern tables from the vote book, after it was written directly (``restore``)."""
+        rows = np.nonzero(self._seen)[0]
+        self._coarse = PatternTable(self.n_rows, self.n_labels)
+        self._coarse.assign(rows, pattern_ids(self._slm(rows), self.n_labels))
+        self._coarse.answer(rows, self._votes[rows, -1].astype(np.int64))
+        self._rebuild_fine(rows)
+
+    def _rebuild_fine(self, rows: np.ndarray) -> None:
+        self._fine = PatternTable(self.n_rows, self.n_labels)
+        if self.confidence_bins > 1:
+            self._fine.assign(rows, self._refined_ids(rows))
+            self._fine.answer(rows, self._votes[rows, -1].astype(np.int64))
 
     def _slm(self, rows: np.ndarray) -> np.ndarray:
         return self._votes[rows, :-1].astype(np.int64)
@@ -227,8 +253,7 @@ class OnlineDecider:
         the SLMs' labels) every row of the confusion is its answer frequencies: its answers carry no
         information, so it is not asked (but for the audit) and cannot move a label."""
         if self.verdict().unreliable:
-            answers = self._votes[self._seen, -1]
-            freq = np.bincount(answers[answers >= 0], minlength=self.n_labels) + 1.0
+            freq = self._coarse.answers.sum(axis=0) + 1.0  # the answers on the rows seen
             return np.tile(freq / freq.sum(), (self.n_labels, 1))
         return one_coin(self.llm_accuracy, self.n_labels)
 
@@ -240,7 +265,8 @@ class OnlineDecider:
         for j in range(len(self.slm_names)):
             c = self._conf[rows, j][slm[:, j] >= 0]
             cut = np.unique(np.quantile(c, qs)) if len(c) >= MIN_VOTES_FOR_BINS and qs.size else np.zeros(0)
-            if len(np.unique(np.searchsorted(cut, c, side="left"))) < 2:  # every vote in one bin: no split
+            # every vote in one bin (bins are monotone in c: the lowest and the highest share one): no split
+            if cut.size and np.searchsorted(cut, c.min(), side="left") == np.searchsorted(cut, c.max(), side="left"):
                 cut = np.zeros(0)
             cuts.append(cut)
         self._cuts = cuts
@@ -256,27 +282,47 @@ class OnlineDecider:
         return pattern_ids(fine, self.n_labels * bins)
 
     def _refit(self) -> None:
+        """Both pattern models from the pattern tables: the cost grows with the patterns seen, not the rows
+        (but for the confidence cut points: quantiles over every vote seen, a vectorised pass; only the
+        rows whose bin they move change their refined pattern)."""
         self._stale = False
-        rows = np.nonzero(self._seen)[0]
-        slm = self._slm(rows)
         # The label model only reports (reliabilities, the verdict's estimates): fitted when asked, not on
         # every batch, where refitting it over every row seen made a run's cost grow with its rows squared.
         self.label_model = None
         self._verdict = None
         conf = self._llm_confusion()
-        answers = self._votes[rows, -1].astype(np.int64)
         self.patterns.fixed_llm = self.refined.fixed_llm = True
         self.patterns.llm_confusion = conf
-        self.patterns.fit(pattern_ids(slm, self.n_labels), share_prior(slm, self.n_labels), answers)
+        k = len(self.slm_names)
+        coarse = self._coarse
+        self.patterns.fit_table(coarse.keys, share_prior(decode_patterns(coarse.keys, self.n_labels, k),
+                                                         self.n_labels), coarse.answers)
         if self.confidence_bins > 1:
+            rows = np.nonzero(self._seen)[0]
+            old = self._cuts
             self._fit_cuts(rows)
-            fine = self._refined_ids(rows)
-            coarse = pattern_ids(slm, self.n_labels)
-            pairs = np.unique(np.stack([coarse, fine], axis=1), axis=0)
-            kinds, n_fine = np.unique(pairs[:, 0], return_counts=True)
+            moved = np.zeros(len(rows), dtype=bool)
+            for j, (before, after) in enumerate(zip(old, self._cuts)):
+                if np.array_equal(before, after):
+                    continue
+                c = self._conf[rows, j]
+                if before.shape == after.shape:  # a vote changes bin iff it lies between a cut's old and new place
+                    for lo, hi in zip(np.minimum(before, after), np.maximum(before, after)):
+                        moved |= (c > lo) & (c <= hi)
+                else:
+                    moved |= np.searchsorted(before, c, side="left") != np.searchsorted(after, c, side="left")
+            if moved.any():
+                self._fine.assign(rows[moved], self._refined_ids(rows[moved]))
+            fine = self._fine
+            live = fine.rows > 0
+            fine_votes = decode_patterns(fine.keys, self.n_labels * self.confidence_bins, k)
+            coarse_votes = np.where(fine_votes >= 0, fine_votes // self.confidence_bins, -1)
+            of_fine = pattern_ids(coarse_votes, self.n_labels)  # each refined pattern's coarse pattern
+            kinds, n_fine = np.unique(of_fine[live], return_counts=True)
             self._split = set(kinds[n_fine > 1].tolist())  # coarse patterns the bins divide
             self.refined.llm_confusion = conf.copy()
-            self.refined.fit(fine, self._coarse_posterior(rows), answers)
+            self.refined.fit_table(fine.keys, self.patterns.posterior(of_fine, share_prior(coarse_votes, self.n_labels)),
+                                   fine.answers)
 
     def _coarse_posterior(self, rows: np.ndarray) -> np.ndarray:
         slm = self._slm(rows)
@@ -406,38 +452,50 @@ class OnlineDecider:
         if self._verdict is not None and (not estimates or self._verdict.llm_accuracy is not None
                                           or self._fitted_label_model() is None):
             return self._verdict
-        rows = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
-        slm = self._slm(rows)
-        audited = np.isin(rows, np.fromiter(self._audit_llm.keys(), dtype=np.int64, count=len(self._audit_llm)))
-        has = (slm >= 0).any(axis=1) & (audited | unanimous(slm))
-        rows, slm = rows[has], slm[has]
+        # The rows judged: answered rows with an SLM vote, audited or unanimous. A row's part depends only
+        # on its vote pattern and answer, so the unanimous patterns' answered rows come from the pattern
+        # table's counts, and only the (few) audited rows of other patterns are looked at one by one.
+        k = len(self.slm_names)
+        table = self._coarse
+        pat_votes = decode_patterns(table.keys, self.n_labels, k)
+        una = unanimous(pat_votes)
+        cell_p, cell_a = np.nonzero(table.answers[una] > 0)
+        una_idx = np.nonzero(una)[0]
+        cell_w = table.answers[una][cell_p, cell_a].astype(np.float64)
+        cell_v = pat_votes[una_idx[cell_p]]
+        audited = np.fromiter(self._audit_llm.keys(), dtype=np.int64, count=len(self._audit_llm))
+        audited = audited[self._seen[audited] & (self._votes[audited, -1] >= 0)] if len(audited) else audited
+        extra = audited[~una[table.of_row[audited]]] if len(audited) else audited
+        extra = extra[(self._slm(extra) >= 0).any(axis=1)] if len(extra) else extra
+        slm = np.concatenate([cell_v, self._slm(extra)]).reshape(-1, k)
+        llm = np.concatenate([cell_a, self._votes[extra, -1].astype(np.int64)])
+        w = np.concatenate([cell_w, np.ones(len(extra))])
         llm_acc = interval = consensus = None
         model = self._fitted_label_model() if estimates else None
         if model is not None:
             seen = np.nonzero(self._seen)[0]
             lv = model.llm_verdict(self._votes[seen].astype(np.int64), LLM)
             llm_acc, interval, consensus = lv.llm_accuracy, lv.llm_interval, lv.slm_consensus_accuracy
-        n = len(rows)
+        n = int(round(w.sum()))
         if n < MIN_LLM_VOTES_FOR_VERDICT:
             self._verdict = Verdict(False, n, None, None, llm_acc, interval, consensus)
             return self._verdict
         shares = share_prior(slm, self.n_labels)
         slm_label = shares.argmax(axis=1)
-        llm = self._votes[rows, -1].astype(np.int64)
-        agree = float((slm_label == llm).mean())
-        f_slm = np.bincount(slm_label, minlength=self.n_labels) / n
-        f_llm = np.bincount(llm, minlength=self.n_labels) / n
+        hits = (slm_label == llm).astype(np.float64)
+        agree = float(np.dot(w, hits)) / n
+        f_slm = np.bincount(slm_label, weights=w, minlength=self.n_labels) / n
+        f_llm = np.bincount(llm, weights=w, minlength=self.n_labels) / n
         indep = float(np.dot(f_slm, f_llm))
         a = shares.max(axis=1)  # non-committal accuracy of the SLM label (0.75 for two agreeing votes)
         q = self.llm_accuracy
         per_row = a * q + (1 - a) * (1 - q) / max(self.n_labels - 1, 1)
-        hits = slm_label == llm
-        expected = float(per_row.mean())
-        low = _below(hits, per_row)
+        expected = float(np.dot(w, per_row)) / n
+        low = _below(hits, per_row, w)
         for c in range(self.n_labels):  # per SLM label too: an LLM stuck on one label fails on the others
             in_c = slm_label == c
-            if in_c.sum() >= MIN_PER_CLASS:
-                low = low or _below(hits[in_c], per_row[in_c])
+            if w[in_c].sum() >= MIN_PER_CLASS:
+                low = low or _below(hits[in_c], per_row[in_c], w[in_c])
         self._verdict = Verdict(low, n, agree, indep, llm_acc, interval, consensus, expected)
         return self._verdict
 
@@ -494,5 +552,6 @@ class OnlineDecider:
         self.unreliable_noted = bool(state.get("unreliable_noted", False))
         if state.get("audit_usage"):
             self.audit_usage = dict(state["audit_usage"])
+        self._rebuild_tables()
         if self._seen.any():
             self._refit()
