@@ -72,3 +72,22 @@ def test_the_table_fit_equals_the_fit_over_every_row():
     d._rebuild_tables()
     fresh = {int(k): d._fine.answers[i].tolist() for i, k in enumerate(d._fine.keys) if d._fine.rows[i] > 0}
     assert kept == fresh and len(kept) > 8
+
+
+def test_the_label_model_fitted_on_distinct_vote_rows_equals_the_fit_on_every_row():
+    from autoannotator.decide.label_model import LabelModel
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    y = rng.integers(0, 3, n)
+    votes = np.where(rng.random((n, 4)) < [0.6, 0.7, 0.8, 0.9], y[:, None], rng.integers(0, 3, (n, 4)))
+    votes[rng.random((n, 4)) < 0.2] = -1
+    every = LabelModel(3, ["a", "b", "c", "llm"], max_iter=30).fit(votes)
+    uniq, count = np.unique(votes, axis=0, return_counts=True)
+    assert len(uniq) < n / 10
+    cells = LabelModel(3, ["a", "b", "c", "llm"], max_iter=30).fit(uniq, row_weight=count)
+    assert every.n_iter == cells.n_iter
+    np.testing.assert_allclose(np.exp(cells.log_confusion), np.exp(every.log_confusion), atol=1e-9)
+    a, b = every.llm_verdict(votes, "llm"), cells.llm_verdict(uniq, "llm", row_weight=count)
+    assert abs(a.slm_consensus_accuracy - b.slm_consensus_accuracy) < 1e-9 and a.llm_accuracy == \
+        __import__("pytest").approx(b.llm_accuracy, abs=1e-9)

@@ -121,14 +121,19 @@ class LabelModel:
     # ---------- fitting ----------
 
     def fit(self, votes: np.ndarray, fit_mask: np.ndarray | None = None, vote_weight: np.ndarray | None = None,
-            anchors: Mapping[int, tuple[int, float]] | None = None, warm_start: bool = False) -> LabelModel:
+            anchors: Mapping[int, tuple[int, float]] | None = None, warm_start: bool = False,
+            row_weight: np.ndarray | None = None) -> LabelModel:
         """Estimate class prior and confusions by EM over ``votes`` [n, m] (-1 = abstain).
+
+        ``row_weight`` [n]: how many rows each row stands for (rows with equal votes share their
+        posterior, so a fit over the distinct vote rows and their counts equals the fit over all rows).
 
         ``vote_weight`` [n, m] in [0, 1] scales a vote's evidence (0 = as if it abstained);
         ``anchors`` maps row -> (label index, weight in (0, 1]) for labels known from outside.
         ``warm_start`` starts from the current parameters (an online refit after one more batch).
         """
         v, w = self._prepare(votes, fit_mask, vote_weight)
+        rw = None if row_weight is None else np.asarray(row_weight, dtype=np.float64).reshape(len(v))
         if warm_start and self.log_confusion is not None:
             post = self._posterior(v, w, anchors)
         else:
@@ -136,7 +141,7 @@ class LabelModel:
         prev = None
         self.n_iter = 0
         for it in range(self.max_iter):
-            self._m_step(v, w, post)
+            self._m_step(v, w, post if rw is None else post * rw[:, None])
             post = self._posterior(v, w, anchors)
             self.n_iter = it + 1
             cur = np.exp(self.log_confusion)
@@ -260,7 +265,8 @@ class LabelModel:
             out[name] = SourceReliability(name, acc, n, conf.tolist(), wilson(acc * n, n))
         return out
 
-    def llm_verdict(self, votes: np.ndarray, llm_source: str, mask: np.ndarray | None = None) -> LLMVerdict:
+    def llm_verdict(self, votes: np.ndarray, llm_source: str, mask: np.ndarray | None = None,
+                    row_weight: np.ndarray | None = None) -> LLMVerdict:
         """Is the LLM estimated less accurate than the SLMs' own combined decision?
 
         The SLM consensus accuracy is the expected accuracy (under the full posterior, LLM
@@ -276,7 +282,9 @@ class LabelModel:
         others = np.delete(v, j, axis=1)
         has_slm = (others >= 0).any(axis=1)
         pick = slm_only.argmax(axis=1)
-        consensus = float(full[np.arange(len(v)), pick][has_slm].mean()) if has_slm.any() else 0.0
+        rw = np.ones(len(v)) if row_weight is None else np.asarray(row_weight, dtype=np.float64)
+        right = full[np.arange(len(v)), pick]
+        consensus = float(np.dot(right[has_slm], rw[has_slm]) / rw[has_slm].sum()) if has_slm.any() else 0.0
         rel = self.reliability()[llm_source]
         return LLMVerdict(rel.accuracy, rel.accuracy_interval, consensus, rel.n_votes, rel.accuracy < consensus)
 

@@ -439,10 +439,20 @@ class OnlineDecider:
 
     # ---------- what it learnt ----------
 
+    def _vote_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct (SLM votes, LLM answer) rows seen and how many rows each stands for, from the
+        pattern table: what the label model needs, at the size of the patterns, not of the rows."""
+        t = self._coarse
+        votes = decode_patterns(t.keys, self.n_labels, len(self.slm_names))
+        counts = np.concatenate([t.answers, (t.rows - t.answers.sum(axis=1))[:, None]], axis=1)  # last: no answer
+        p, a = np.nonzero(counts > 0)
+        llm = np.where(a == self.n_labels, -1, a)
+        return np.concatenate([votes[p], llm[:, None]], axis=1), counts[p, a].astype(np.float64)
+
     def _fitted_label_model(self) -> LabelModel | None:
         if self.label_model is None and self._seen.any():
-            rows = np.nonzero(self._seen)[0]
-            self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(self._votes[rows])
+            votes, weight = self._vote_cells()
+            self.label_model = LabelModel(self.n_labels, list(self.sources), max_iter=30).fit(votes, row_weight=weight)
         return self.label_model
 
     def verdict(self, estimates: bool = False) -> Verdict:
@@ -473,8 +483,8 @@ class OnlineDecider:
         llm_acc = interval = consensus = None
         model = self._fitted_label_model() if estimates else None
         if model is not None:
-            seen = np.nonzero(self._seen)[0]
-            lv = model.llm_verdict(self._votes[seen].astype(np.int64), LLM)
+            votes, weight = self._vote_cells()
+            lv = model.llm_verdict(votes, LLM, row_weight=weight)
             llm_acc, interval, consensus = lv.llm_accuracy, lv.llm_interval, lv.slm_consensus_accuracy
         n = int(round(w.sum()))
         if n < MIN_LLM_VOTES_FOR_VERDICT:
@@ -519,8 +529,7 @@ class OnlineDecider:
             q = 1.0 / self.n_labels  # its answers carry no information: nothing to correct against
         else:
             conf = self.patterns.llm_confusion
-            answers = self._votes[self._seen, -1]
-            prior = np.bincount(answers[answers >= 0], minlength=self.n_labels).astype(float) + 1.0
+            prior = self._coarse.answers.sum(axis=0).astype(float) + 1.0  # the answers on the rows seen
             q = float(np.dot(prior / prior.sum(), np.diag(conf)))
         rows = [(src, lab, self._audit_llm[r]) for r, (lab, src) in self._accepted.items()]
         return estimate_by_source(rows, q, (q, q), self.n_labels)
