@@ -40,6 +40,10 @@ _SUPPORTED_TEXT = ", ".join(SUPPORTED)
 COMPRESSED_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 DEFAULT_CHUNK_ROWS = 10_000
+# The end of a run (final relabel, the output file, the report) walks the store in smaller windows: a stored
+# record (votes as JSON, label, source, confidence) weighs several times a row of input text, and the peak of
+# a run's memory came from these windows.
+FINISH_CHUNK_ROWS = 2_000
 _HEAD_ROWS = 10_000  # rows the text column is picked from when none is named
 _LISTED = 10  # line numbers / row ids quoted in one message
 

@@ -23,7 +23,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from autoannotator.agent.labels import choose_labels
 from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
 from autoannotator.config import FinetuneSettings, Settings
-from autoannotator.data import DataSource, EmptyRows, RowTexts, default_output_path, open_source
+from autoannotator.data import FINISH_CHUNK_ROWS, DataSource, EmptyRows, RowTexts, default_output_path, open_source
 from autoannotator.deploy.codegen import write_deployment_code
 from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
 from autoannotator.engine import make_engine
@@ -191,7 +191,7 @@ def label(
             asker = spread_verifier(verifier, llm, settings, ensure_ray(settings.ray_address))
             if asker is not None:
                 stack.callback(asker.close)
-        writer = ShardWriter(run_dir / "labelled", buffer_rows=10_000)
+        writer = ShardWriter(run_dir / "labelled", buffer_rows=FINISH_CHUNK_ROWS)
         few_shot = _few_shot_picker(settings, store, paths, plan.task, verifier, stack, on_progress, source.warnings)
         # No list of every text: the pool's rows (what fine-tuning trains on) and the few-shot candidates
         # are read back when needed.
@@ -424,8 +424,8 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
         raise RuntimeError(f"run store holds {store.n_results()} rows for {n} inputs")
     writer.flush()
     for lo, hi in writer.missing(n):  # stored, but killed before its shard was written: the store is the truth
-        for start in range(lo, hi, 10_000):
-            part = store.results_between(start, min(hi, start + 10_000))
+        for start in range(lo, hi, FINISH_CHUNK_ROWS):
+            part = store.results_between(start, min(hi, start + FINISH_CHUNK_ROWS))
             writer.append([r["row_id"] for r in part], label_columns(part))
         writer.flush()
     written = assemble(source, writer, Path(plan.out_path))
@@ -457,7 +457,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
 
 def _tally(store: RunStore, source: DataSource, with_gold: bool, labels: list[str], model_names: list[str]
            ) -> RowTally:
-    """The report's per-row figures in one pass over the store, 10,000 rows at a time (with the input's
+    """The report's per-row figures in one pass over the store, ``FINISH_CHUNK_ROWS`` rows at a time (with the input's
     gold labels, read alongside by chunk), so the end of a run holds no list of every row."""
     tally = RowTally(labels, model_names, with_gold=with_gold)
     if not with_gold:
@@ -465,7 +465,7 @@ def _tally(store: RunStore, source: DataSource, with_gold: bool, labels: list[st
             for rec in part:
                 tally.add(rec)
         return tally
-    for chunk in source.iter_chunks(0, 10_000):
+    for chunk in source.iter_chunks(0, FINISH_CHUNK_ROWS):
         part = store.results_between(chunk.row_ids[0], chunk.row_ids[-1] + 1)
         if [r["row_id"] for r in part] != chunk.row_ids:
             raise RuntimeError(f"run store does not line up with the input at row {chunk.row_ids[0]}")

@@ -36,7 +36,7 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 
 from autoannotator.config import Settings
-from autoannotator.data import DEFAULT_CHUNK_ROWS, Dataset
+from autoannotator.data import DEFAULT_CHUNK_ROWS, FINISH_CHUNK_ROWS, Dataset
 from autoannotator.decide.online import Decision, OnlineDecider
 from autoannotator.engine.base import Engine
 from autoannotator.engine.steps import (
@@ -126,8 +126,9 @@ def write_finished_blocks(writer: ShardWriter, store: RunStore, batch_ids: list[
     for lo in sorted({rid - rid % block_rows for rid in batch_ids}):
         hi = min(lo + block_rows, n_rows)
         if store.count_between(lo, hi) == hi - lo:
-            rows = store.results_between(lo, hi)
-            writer.append([r["row_id"] for r in rows], label_columns(rows))
+            for start in range(lo, hi, FINISH_CHUNK_ROWS):  # the block in pieces: a stored record is heavy
+                rows = store.results_between(start, min(hi, start + FINISH_CHUNK_ROWS))
+                writer.append([r["row_id"] for r in rows], label_columns(rows))
 
 
 def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
@@ -318,7 +319,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         Decided and compared with the store block by block (label, source and confidence only), never
         every row at once."""
         changed_ids: list[int] = []
-        for block in d.relabel_blocks(DEFAULT_CHUNK_ROWS):
+        for block in d.relabel_blocks(FINISH_CHUNK_ROWS):
             if not block:
                 continue
             stored = ctx.store.decisions_between(min(block), max(block) + 1)

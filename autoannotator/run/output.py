@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autoannotator.data import (
+    FINISH_CHUNK_ROWS,
     DataSource,
     Dataset,
     _dump_records,
@@ -283,7 +284,7 @@ class _FileSink:
 
 
 def assemble(source: DataSource, writer: ShardWriter, out_path: str | Path,
-             chunk_rows: int = 10_000) -> list[str]:
+             chunk_rows: int = FINISH_CHUNK_ROWS) -> list[str]:
     """Every input row, in order, with its labelled columns, streamed into ``out_path``; returns warnings.
 
     The input is re-read chunk by chunk and joined with the shards by position (checked against row ids), so

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoannotator.data import FINISH_CHUNK_ROWS
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     row_id INTEGER PRIMARY KEY,
@@ -135,7 +137,7 @@ class RunStore:
     def results_in_batches(self, lo: int, hi: int) -> list[dict[str, Any]]:
         """Rows labelled in batches lo <= batch < hi, by row id: what earlier batches settled."""
         return self._select_results("WHERE batch >= ? AND batch < ?", (lo, hi))
-    def iter_results(self, chunk_rows: int = 10_000) -> Iterator[list[dict[str, Any]]]:
+    def iter_results(self, chunk_rows: int = FINISH_CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
         """Every stored row by row id, ``chunk_rows`` ids at a time: a pass over a large run in bounded memory."""
         top = self._db.execute("SELECT MAX(row_id) FROM results").fetchone()[0]
         for lo in range(0, -1 if top is None else top + 1, chunk_rows):
