@@ -65,8 +65,9 @@ class PatternTable:
         self._keys = np.zeros(16, dtype=np.int64)
         self._rows = np.zeros(16, dtype=np.int64)
         self._answers = np.zeros((16, n_labels), dtype=np.int64)
-        self.of_row = np.full(n_rows, -1, dtype=np.int64)  # pattern index per row, -1 = not in the table
-        self.answer_of_row = np.full(n_rows, -1, dtype=np.int64)
+        # 6 bytes a row: what the tables add to the decider's per-row memory
+        self.of_row = np.full(n_rows, -1, dtype=np.int32)  # pattern index per row, -1 = not in the table
+        self.answer_of_row = np.full(n_rows, -1, dtype=np.int16)
 
     def __len__(self) -> int:
         return len(self.index)
