@@ -33,7 +33,7 @@ from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph,
 from autoannotator.llm.factory import LLMHandle, check_reachable, llm_session
 from autoannotator.plan_estimate import (DEFAULT_PILOT_ROWS, PlanEstimate, estimate_for_models, summary_lines,
                                          verifier_kind)
-from autoannotator.run.output import ShardWriter, assemble, label_columns, write_run_output
+from autoannotator.run.output import ShardWriter, assemble, write_run_output
 from autoannotator.run.embeddings import EmbeddingStore
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.lock import RunLock
@@ -424,9 +424,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
         raise RuntimeError(f"run store holds {store.n_results()} rows for {n} inputs")
     writer.flush()
     for lo, hi in writer.missing(n):  # stored, but killed before its shard was written: the store is the truth
-        for start in range(lo, hi, FINISH_CHUNK_ROWS):
-            part = store.results_between(start, min(hi, start + FINISH_CHUNK_ROWS))
-            writer.append([r["row_id"] for r in part], label_columns(part))
+        writer.append_stored(store, lo, hi)
         writer.flush()
     written = assemble(source, writer, Path(plan.out_path))
     warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])

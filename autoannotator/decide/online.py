@@ -235,9 +235,6 @@ class OnlineDecider:
         self._coarse = PatternTable(self.n_rows, self.n_labels)
         self._coarse.assign(rows, pattern_ids(self._slm(rows), self.n_labels))
         self._coarse.answer(rows, self._votes[rows, -1].astype(np.int64))
-        self._rebuild_fine(rows)
-
-    def _rebuild_fine(self, rows: np.ndarray) -> None:
         self._fine = PatternTable(self.n_rows, self.n_labels)
         if self.confidence_bins > 1:
             self._fine.assign(rows, self._refined_ids(rows))
@@ -260,10 +257,9 @@ class OnlineDecider:
     def _fit_cuts(self, rows: np.ndarray) -> None:
         """Each model's confidence quantiles over its votes on ``rows`` (the rows seen so far)."""
         qs = np.arange(1, self.confidence_bins) / self.confidence_bins
-        slm = self._slm(rows)
         cuts = []
         for j in range(len(self.slm_names)):
-            c = self._conf[rows, j][slm[:, j] >= 0]
+            c = self._conf[rows, j][self._votes[rows, j] >= 0]
             cut = np.unique(np.quantile(c, qs)) if len(c) >= MIN_VOTES_FOR_BINS and qs.size else np.zeros(0)
             # every vote in one bin (bins are monotone in c: the lowest and the highest share one): no split
             if cut.size and np.searchsorted(cut, c.min(), side="left") == np.searchsorted(cut, c.max(), side="left"):
@@ -467,24 +463,20 @@ class OnlineDecider:
         # table's counts, and only the (few) audited rows of other patterns are looked at one by one.
         k = len(self.slm_names)
         table = self._coarse
-        pat_votes = decode_patterns(table.keys, self.n_labels, k)
-        una = unanimous(pat_votes)
-        cell_p, cell_a = np.nonzero(table.answers[una] > 0)
-        una_idx = np.nonzero(una)[0]
-        cell_w = table.answers[una][cell_p, cell_a].astype(np.float64)
-        cell_v = pat_votes[una_idx[cell_p]]
+        una = unanimous(decode_patterns(table.keys, self.n_labels, k))  # per pattern of the table
+        cells, cell_w = self._vote_cells()
+        judged = (cells[:, -1] >= 0) & unanimous(cells[:, :-1])
         audited = np.fromiter(self._audit_llm.keys(), dtype=np.int64, count=len(self._audit_llm))
         audited = audited[self._seen[audited] & (self._votes[audited, -1] >= 0)] if len(audited) else audited
         extra = audited[~una[table.of_row[audited]]] if len(audited) else audited
         extra = extra[(self._slm(extra) >= 0).any(axis=1)] if len(extra) else extra
-        slm = np.concatenate([cell_v, self._slm(extra)]).reshape(-1, k)
-        llm = np.concatenate([cell_a, self._votes[extra, -1].astype(np.int64)])
-        w = np.concatenate([cell_w, np.ones(len(extra))])
+        slm = np.concatenate([cells[judged, :-1], self._slm(extra)]).reshape(-1, k)
+        llm = np.concatenate([cells[judged, -1], self._votes[extra, -1].astype(np.int64)])
+        w = np.concatenate([cell_w[judged], np.ones(len(extra))])
         llm_acc = interval = consensus = None
         model = self._fitted_label_model() if estimates else None
         if model is not None:
-            votes, weight = self._vote_cells()
-            lv = model.llm_verdict(votes, LLM, row_weight=weight)
+            lv = model.llm_verdict(cells, LLM, row_weight=cell_w)
             llm_acc, interval, consensus = lv.llm_accuracy, lv.llm_interval, lv.slm_consensus_accuracy
         n = int(round(w.sum()))
         if n < MIN_LLM_VOTES_FOR_VERDICT:

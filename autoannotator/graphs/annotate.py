@@ -56,7 +56,7 @@ from autoannotator.graphs.routing import route_after_accept, route_after_ensembl
 from autoannotator.graphs.state import AnnotateState
 from autoannotator.run.cache import HUMAN
 from autoannotator.run.faultpoint import faultpoint
-from autoannotator.run.output import ShardWriter, label_columns
+from autoannotator.run.output import ShardWriter
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
@@ -126,9 +126,7 @@ def write_finished_blocks(writer: ShardWriter, store: RunStore, batch_ids: list[
     for lo in sorted({rid - rid % block_rows for rid in batch_ids}):
         hi = min(lo + block_rows, n_rows)
         if store.count_between(lo, hi) == hi - lo:
-            for start in range(lo, hi, FINISH_CHUNK_ROWS):  # the block in pieces: a stored record is heavy
-                rows = store.results_between(start, min(hi, start + FINISH_CHUNK_ROWS))
-                writer.append([r["row_id"] for r in rows], label_columns(rows))
+            writer.append_stored(store, lo, hi)
 
 
 def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):

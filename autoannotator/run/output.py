@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -38,6 +38,9 @@ from autoannotator.data import (
 )
 from autoannotator.errors import UserError
 from autoannotator.run.plan import RunPlan
+
+if TYPE_CHECKING:
+    from autoannotator.run.store import RunStore
 
 _SHARD = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
 OUTPUT_COLUMNS = ("label", "label_source", "confidence", "uncertainty", "votes")
@@ -81,6 +84,13 @@ class ShardWriter:
         self._buf_ids: list[int] = []
         self._buf: dict[str, list[Any]] = {c: [] for c in self.columns}
         self.folder.mkdir(parents=True, exist_ok=True)
+
+    def append_stored(self, store: RunStore, lo: int, hi: int) -> None:
+        """Rows lo <= row_id < hi, read from the run store ``FINISH_CHUNK_ROWS`` at a time (a stored record
+        weighs several times a row of text)."""
+        for start in range(lo, hi, FINISH_CHUNK_ROWS):
+            part = store.results_between(start, min(hi, start + FINISH_CHUNK_ROWS))
+            self.append([r["row_id"] for r in part], label_columns(part))
 
     def append(self, row_ids: Sequence[int], values: dict[str, Sequence[Any]]) -> Path | None:
         """Add one chunk of contiguous rows; returns the shard written, if one was."""
