@@ -288,11 +288,9 @@ def schema_overhead_tokens(labels: Sequence[str]) -> int:
     """What an endpoint adds per request for the forced function call: its JSON schema, chars / 4."""
     import json
 
-    from langchain_core.utils.function_calling import convert_to_openai_tool
+    from autoannotator.llm.choose import label_tool
 
-    from autoannotator.verify.prompt import label_schema
-
-    return tokens_from_chars(len(json.dumps(convert_to_openai_tool(label_schema(list(labels))))))
+    return tokens_from_chars(len(json.dumps(label_tool(list(labels)))))
 
 
 def _pilot_examples(sample: Sequence[str], j: int, task, settings) -> list:

@@ -92,7 +92,7 @@ def main() -> None:
     with llm_session(settings, log_dir=args.out) as llm:
         check_reachable(llm)
         results["llm"] = llm.model_id
-        verifier = LLMVerifier(llm.chat, llm.model_id, task, args.out / "llm_cache.sqlite", "few_shot",
+        verifier = LLMVerifier(llm.chooser(task.label_names, settings.llm_max_concurrency), llm.model_id, task, args.out / "llm_cache.sqlite", "few_shot",
                                max_concurrency=settings.llm_max_concurrency, max_text_chars=settings.llm_max_text_chars)
         for shots in [int(s) for s in args.shots.split(",")]:
             examples = {int(q): [Example(pool_ids[j], texts[pool_ids[j]], pool_lbl[j]) for j in

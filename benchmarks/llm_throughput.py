@@ -32,11 +32,11 @@ def main() -> None:
                     labels=[LabelDef(name="positive"), LabelDef(name="negative")])
     settings = load_settings()
     with llm_session(settings) as llm, tempfile.TemporaryDirectory() as tmp:
-        Verifier(llm.chat, llm.model_id, task, Path(tmp) / "warm.sqlite", "warm").verify([(0, "warm up")])
+        Verifier(llm.chooser(task.label_names, 1), llm.model_id, task, Path(tmp) / "warm.sqlite", "warm").verify([(0, "warm up")])
         base = None
         print(f"LLM {llm.model_id}, {len(texts)} samples per level")
         for level in [int(x) for x in args.levels.split(",")]:
-            verifier = Verifier(llm.chat, llm.model_id, task, Path(tmp) / f"c{level}.sqlite", f"c{level}",
+            verifier = Verifier(llm.chooser(task.label_names, level), llm.model_id, task, Path(tmp) / f"c{level}.sqlite", f"c{level}",
                                 max_concurrency=level)
             start = time.perf_counter()
             verifier.verify(list(enumerate(texts)))

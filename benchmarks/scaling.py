@@ -185,7 +185,7 @@ def _verifier_run(base_url: str, texts: list[str], concurrency: int, work: Path,
                   ) -> tuple[float, int]:
     """The product's path: its LLM client (``llm_session``), its verifier, cache and ledger, its concurrency;
     with ``engine`` ray, the requests go out from Ray workers (engine/ray_verify.py; their start-up is
-    paid before the clock starts, by a warm-up of a few prompts)."""
+    paid before the clock starts, by a warm-up of a few prompts, as on the local engine)."""
     from autoannotator.config import Settings
     from autoannotator.llm.factory import llm_session
     from autoannotator.task import LabelDef, TaskSpec
@@ -195,7 +195,7 @@ def _verifier_run(base_url: str, texts: list[str], concurrency: int, work: Path,
     settings = Settings(llm_base_url=base_url, llm_model="fake-llm", llm_api_key="unused",
                         llm_max_concurrency=concurrency)
     with llm_session(settings) as llm:
-        verifier = LLMVerifier(llm.chat, llm.model_id, task, work / f"llm_cache-{engine}.sqlite", "bench",
+        verifier = LLMVerifier(llm.chooser(task.label_names, concurrency), llm.model_id, task, work / f"llm_cache-{engine}.sqlite", "bench",
                                max_concurrency=concurrency)
         asker = None
         if engine == "ray":
@@ -203,7 +203,9 @@ def _verifier_run(base_url: str, texts: list[str], concurrency: int, work: Path,
             from autoannotator.engine.ray_verify import spread_verifier
 
             asker = spread_verifier(verifier, llm, settings, ensure_ray(None))
-            verifier.verify([(i, f"warm-up {engine} {i}") for i in range(2 * concurrency)])
+        # Both engines and the bare client are warmed up before the clock starts: open connections,
+        # a started LLM loop (and, on Ray, started workers).
+        verifier.verify([(i, f"warm-up {engine} {i}") for i in range(2 * concurrency)])
         try:
             start = time.perf_counter()
             results = verifier.verify(list(enumerate(texts)))

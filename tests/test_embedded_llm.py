@@ -69,7 +69,7 @@ def test_endpoint_is_reachable(handle):
 
 
 def test_verify_real_samples_are_constrained(handle, tmp_path):
-    v = Verifier(handle.chat, handle.model_id, TASK, tmp_path / "cache.sqlite", "run-e",
+    v = Verifier(handle.chooser(TASK.label_names, 2), handle.model_id, TASK, tmp_path / "cache.sqlite", "run-e",
                  max_concurrency=2, max_retries=2, max_text_chars=4000)
     t0 = time.monotonic()
     out = v.verify(SAMPLES)

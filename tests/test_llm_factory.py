@@ -83,3 +83,18 @@ def test_handle_hides_the_key():
     handle = LLMHandle(chat=None, model_id="m", base_url="u", embedded=False,  # type: ignore[arg-type]
                        api_key="sk-secret")
     assert "sk-secret" not in repr(handle)
+
+
+def test_the_verifier_gets_the_direct_client_unless_langsmith_traces(monkeypatch):
+    from autoannotator.llm.choose import ChatModelChooser, EndpointChooser
+    from autoannotator.llm.factory import TRACING_ENV
+
+    for name in TRACING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    s = Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="local", llm_timeout_s=7)
+    with llm_session(s) as handle:
+        direct = handle.chooser(["a", "b"], max_connections=8)
+        assert isinstance(direct, EndpointChooser) and direct.url == "http://127.0.0.1:9/v1/chat/completions"
+        assert direct.payload([])["model"] == "local"
+        monkeypatch.setenv("LANGSMITH_TRACING", "true")
+        assert isinstance(handle.chooser(["a", "b"], max_connections=8), ChatModelChooser)

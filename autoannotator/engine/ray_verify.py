@@ -34,13 +34,13 @@ class _LLMCaller:
     """One Ray worker's LLM client; asks about one prompt per call, several calls at once (async actor)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None, model_id: str, task: TaskSpec,
-                 run_id: str, settings: Settings):
-        from autoannotator.llm.factory import _chat, guard_remote
+                 run_id: str, settings: Settings, max_connections: int):
+        from autoannotator.llm.factory import verifier_chooser
 
-        guard_remote(base_url)
-        chat = _chat(base_url, model, api_key, float(settings.llm_timeout_s))
+        chooser = verifier_chooser(base_url, model, api_key, task.label_names,
+                                   timeout_s=float(settings.llm_timeout_s), max_connections=max_connections)
         self.verifier = llm_verify.LLMVerifier(
-            chat, model_id, task, None, run_id, max_retries=settings.llm_max_retries,
+            chooser, model_id, task, None, run_id, max_retries=settings.llm_max_retries,
             max_text_chars=settings.llm_max_text_chars, backoff_base_s=settings.llm_backoff_base_s,
             backoff_max_s=settings.llm_backoff_max_s, retry_after_cap_s=settings.llm_retry_after_cap_s)
         self.asked = 0  # prompts this worker was given: for tests and benchmarks
@@ -81,10 +81,9 @@ class RayAsker:
         cpus = int(float(ray.cluster_resources().get("CPU", 1.0)))
         n = max(1, min(verifier.max_concurrency, n_workers or cpus))
         per = math.ceil(verifier.max_concurrency / n)
-        model = llm.chat.model_name
         caller = ray.remote(_LLMCaller).options(num_cpus=0, max_concurrency=per)
-        self.workers = [caller.remote(llm.base_url, model, llm.api_key, verifier.model_id, verifier.task,
-                                      verifier.run_id, settings) for _ in range(n)]
+        self.workers = [caller.remote(llm.base_url, llm.model, llm.api_key, verifier.model_id, verifier.task,
+                                      verifier.run_id, settings, per) for _ in range(n)]
         self._turn = itertools.cycle(self.workers)
 
     async def __call__(self, key: str, messages: list[BaseMessage]) -> tuple[str, int, int, bool]:

@@ -20,6 +20,7 @@ import httpx
 from langchain_openai import ChatOpenAI
 
 from autoannotator.errors import LLMUnavailable, UserError
+from autoannotator.llm.choose import ChatModelChooser, EndpointChooser, LabelChooser
 from autoannotator.llm.embedded import EmbeddedServer
 from autoannotator.llm.keys import choose_api_key, warn_once
 
@@ -43,13 +44,45 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class LLMHandle:
-    chat: ChatOpenAI
+    chat: ChatOpenAI  # the planner's and the chat session's model
     model_id: str  # stable name of model + endpoint, for cache keys and reports
     base_url: str
     embedded: bool
     api_key: str | None = field(default=None, repr=False)
     server: EmbeddedServer | None = field(default=None, repr=False)
     warning: str | None = None
+    timeout_s: float = 60.0
+
+    @property
+    def model(self) -> str:
+        return str(self.chat.model_name)
+
+    def chooser(self, labels: list[str], max_connections: int) -> LabelChooser:
+        """The verifier's client for this endpoint (see ``verifier_chooser``)."""
+        return verifier_chooser(self.base_url, self.model, self.api_key, labels, timeout_s=self.timeout_s,
+                                max_connections=max_connections,
+                                max_tokens=EMBEDDED_MAX_TOKENS if self.embedded else None)
+
+
+TRACING_ENV = ("LANGSMITH_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING")
+
+
+def langchain_tracing() -> bool:
+    """Whether LangSmith tracing is switched on by its environment variables (read at each call)."""
+    return any(os.environ.get(name, "").strip().lower() == "true" for name in TRACING_ENV)
+
+
+def verifier_chooser(base_url: str, model: str, api_key: str | None, labels: list[str], *, timeout_s: float,
+                     max_connections: int, max_tokens: int | None = None) -> LabelChooser:
+    """A verifier's label client for an OpenAI-compatible endpoint (here, or on a Ray worker): the direct
+    one, or, while LangSmith tracing is on, the same request through LangChain so that the tracer sees it."""
+    guard_remote(base_url)
+    if langchain_tracing():
+        extra = {"max_tokens": max_tokens} if max_tokens is not None else {}
+        return ChatModelChooser(_chat(base_url, model, api_key, timeout_s, **extra), labels)
+    # A proxy from the environment must not intercept a loopback server.
+    return EndpointChooser(base_url, model, api_key, labels, timeout_s=timeout_s, max_connections=max_connections,
+                           max_tokens=max_tokens, trust_env=not _is_loopback(urlsplit(base_url).hostname or ""))
 
 
 def _secret(value: Any) -> str | None:
@@ -117,7 +150,7 @@ def llm_session(settings: Any, log_dir: Path | None = None) -> Iterator[LLMHandl
         chat = _chat(endpoint.base_url, endpoint.model, endpoint.api_key, timeout_s)
         yield LLMHandle(chat=chat, model_id=f"{endpoint.model}@{endpoint.base_url}",
                         base_url=endpoint.base_url, embedded=False, api_key=endpoint.api_key,
-                        warning=endpoint.warning)
+                        warning=endpoint.warning, timeout_s=timeout_s)
         return
     with EmbeddedServer(settings, log_dir=log_dir) as server:
         guard_remote(server.base_url)  # always loopback; checked for uniformity
@@ -125,7 +158,7 @@ def llm_session(settings: Any, log_dir: Path | None = None) -> Iterator[LLMHandl
         assert server.model_path is not None
         # The GGUF file name, not the port, identifies the model: a cache survives restarts.
         yield LLMHandle(chat=chat, model_id=f"embedded:{server.model_path.name}",
-                        base_url=server.base_url, embedded=True, server=server)
+                        base_url=server.base_url, embedded=True, server=server, timeout_s=timeout_s)
 
 
 def check_reachable(handle: LLMHandle, timeout_s: float = 5.0) -> None:

@@ -17,6 +17,12 @@ Retry-After: the openai client attaches its response as ``exc.response``, today 
 ``httpx2.Response`` (openai vendors its own httpx), so an ``isinstance(..., httpx.Response)`` check
 never matches: headers are read by duck typing.
 
+The verifier's own client (``llm/choose.py: EndpointChooser``) raises the ``Endpoint*`` errors below
+instead: a status it would retry (``EndpointStatusError``, its headers kept for Retry-After), a
+connection that failed (``EndpointConnectionError``) or timed out (``EndpointTimeout``, maybe billed), a
+200 that is no completion (``UnusableAnswer``) or has no choice (``EmptyChoices``);
+tests/faults/test_endpoint_chooser.py pins each against the same endpoint.
+
 A 4xx other than those (bad request, auth) is not transient: retrying cannot fix it.
 """
 
@@ -38,6 +44,29 @@ class EmptyChoices(ValueError):
     """The endpoint answered 200 with no usable choice: raise it where that is detected, to retry."""
 
 
+class EndpointError(Exception):
+    """A request the endpoint did not answer with a usable completion."""
+
+
+class EndpointStatusError(EndpointError):
+    def __init__(self, status_code: int, message: str, headers: Any) -> None:
+        super().__init__(f"HTTP {status_code}: {message}" if message else f"HTTP {status_code}")
+        self.status_code = status_code
+        self.headers = headers  # read by retry_after_seconds
+
+
+class EndpointConnectionError(EndpointError):
+    """Connection refused or reset, DNS failure: never answered, so never billed."""
+
+
+class EndpointTimeout(EndpointConnectionError):
+    """Sent and not answered in time: the server may have processed (and billed) it."""
+
+
+class UnusableAnswer(EndpointError):
+    """A 200 whose body is not a chat completion (not JSON, no message): answered, so maybe billed."""
+
+
 def _is_empty_choices(exc: BaseException) -> bool:
     if isinstance(exc, EmptyChoices):
         return True
@@ -53,6 +82,10 @@ def _is_empty_choices(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True when the same request may well succeed if sent again (after a pause)."""
+    if isinstance(exc, EndpointStatusError):
+        return exc.status_code >= 500 or exc.status_code in RETRY_STATUS
+    if isinstance(exc, (EndpointConnectionError, UnusableAnswer)):  # a timeout is a connection error too
+        return True
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
     if isinstance(exc, openai.APIStatusError):

@@ -15,12 +15,14 @@ A connection per operation keeps it usable from any thread; WAL keeps readers fr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel
 
@@ -46,6 +48,56 @@ _SCHEMA = (
 )
 TIMEOUT = "timeout"  # an extra_requests outcome: sent, not answered in time (billing unknown)
 _CHUNK = 500  # SQLite caps the number of bound parameters
+
+
+class Answer(NamedTuple):
+    """One answer to store: the prompt's key, who answered, the label, what it cost and who paid."""
+
+    key: str
+    model_id: str
+    label: str
+    tokens_in: int
+    tokens_out: int
+    estimated: bool
+    run_id: str
+
+
+class GroupWriter:
+    """Writes the answers that arrive while a write is under way together, in one transaction.
+
+    ``await put(answer)`` returns once that answer is committed, as ``AnswerCache.put`` would, but with
+    many requests in flight the answers that come back together share one commit, in one thread at a
+    time: separate writers would fsync once each and queue on SQLite's write lock, holding their
+    request slots meanwhile. Bound to the event loop it is first used on."""
+
+    def __init__(self, cache: AnswerCache) -> None:
+        self.cache = cache
+        self._pending: list[tuple[Answer, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task | None = None
+
+    async def put(self, answer: Answer) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((answer, future))
+        if self._flusher is None or self._flusher.done():
+            # A task of its own: a caller cancelled while it waits does not cancel the others' write.
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                stored = await asyncio.to_thread(self.cache.put_many, [a for a, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller of this batch
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), ok in zip(batch, stored):
+                if not future.done():
+                    future.set_result(ok)
 
 
 class CachedAnswer(BaseModel):
@@ -110,13 +162,21 @@ class AnswerCache:
             estimated: bool, run_id: str) -> bool:
         """Store an answer; False when one was stored for the key first (its record and payer stand;
         the caller logs this answer as a duplicate it paid for)."""
+        return self.put_many([Answer(key, model_id, label, tokens_in, tokens_out, estimated, run_id)])[0]
+
+    def put_many(self, answers: Sequence[Answer]) -> list[bool]:
+        """Store several answers in one transaction (one commit, one fsync); per answer, ``put``'s result."""
+        stored: list[bool] = []
         with self._conn() as conn, conn:
-            # OR IGNORE: if another process answered the same key first, its record (and payer) stands.
-            now = _now()
-            cur = conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
-                               (key, model_id, label, tokens_in, tokens_out, int(estimated), run_id, now))
-            conn.execute("INSERT INTO request_log VALUES (?,?,?,?)", (key, run_id, os.getpid(), now))
-            return cur.rowcount == 1
+            now, pid = _now(), os.getpid()
+            for a in answers:
+                # OR IGNORE: if another process answered the same key first, its record (and payer) stands.
+                cur = conn.execute("INSERT OR IGNORE INTO verify_cache VALUES (?,?,?,?,?,?,?,?)",
+                                   (a.key, a.model_id, a.label, a.tokens_in, a.tokens_out, int(a.estimated),
+                                    a.run_id, now))
+                conn.execute("INSERT INTO request_log VALUES (?,?,?,?)", (a.key, a.run_id, pid, now))
+                stored.append(cur.rowcount == 1)
+        return stored
 
     def log_extra(self, key: str, model_id: str, run_id: str, outcome: str, tokens_in: int, tokens_out: int,
                   estimated: bool) -> None:

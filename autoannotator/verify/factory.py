@@ -26,7 +26,8 @@ def make_verifier(kind: VerifierKind, task: TaskSpec, run_dir: Path, run_id: str
     if kind == "llm":
         if llm is None:
             raise ValueError("an LLM verifier needs the LLM handle")
-        return LLMVerifier(llm.chat, model_id or llm.model_id, task, answers, run_id,
+        chooser = llm.chooser(task.label_names, max_connections=settings.llm_max_concurrency)
+        return LLMVerifier(chooser, model_id or llm.model_id, task, answers, run_id,
                            max_concurrency=settings.llm_max_concurrency, max_retries=settings.llm_max_retries,
                            max_text_chars=settings.llm_max_text_chars, backoff_base_s=settings.llm_backoff_base_s,
                            backoff_max_s=settings.llm_backoff_max_s,

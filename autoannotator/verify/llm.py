@@ -1,7 +1,7 @@
 """LLM re-verification of the samples the small models disagree on.
 
 One request per distinct prompt, its answer constrained to the task's labels (a ``Literal`` schema
-sent as a forced function call: grammar-constrained on llama.cpp), retried with backoff on transient
+sent as a forced function call: grammar-constrained on llama.cpp; ``llm/choose.py`` sends it), retried with backoff on transient
 errors (``llm/retry.py``: connection, timeout, 429, 5xx, a malformed body, empty ``choices``; a
 server's ``Retry-After`` is honoured, capped), bounded in concurrency, and written to the run's
 answer cache (``run/cache.py``) the moment it arrives, so that no sample is ever paid for twice.
@@ -31,12 +31,14 @@ from langchain_core.messages import BaseMessage
 
 from autoannotator.costs import LLMUsage
 from autoannotator.errors import LLMUnavailable
+from autoannotator.llm.choose import ChatModelChooser, LabelAnswer, LabelChooser
 from autoannotator.llm.loop import run_on_llm_loop
-from autoannotator.llm.retry import is_transient, retry_after_seconds
-from autoannotator.run.cache import AnswerCache
+from autoannotator.llm.retry import (EndpointConnectionError, EndpointStatusError, EndpointTimeout, is_transient,
+                                     retry_after_seconds)
+from autoannotator.run.cache import Answer, AnswerCache, GroupWriter
 from autoannotator.task import TaskSpec
 from autoannotator.verify.base import Example, VerifyResult
-from autoannotator.verify.prompt import VerifyPrompt, label_schema
+from autoannotator.verify.prompt import VerifyPrompt
 
 __all__ = ["LLMVerifier", "VerifyPrompt", "VerifyResult", "prompt_key"]
 
@@ -77,11 +79,13 @@ class _Stopped(Exception):
 
 
 class LLMVerifier:
-    def __init__(self, chat: BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path | None, run_id: str,
+    def __init__(self, chat: LabelChooser | BaseChatModel, model_id: str, task: TaskSpec, cache_path: Path | None,
+                 run_id: str,
                  max_concurrency: int = 4, max_retries: int = 4, max_text_chars: int = 4000,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, retry_after_cap_s: float = 60.0,
                  grace_s: float = 10.0) -> None:
-        """``cache_path`` None: no cache (a Ray worker's verifier; its extra requests collect in an ExtraLog)."""
+        """``chat``: the endpoint's ``LabelChooser`` (``LLMHandle.chooser``), or any LangChain chat model.
+        ``cache_path`` None: no cache (a Ray worker's verifier; its extra requests collect in an ExtraLog)."""
         self.model_id = model_id
         self.task = task
         self.run_id = run_id
@@ -94,8 +98,7 @@ class LLMVerifier:
         self.grace_s = grace_s  # on Ctrl-C/SIGTERM: how long requests in flight may finish (and be kept)
         self.labels = task.label_names
         self._by_lower = {name.lower(): name for name in self.labels}
-        self._structured = chat.with_structured_output(
-            label_schema(self.labels), method="function_calling", include_raw=True)
+        self.chooser: LabelChooser = ChatModelChooser(chat, self.labels) if isinstance(chat, BaseChatModel) else chat
         self.prompt = VerifyPrompt(task, max_text_chars)
         self._cache: Any = AnswerCache(cache_path) if cache_path is not None else ExtraLog()
         self._stopping = threading.Event()
@@ -144,6 +147,7 @@ class LLMVerifier:
                 pending.setdefault(key, []).append(i)
 
         semaphore = asyncio.Semaphore(self.max_concurrency)
+        writer = GroupWriter(self._cache)
 
         async def one(key: str, positions: list[int]) -> None:
             async with semaphore:
@@ -159,11 +163,10 @@ class LLMVerifier:
                         results[i] = VerifyResult(row_id=prepared[i][0], label=None, tokens_in=0, tokens_out=0,
                                                   cached=False, paid_by_run=self.run_id, failed=True)
                     return
-                # Written at once, before the slot goes to the next request: a crash loses only the
-                # answers still in flight. In a thread: a write takes milliseconds (fsync) and would stall
-                # every other request on the event loop meanwhile.
-                if not await asyncio.to_thread(self._cache.put, key, self.model_id, label, t_in, t_out, estimated,
-                                               self.run_id):
+                # Committed before the slot goes to the next request: a crash loses only the answers still
+                # in flight. Answers that come back together share one commit, in a thread (a commit
+                # takes milliseconds, and would stall every request on the event loop meanwhile).
+                if not await writer.put(Answer(key, self.model_id, label, t_in, t_out, estimated, self.run_id)):
                     # Another process answered this prompt first: this answer was paid for too.
                     self._cache.log_extra(key, self.model_id, self.run_id, "duplicate", t_in, t_out, estimated)
             first, *dupes = positions
@@ -189,13 +192,13 @@ class LLMVerifier:
         """(label, tokens_in, tokens_out, estimated) of the attempt whose answer is kept. Every other
         answered attempt goes to the ledger as an extra request as soon as it comes back."""
         attempts = self.max_retries + 1
-        raws: list[tuple[Any, int, int, bool]] = []
+        raws: list[tuple[LabelAnswer, int, int, bool]] = []
         last_error: BaseException | None = None
         for attempt in range(attempts):
             if self._stopping.is_set():
                 raise _Stopped(key)
             try:
-                out = await self._structured.ainvoke(messages)
+                answer = await self.chooser.choose(messages)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -204,13 +207,12 @@ class LLMVerifier:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._delay(attempt, exc))
                 continue
-            raw = out.get("raw")
-            a, b, est = self._usage(raw, messages)
-            label = self._parsed_label(out.get("parsed"), raw)
+            a, b, est = self._usage(answer, messages)
+            label = self._tool_label(answer)
             if label is not None:
                 self._log_invalid(key, raws)
                 return label, a, b, est
-            raws.append((raw, a, b, est))  # an invalid answer: ask again at once, the endpoint itself is fine
+            raws.append((answer, a, b, est))  # an invalid answer: ask again at once, the endpoint itself is fine
         for j in range(len(raws) - 1, -1, -1):  # last resort: an answer's plain text names a label
             label = self._text_label(raws[j][0])
             if label is not None:
@@ -224,15 +226,16 @@ class LLMVerifier:
         raise LLMUnavailable(f"the LLM ({self.model_id}) kept failing after {attempts} attempts: "
                              f"{_one_line(last_error)}")
 
-    def _log_invalid(self, key: str, raws: list[tuple[Any, int, int, bool]]) -> None:
+    def _log_invalid(self, key: str, raws: list[tuple[LabelAnswer, int, int, bool]]) -> None:
         """Answers without a usable label were paid for too: each is an extra request in the ledger."""
         for _, a, b, est in raws:
             self._cache.log_extra(key, self.model_id, self.run_id, "invalid_answer", a, b, est)
 
     def _count_failed_attempt(self, key: str, exc: BaseException, messages: list[BaseMessage]) -> None:
-        if isinstance(exc, openai.APITimeoutError):  # sent, maybe processed and billed: counted apart
+        if isinstance(exc, (EndpointTimeout, openai.APITimeoutError)):  # sent, maybe processed and billed
             self._cache.log_extra(key, self.model_id, self.run_id, "timeout", 0, 0, True)
-        elif not isinstance(exc, (openai.APIStatusError, openai.APIConnectionError)):
+        elif not isinstance(exc, (EndpointStatusError, EndpointConnectionError, openai.APIStatusError,
+                                  openai.APIConnectionError)):
             # A 200 whose body was unusable (malformed JSON, no choices): answered, so maybe billed.
             chars_in = sum(len(str(m.content)) for m in messages)
             self._cache.log_extra(key, self.model_id, self.run_id, "unusable_answer", max(1, chars_in // 4), 0, True)
@@ -243,32 +246,25 @@ class LLMVerifier:
         # The server said exactly how long to wait: never retry before that, never wait past the cap.
         return delay if asked is None else max(asked, min(delay, asked * 1.5 + 0.05))
 
-    def _parsed_label(self, parsed: Any, raw: Any) -> str | None:
-        value = getattr(parsed, "label", None)
-        if value in self.labels:
-            return str(value)
+    def _tool_label(self, answer: LabelAnswer) -> str | None:
+        for value in answer.tool_labels:
+            if value in self.labels:
+                return value
         # A tool call whose label differs only in case or spacing failed the Literal; accept it.
-        for call in getattr(raw, "tool_calls", None) or []:
-            arg = (call.get("args") or {}).get("label")
-            if isinstance(arg, str) and arg.strip().lower() in self._by_lower:
-                return self._by_lower[arg.strip().lower()]
+        for value in answer.tool_labels:
+            if value.strip().lower() in self._by_lower:
+                return self._by_lower[value.strip().lower()]
         return None
 
-    def _text_label(self, raw: Any) -> str | None:
-        content = getattr(raw, "content", None)
-        if not isinstance(content, str):
-            return None
-        text = content.strip().strip("\"'`.").strip()
+    def _text_label(self, answer: LabelAnswer) -> str | None:
+        text = answer.content.strip().strip("\"'`.").strip()
         if text in self.labels:
             return text
         return self._by_lower.get(text.lower())
 
     @staticmethod
-    def _usage(raw: Any, messages: list[BaseMessage]) -> tuple[int, int, bool]:
-        meta = getattr(raw, "usage_metadata", None)
-        if meta and (meta.get("input_tokens") or meta.get("output_tokens")):
-            return int(meta.get("input_tokens") or 0), int(meta.get("output_tokens") or 0), False
+    def _usage(answer: LabelAnswer, messages: list[BaseMessage]) -> tuple[int, int, bool]:
+        if answer.tokens_in is not None and answer.tokens_out is not None:
+            return answer.tokens_in, answer.tokens_out, False
         chars_in = sum(len(str(m.content)) for m in messages)
-        chars_out = len(str(getattr(raw, "content", "") or ""))
-        chars_out += sum(len(json.dumps(c.get("args") or {})) for c in getattr(raw, "tool_calls", None) or [])
-        return max(1, chars_in // 4), max(1, chars_out // 4), True
+        return max(1, chars_in // 4), max(1, (len(answer.content) + answer.tool_args_chars) // 4), True

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, Field, create_model
 
 from autoannotator.prompts import render
 from autoannotator.task import TaskSpec
@@ -33,15 +31,6 @@ def truncate_middle(text: str, max_chars: int) -> str:
 def example_excerpt(text: str) -> str:
     """What an example shows of its text; idempotent, so a picker may keep excerpts instead of whole texts."""
     return text if len(text) <= EXAMPLE_MAX_CHARS else truncate_middle(text, EXAMPLE_MAX_CHARS - 40)
-
-
-def label_schema(labels: Sequence[str]) -> type[BaseModel]:
-    """A one-field schema whose ``label`` may only be one of the task's labels."""
-    return create_model(
-        "ChooseLabel",
-        __doc__="Record the one label that fits the text.",
-        label=(Literal[tuple(labels)], Field(description=f"exactly one of: {', '.join(labels)}")),
-    )
 
 
 class VerifyPrompt:

@@ -81,6 +81,7 @@ class Request:
     done_at: float | None = None
     auth: str | None = None  # the Authorization header as sent (which key reached this host)
     valid: bool = False  # a 200 carrying a label from the request's own enum (or any label, with no enum)
+    body: dict[str, Any] | None = field(default=None, repr=False)  # the request as parsed (in-process mode)
 
 
 @dataclass
@@ -304,7 +305,8 @@ class FakeEndpoint:
         messages = req.get("messages") or []
         digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
         text = _text_of(messages)
-        record = Request(n=next(self._count), prompt_hash=digest, text=text, at=time.monotonic(), auth=auth)
+        record = Request(n=next(self._count), prompt_hash=digest, text=text, at=time.monotonic(), auth=auth,
+                         body=None if self.control else req)
         with self._lock:
             self.log.append(record)
             self._in_flight += 1
