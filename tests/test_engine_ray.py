@@ -100,8 +100,11 @@ def test_resume_mid_data_restarts_the_stream_at_the_cursor(ray_instance, setup, 
     assert engine.jobs == 2
 
 
-def test_trainable_models_stay_in_process(ray_instance, setup):
-    """A trainable model's weights change with fine-tuning: the engine asks the loop's current object."""
+def test_trainable_models_vote_on_an_actor_with_the_weights_last_shipped(ray_instance, setup):
+    """A trainable model's weights change with fine-tuning: the engine ships the loop's current object to
+    the model's actor before its next vote, and the votes come from that worker, not this process."""
+    import os
+
     from autoannotator.slm.base import LabelMapping, TrainableSLM
 
     task, settings, models, texts = setup
@@ -110,10 +113,11 @@ def test_trainable_models_stay_in_process(ray_instance, setup):
         def __init__(self, label: int):
             super().__init__("fixed", LabelMapping.by_name(task.label_names, task.label_names))
             self.label = label
+            self.home = os.getpid()  # built here; it votes its label only when run elsewhere
 
         def native_proba(self, batch):
             p = np.zeros((len(batch), len(task.label_names)), dtype=np.float32)
-            p[:, self.label] = 1.0
+            p[:, self.label if os.getpid() != self.home else 2] = 1.0
             return p
 
         is_trained = True
@@ -121,10 +125,19 @@ def test_trainable_models_stay_in_process(ray_instance, setup):
 
     loop_models = [models[0], Fixed(0)]
     engine = RayEngine(loop_models, ["vader", "student"], task, settings, min_votes=1)
-    assert engine.frozen == [0]
-    assert (engine.ensemble(list(range(50)), texts[:50]).votes[:, 1] == 0).all()
-    loop_models[1] = Fixed(1)  # what an accepted fine-tuning round does to the loop's list
-    assert (engine.ensemble(list(range(50)), texts[:50]).votes[:, 1] == 1).all()
+    try:
+        assert engine.frozen == [0] and engine.trainable == [1]
+        first = engine.ensemble(list(range(50)), texts[:50])
+        assert (first.votes[:, 1] == 0).all()
+        (pid,) = engine.trainable_pids().values()
+        assert pid != os.getpid()
+        loop_models[1] = Fixed(1)  # what an accepted fine-tuning round does to the loop's list
+        second = engine.ensemble(list(range(50, 100)), texts[50:100])
+        assert (second.votes[:, 1] == 1).all()
+        assert engine.trainable_pids() == {1: pid}  # the same actor, new weights
+    finally:
+        engine.close()
+    assert engine.trainable_pids() == {}
 
 
 def test_rows_shuffled_within_blocks_need_one_job(ray_instance, setup, tmp_path):

@@ -11,12 +11,16 @@ load their models once per run, not once per batch.
 What runs where:
 - frozen models (``vader``, ``hf:...``): on Ray actors; neural ones get ``num_gpus`` when the cluster has
   GPUs (a fraction of one GPU per model, so all of them fit on each GPU), CPUs otherwise;
-- trainable models (the student): they vote in the orchestrator, in-process; their fine-tuning round
-  (``finetune.train_round``: training, the held-out guard, saving the weights) runs as a Ray task, and the
-  model it keeps travels back to the orchestrator, which votes with it from the next batch on. The task
-  gets the round's texts with it (not the data), and writes the weights under the run directory: on a
-  cluster that directory must be on a filesystem the workers share. Voting on actors with the shipped
-  weights is not built.
+- trainable models (the student): each votes on a Ray actor of its own (a share of a GPU when the cluster
+  has GPUs), asked per batch of the loop: the loop's batches are the unit of fine-tuning, so these votes
+  cannot run ahead in the streaming job. The request goes out before the frozen votes are pulled, so the
+  actor works while the orchestrator waits on the stream. Their fine-tuning round
+  (``finetune.train_round``: training, the held-out guard, saving the weights) runs as a Ray task; the
+  model it keeps travels back to the orchestrator (the loop's list holds it) and from there to the actor,
+  before the actor's next vote: Ray runs one caller's calls to an actor in the order they were sent. The
+  task gets the round's texts with it (not the data), and writes the weights under the run directory: on
+  a cluster that directory must be on a filesystem the workers share. A model built on the orchestrator's
+  device keeps it: with an orchestrator without a GPU, the actor votes on its CPU.
 """
 
 from __future__ import annotations
@@ -97,6 +101,22 @@ class _ModelActor:
         return out
 
 
+class _TrainableActor:
+    """A trainable model voting on a Ray worker, with the weights last shipped to it."""
+
+    def __init__(self, model: SLM):
+        self.model = model
+
+    def set_model(self, model: SLM) -> None:
+        self.model = model
+
+    def predict(self, texts: list[str]) -> Prediction:
+        return self.model.predict(texts)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
 def _quiet_ray_data(ray: Any) -> None:
     """No progress bars or per-job banners on the user's terminal: the CLI has its own progress."""
     ctx = ray.data.DataContext.get_current()
@@ -166,7 +186,7 @@ def _is_neural(spec: str) -> bool:
 
 
 class RayEngine:
-    """Frozen models on Ray actor pools, trainable ones in-process; same votes as ``LocalEngine``."""
+    """Frozen models on Ray actor pools, trainable ones on an actor each; same votes as ``LocalEngine``."""
 
     name = "ray"
 
@@ -187,6 +207,9 @@ class RayEngine:
         self.align_rows = DEFAULT_CHUNK_ROWS  # the loop's shuffle blocks (and the reader's windows)
         self.ray = ensure_ray(address, num_cpus, object_store_memory)
         self.frozen = [j for j, m in enumerate(models) if not isinstance(m, TrainableSLM)]
+        self.trainable = [j for j in range(len(models)) if j not in self.frozen]
+        self._actors: dict[int, Any] = {}  # trainable model index -> its voting actor
+        self._shipped: dict[int, SLM] = {}  # the model object each actor holds
         self._stream: Any = None  # the streaming job's batch iterator
         self._buf: dict[str, np.ndarray] | None = None  # its rows not yet handed to the loop
         self._buf_lo = 0
@@ -202,6 +225,7 @@ class RayEngine:
         node_cpus = [float(n["Resources"].get("CPU", 0.0)) for n in self.ray.nodes()
                      if n.get("Alive") and n["Resources"].get("CPU", 0.0) > 0] or [cpus]
         neural = [j for j in self.frozen if _is_neural(self.specs[j])] if gpus > 0 else []
+        gpu_share = round(1 / (len(neural) + len(self.trainable)), 3) if gpus > 0 else 0.0
         cpu_models = [j for j in self.frozen if j not in neural]
         shapes: dict[int, dict[str, Any]] = {}
         if cpu_models:
@@ -213,8 +237,9 @@ class RayEngine:
             for j in cpu_models:
                 shapes[j] = {"concurrency": actors, "num_cpus": share, "num_gpus": 0}
         for j in neural:
-            shapes[j] = {"concurrency": max(1, int(gpus)), "num_cpus": 0.1, "num_gpus": round(1 / len(neural), 3),
-                         "device": "cuda"}
+            shapes[j] = {"concurrency": max(1, int(gpus)), "num_cpus": 0.1, "num_gpus": gpu_share, "device": "cuda"}
+        for j in self.trainable:  # one actor each; no CPU share: the loop waits on its votes anyway
+            shapes[j] = {"concurrency": 1, "num_cpus": 0, "num_gpus": gpu_share}
         return shapes
 
     # -- the Ray jobs ------------------------------------------------------------------------------
@@ -228,7 +253,8 @@ class RayEngine:
                 settings = settings.model_copy(update={"device": shape["device"]})
             last = n == len(self.frozen) - 1
             ds = ds.map_batches(_ModelActor, fn_constructor_args=(self.specs[j], self.task, settings, j, last),
-                                batch_format="numpy", batch_size=None, concurrency=shape["concurrency"],
+                                batch_format="numpy", batch_size=None,
+                                compute=self.ray.data.ActorPoolStrategy(size=shape["concurrency"]),
                                 num_cpus=shape["num_cpus"], num_gpus=shape["num_gpus"] or None)
         return ds
 
@@ -310,17 +336,39 @@ class RayEngine:
         return {j: (self._buf[f"v{j}"][at].astype(np.int64),
                     self._buf[f"p{j}"][at].reshape(n, self.n_labels).astype(np.float32)) for j in self.frozen}
 
+    def _trainable_votes(self, texts: Sequence[str]) -> dict[int, Any]:
+        """Ask each trainable model's actor for its votes (object refs); a model the loop has replaced since
+        (an accepted round, a resume) is shipped to the actor first."""
+        refs: dict[int, Any] = {}
+        for j in self.trainable:
+            model = self.models[j]
+            if j not in self._actors:
+                shape = self._shapes()[j]
+                actor = self.ray.remote(_TrainableActor).options(num_cpus=shape["num_cpus"],
+                                                                  num_gpus=shape["num_gpus"] or None)
+                self._actors[j] = actor.remote(model)
+            elif self._shipped[j] is not model:
+                self._actors[j].set_model.remote(model)
+            self._shipped[j] = model
+            refs[j] = self._actors[j].predict.remote(list(texts))
+        return refs
+
+    def trainable_pids(self) -> dict[int, int]:
+        """The worker process each trainable model votes in (for tests and the README's claim)."""
+        return {j: self.ray.get(a.pid.remote()) for j, a in self._actors.items()}
+
     def ensemble(self, row_ids: Sequence[int], texts: Sequence[str]) -> EnsembleOutput:
         if len(row_ids) != len(texts):
             raise ValueError("one row id per text")
+        asked = self._trainable_votes(texts)
         frozen = self._frozen_for(row_ids, texts)
         preds: list[Prediction] = []
-        for j, model in enumerate(self.models):
+        for j in range(len(self.models)):
             if j in frozen:
                 votes, proba = frozen[j]
                 preds.append(Prediction(votes, proba))
             else:
-                preds.append(model.predict(texts))
+                preds.append(self.ray.get(asked[j]))
         n = len(texts)
         if preds:
             votes = np.stack([p.votes for p in preds], axis=1)
@@ -335,14 +383,17 @@ class RayEngine:
                     ) -> tuple[TrainableSLM, dict]:
         """A fine-tuning round as a Ray task (no CPU share reserved: the actor pools hold the CPUs, and the
         loop waits for the round anyway); the round's texts travel with it (``finetune.RoundData``); the
-        kept model comes back to vote in this process."""
+        kept model comes back to the loop's list, and goes to its voting actor before the next vote."""
         task = self.ray.remote(_round_on_worker).options(num_cpus=0)
         kept, record, pid = self.ray.get(task.remote(model, data, cfg, round_, str(save_dir)))
         self.round_pids.append(pid)
         return kept, record
 
     def models_changed(self) -> None:
-        return None  # trainable models run in-process and are read from the loop's list on every chunk
+        return None  # the loop's list is read on every chunk: a replaced model is shipped before its next vote
 
     def close(self) -> None:
         self._stream, self._buf = None, None
+        for actor in self._actors.values():
+            self.ray.kill(actor)
+        self._actors, self._shipped = {}, {}
