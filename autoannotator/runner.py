@@ -41,7 +41,7 @@ from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, record
                                     resume_inputs, settings_for_resume)
 from autoannotator.run.precheck import check_output_writable, check_run_dir_writable
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
-from autoannotator.run.tally import RowTally
+from autoannotator.run.tally import tally_run
 from autoannotator.run.store import RunStore
 from autoannotator.sandbox import fallback_note, get_sandbox
 from autoannotator.sandbox.base import SandboxError
@@ -191,7 +191,7 @@ def label(
             asker = spread_verifier(verifier, llm, settings, ensure_ray(settings.ray_address))
             if asker is not None:
                 stack.callback(asker.close)
-        writer = ShardWriter(run_dir / "labelled", buffer_rows=FINISH_CHUNK_ROWS)
+        writer = ShardWriter(paths.labelled, buffer_rows=FINISH_CHUNK_ROWS)
         few_shot = _few_shot_picker(settings, store, paths, plan.task, verifier, stack, on_progress, source.warnings)
         # No list of every text: the pool's rows (what fine-tuning trains on) and the few-shot candidates
         # are read back when needed.
@@ -386,7 +386,7 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
                     "all": plan.llm.all_labels() if plan.llm else [llm.model_id]}
         if note:
             source.warnings.append(note)
-        shards = run_dir / "labelled"  # labels changed: the output is assembled again from the store
+        shards = RunPaths(run_dir).labelled  # labels changed: the output is assembled again from the store
         shutil.rmtree(shards, ignore_errors=True)
         report = _finish(plan, source, store, ShardWriter(shards), verifier, settings, [], llm_info,
                          dict(previous.get("timings_s") or {}), run_dir, model_descriptions=previous.get("models"),
@@ -430,7 +430,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
     warnings = list(source.warnings) + written + ([EMBEDDED_WARNING] if llm_info["embedded"] else [])
     if settings.engine == "ray":
         where = ("ray: the frozen SLMs ran on Ray actors built from their specs (no generated code); trainable "
-                 "models in-process")
+                 "models on an actor each")
     elif plan.deployment_code:
         where = (f"{plan.sandbox}: the frozen SLMs ran in the generated deployment code ({plan.deployment_code}); "
                  f"trainable models in-process")
@@ -440,7 +440,7 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
     report = build_report(
         run={"run_id": plan.run_id, "instruction": plan.task.instruction, "labels": plan.task.label_names,
              "data_path": plan.data_path, "out_path": plan.out_path, "run_dir": str(run_dir)},
-        tally=_tally(store, source, bool(plan.gold_column), plan.task.label_names, [m["name"] for m in described]),
+        tally=tally_run(store, source, bool(plan.gold_column), plan.task.label_names, [m["name"] for m in described]),
         usage=verifier.ledger(), settings=settings, models=described,
         finetune_records=store.finetune_records(), timings=timings, labels=plan.task.label_names,
         llm=llm_info,
@@ -451,23 +451,3 @@ def _finish(plan: RunPlan, source: DataSource, store: RunStore, writer: ShardWri
     )
     write_report(report, run_dir)
     return report
-
-
-def _tally(store: RunStore, source: DataSource, with_gold: bool, labels: list[str], model_names: list[str]
-           ) -> RowTally:
-    """The report's per-row figures in one pass over the store, ``FINISH_CHUNK_ROWS`` rows at a time (with the input's
-    gold labels, read alongside by chunk), so the end of a run holds no list of every row."""
-    tally = RowTally(labels, model_names, with_gold=with_gold)
-    if not with_gold:
-        for part in store.iter_results():
-            for rec in part:
-                tally.add(rec)
-        return tally
-    for chunk in source.iter_chunks(0, FINISH_CHUNK_ROWS):
-        part = store.results_between(chunk.row_ids[0], chunk.row_ids[-1] + 1)
-        if [r["row_id"] for r in part] != chunk.row_ids:
-            raise RuntimeError(f"run store does not line up with the input at row {chunk.row_ids[0]}")
-        for rec, g in zip(part, chunk.gold or [None] * len(part)):
-            tally.add(rec, g)
-            tally.add_gold(g)
-    return tally

@@ -165,3 +165,69 @@ def test_import_needs_a_finished_run(tmp_path):
     (tmp_path / "ok.json").write_text(json.dumps([_annotated({"data": {"row_id": 1}}, "positive")]))
     result = invoke("import-labelstudio", str(run_dir), str(tmp_path / "ok.json"))
     assert isinstance(result.exception, UserError) and "not finished" in str(result.exception)
+
+
+def test_round_trip_on_a_sharded_input_never_reads_every_row(tmp_path, monkeypatch):
+    """DATA as a directory of shards (the run reads it in chunks): export and import work on it, and neither
+    asks the store for all its rows at once nor loads the data set whole."""
+    rows = pd.read_csv(REPO / "examples" / "reviews.csv", dtype=str, keep_default_na=False).head(60)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        rows.iloc[20 * i:20 * (i + 1)].to_csv(folder / f"part-{i}.csv", index=False)
+    gold = rows["label"].tolist()
+    settings = Settings(models=["vader", "textblob"], beta=100_000, batch_size=8, runs_dir=tmp_path / "runs")
+    report, run_dir = runner.label(
+        settings, folder, instruction="label these reviews for sentiment", labels=parse_labels("positive,negative"),
+        gold_column="label", verifier_factory=lambda task, _d, run_id: SimulatedVerifier(gold, task, 0.7,
+                                                                                        run_id=run_id))
+    before = _results(run_dir)
+
+    def whole(*_a, **_k):
+        raise AssertionError("read every row at once")
+
+    monkeypatch.setattr(RunStore, "results", whole)
+    monkeypatch.setattr("autoannotator.run.plan.load_dataset", whole)
+    assert invoke("export-labelstudio", str(run_dir), str(tmp_path / "tasks.json"), "--all").exit_code == 0
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert [t["data"]["row_id"] for t in tasks] == list(range(60))
+    assert [t["data"]["text"] for t in tasks] == rows["text"].tolist()
+    target = next(r for r in before if r["label"] != gold[r["row_id"]])["row_id"]
+    (tmp_path / "export.json").write_text(json.dumps([_annotated(tasks[target], gold[target])]))
+    result = invoke("import-labelstudio", str(run_dir), str(tmp_path / "export.json"))
+    assert result.exit_code == 0, (result.output, result.exception)
+    monkeypatch.undo()
+    after = _results(run_dir)
+    assert [a for a, b in zip(after, before) if a != b] == [{**before[target], "label": gold[target],
+                                                            "label_source": "human_reviewed"}]
+    out = pd.read_csv(report["run"]["out_path"], dtype=str, keep_default_na=False)
+    assert out["label"].tolist() == [r["label"] for r in after] and len(out) == 60
+    section = json.loads((run_dir / "report.json").read_text())["human_reviewed"]
+    assert section["accuracy_after"] == round(float((out["label"] == out["input_label"]).mean()), 4)
+    assert section["accuracy_after"] > section["accuracy_before"]
+
+
+def test_push_sends_the_tasks_in_chunks(tmp_path):
+    from autoannotator.run.labelstudio import push_run
+
+    _, run_dir = _run(tmp_path)
+
+    class Recorder:
+        def __init__(self):
+            self.imports: list[list[dict]] = []
+
+        def create_project(self, title, label_config):
+            return {"id": 7}
+
+        def import_tasks(self, project_id, tasks):
+            self.imports.append(tasks)
+            return {"task_count": len(tasks), "prediction_count": len(tasks)}
+
+        def project_url(self, project_id):
+            return f"http://ls/projects/{project_id}"
+
+    client = Recorder()
+    pushed = push_run(run_dir, client, all_rows=True, chunk_tasks=15)  # type: ignore[arg-type]
+    assert [len(c) for c in client.imports] == [15, 15, 10]
+    assert [t["data"]["row_id"] for c in client.imports for t in c] == list(range(40))
+    assert (pushed.n_tasks, pushed.n_predictions, pushed.project_id) == (40, 40, 7)

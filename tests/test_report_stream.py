@@ -11,7 +11,7 @@ from autoannotator.data import open_source
 from autoannotator.run.report import model_agreement, quality
 from autoannotator.run.report_html import confusion_by_source, per_batch
 from autoannotator.run.store import RunStore
-from autoannotator.runner import _tally
+from autoannotator.run.tally import tally_run as _tally
 
 LABELS = ["positive", "negative", "neutral"]
 MODELS = ["m1", "m2"]

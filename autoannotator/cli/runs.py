@@ -245,13 +245,11 @@ def export_labelstudio(run: str = typer.Argument(..., help="Run directory, id or
                        all_rows: bool = typer.Option(False, "--all", help="Every row, not only the hard ones."),
                        runs_dir: Optional[Path] = _RUNS_DIR, config: Optional[Path] = _CONFIG) -> None:
     """Write the run's hard rows (or all) as Label Studio tasks, its labels as predictions; print the config."""
-    from autoannotator.run.labelstudio import labeling_config, run_tasks
+    from autoannotator.run.labelstudio import iter_run_tasks, labeling_config, write_tasks
 
     run_dir, plan, _ = _load(run, runs_dir, config)
-    tasks = run_tasks(run_dir, plan, all_rows)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(tasks, ensure_ascii=False, indent=2), encoding="utf-8")
-    typer.echo(f"wrote {len(tasks)} task(s) to {out_file}; Label Studio labeling config:", err=True)
+    n = write_tasks(iter_run_tasks(run_dir, plan, all_rows), out_file)
+    typer.echo(f"wrote {n} task(s) to {out_file}; Label Studio labeling config:", err=True)
     typer.echo(labeling_config(plan.task.label_names))
 
 

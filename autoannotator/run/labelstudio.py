@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
-from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,15 +27,18 @@ from xml.sax.saxutils import quoteattr
 
 import httpx
 
+from autoannotator.data import FINISH_CHUNK_ROWS, DataSource
 from autoannotator.ensemble import is_hard
 from autoannotator.errors import UserError
-from autoannotator.run.report import model_agreement, quality, write_report
-from autoannotator.run.output import write_run_output
+from autoannotator.run.output import ShardWriter, assemble, label_columns
 from autoannotator.run.paths import RunPaths
-from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.run.plan import RunPlan, open_run_source
+from autoannotator.run.report import write_report
 from autoannotator.run.store import RunStore
+from autoannotator.run.tally import RowTally, tally_run
 
 REVIEWED = "human_reviewed"
+PUSH_CHUNK_TASKS = 5_000  # tasks per import request: Label Studio parses each request's body whole
 
 
 def labeling_config(labels: list[str]) -> str:
@@ -50,7 +54,9 @@ def is_hard_row(rec: dict[str, Any], epsilon: float) -> bool:
     return rec["uncertainty"] is not None and is_hard(rec["uncertainty"], epsilon)
 
 
-def export_tasks(plan: RunPlan, results: list[dict[str, Any]], texts: list[str], all_rows: bool) -> list[dict]:
+def export_tasks(plan: RunPlan, results: Iterable[dict[str, Any]], texts: Mapping[int, str] | Sequence[str],
+                 all_rows: bool) -> list[dict]:
+    """The tasks of these result records; ``texts[row_id]`` is each row's text."""
     epsilon = float(plan.settings.get("epsilon", 1e-6))
     tasks = []
     for rec in results:
@@ -105,7 +111,11 @@ def _choices(task: dict, name: str, i: int) -> list | None:
 
 
 def import_review(run_dir: Path, export_path: Path) -> dict[str, Any]:
-    """Apply a Label Studio export to a finished run; returns the ``human_reviewed`` section written."""
+    """Apply a Label Studio export to a finished run; returns the ``human_reviewed`` section written.
+
+    Holds the reviewed rows only: the store is updated in place, the labelled shards holding a reviewed row
+    are rewritten from it, and the output file and the report's figures are rebuilt by streaming the
+    input and the store side by side, as at the end of a run."""
     plan = RunPlan.load(run_dir)
     report_path = run_dir / "report.json"
     try:
@@ -114,35 +124,54 @@ def import_review(run_dir: Path, export_path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {export_path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{Path(export_path).name}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
-    dataset = load_run_dataset(plan)
+    source = open_run_source(plan)
     labels = plan.task.label_names
-    gold = dataset.gold if plan.gold_column else None
     store = RunStore(run_dir / "run.sqlite")
     try:
-        results = store.results()
-        if not report_path.is_file() or len(results) != len(dataset.texts):
-            raise UserError(f"run {plan.run_id} is not finished ({len(results)} of {len(dataset.texts)} rows); "
+        if not report_path.is_file() or not store.covers(source.n_rows):
+            raise UserError(f"run {plan.run_id} is not finished ({store.n_results()} of {source.n_rows} rows); "
                             f"finish it first: autoannotator runs resume {plan.run_id}")
-        reviewed = parse_export(raw, labels, len(results), Path(export_path).name)
-        before = quality(results, gold, labels)["accuracy"] if gold else None
-        changes = [{"row_id": rid, "before": results[rid]["label"], "after": lbl}
-                   for rid, lbl in sorted(reviewed.items()) if results[rid]["label"] != lbl]
-        for rid, lbl in reviewed.items():
-            results[rid] = {**results[rid], "label": lbl, "label_source": REVIEWED}
-        # Output first: if it cannot be written (say, a Parquet type error) the store is left as it was.
-        written = write_run_output(plan, dataset, results)
-        store.put_results([results[rid] for rid in sorted(reviewed)])
+        reviewed = parse_export(raw, labels, source.n_rows, Path(export_path).name)
+        old = {r["row_id"]: r for r in store.results_of(list(reviewed))}
+        changes = [{"row_id": rid, "before": old[rid]["label"], "after": lbl}
+                   for rid, lbl in sorted(reviewed.items()) if old[rid]["label"] != lbl]
+        store.put_results([{**old[rid], "label": lbl, "label_source": REVIEWED} for rid, lbl in sorted(reviewed.items())])
+        try:
+            written = _rewrite_output(plan, source, store, RunPaths(run_dir).labelled, sorted(reviewed))
+        except BaseException:  # the output could not be written (say, a Parquet type error): the store as it was
+            store.put_results([old[rid] for rid in sorted(reviewed)])
+            _rewrite_shards(store, RunPaths(run_dir).labelled, sorted(reviewed), source.n_rows)
+            raise
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        tally = tally_run(store, source, bool(plan.gold_column), labels, [m["name"] for m in report.get("models", [])])
     finally:
         store.close()
-    report = json.loads(report_path.read_text(encoding="utf-8"))
     section = {"imported_from": str(Path(export_path).resolve()), "imported_at": datetime.now(timezone.utc).isoformat(),
                "n_reviewed": len(reviewed), "n_changed": len(changes), "changes": changes,
-               "n_rows_human_reviewed": sum(r["label_source"] == REVIEWED for r in results)}
-    _refresh_report(report, results, gold, labels, section, before, written)
+               "n_rows_human_reviewed": tally.sources.get(REVIEWED, 0)}
+    _refresh_report(report, tally, section, report.get("accuracy") if plan.gold_column else None, written)
     write_report(report, run_dir)
     with open(run_dir / "report.md", "a", encoding="utf-8") as fh:  # render_markdown knows no review section
         fh.write(_review_markdown(section))
     return section
+
+
+def _rewrite_shards(store: RunStore, folder: Path, row_ids: Sequence[int], n_rows: int) -> ShardWriter:
+    """Rewrite, from the store, each labelled shard that holds one of ``row_ids`` (and fill any gap)."""
+    writer = ShardWriter(folder)
+    wanted = set(row_ids)
+    for lo, hi, _ in writer.shards():
+        if any(lo <= r <= hi for r in wanted):
+            part = store.results_between(lo, hi + 1)
+            writer.append([r["row_id"] for r in part], label_columns(part))
+    for lo, hi in writer.missing(n_rows):
+        writer.append_stored(store, lo, hi)
+    return writer
+
+
+def _rewrite_output(plan: RunPlan, source: DataSource, store: RunStore, folder: Path, row_ids: Sequence[int]
+                    ) -> list[str]:
+    return assemble(source, _rewrite_shards(store, folder, row_ids, source.n_rows), Path(plan.out_path))
 
 
 def _review_markdown(section: dict) -> str:
@@ -154,14 +183,14 @@ def _review_markdown(section: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _refresh_report(report: dict, results: list[dict], gold: list[str | None] | None, labels: list[str],
-                    section: dict, accuracy_before: float | None, warnings: list[str]) -> None:
+def _refresh_report(report: dict, tally: RowTally, section: dict, accuracy_before: float | None,
+                    warnings: list[str]) -> None:
     # Counts, agreement and accuracy follow the labels; cost figures stay what the run paid.
-    report["label_sources"] = dict(Counter(r["label_source"] for r in results))
-    report["label_counts"] = dict(Counter(r["label"] for r in results if r["label"] is not None))
-    report["model_agreement"] = model_agreement(results, [m["name"] for m in report.get("models", [])])
-    if gold is not None:
-        report.update(quality(results, gold, labels))
+    report["label_sources"] = dict(tally.sources)
+    report["label_counts"] = dict(tally.label_counts)
+    report["model_agreement"] = tally.model_agreement()
+    if tally.with_gold:
+        report.update(tally.quality())
         section["accuracy_before"], section["accuracy_after"] = accuracy_before, report["accuracy"]
     report["warnings"] = list(dict.fromkeys(report.get("warnings", []) + warnings))
     report["human_reviewed"] = section
@@ -297,28 +326,61 @@ class PushResult:
     n_predictions: int
 
 
-def run_tasks(run_dir: Path, plan: RunPlan, all_rows: bool = False) -> list[dict]:
-    """The run's hard rows (or all) as Label Studio tasks, read from its store and data file."""
+def iter_run_tasks(run_dir: Path, plan: RunPlan, all_rows: bool = False) -> Iterator[dict]:
+    """The run's hard rows (or all) as Label Studio tasks, in row order, read from its store and its input
+    ``FINISH_CHUNK_ROWS`` rows at a time."""
+    source = open_run_source(plan)
     store = RunStore(RunPaths(run_dir).store)
     try:
-        results = store.results()
+        if not store.covers(source.n_rows):
+            raise UserError(f"run {plan.run_id} is not finished ({store.n_results()} of {source.n_rows} rows); "
+                            f"finish it first: autoannotator runs resume {plan.run_id}")
+        for chunk in source.iter_chunks(0, FINISH_CHUNK_ROWS):
+            part = store.results_between(chunk.row_ids[0], chunk.row_ids[-1] + 1)
+            yield from export_tasks(plan, part, dict(zip(chunk.row_ids, chunk.texts)), all_rows)
     finally:
         store.close()
-    return export_tasks(plan, results, load_run_dataset(plan).texts, all_rows)
 
 
-def push_run(run_dir: Path, client: LabelStudioClient, all_rows: bool = False, title: str | None = None) -> PushResult:
+def write_tasks(tasks: Iterable[dict], out_file: Path) -> int:
+    """Tasks as one JSON list (Label Studio's import format), written as they come; returns how many."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("[")
+            for task in tasks:
+                fh.write(("," if n else "") + "\n  " + json.dumps(task, ensure_ascii=False))
+                n += 1
+            fh.write("\n]\n" if n else "]\n")
+        tmp.replace(out_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
+
+
+def push_run(run_dir: Path, client: LabelStudioClient, all_rows: bool = False, title: str | None = None,
+             chunk_tasks: int = PUSH_CHUNK_TASKS) -> PushResult:
     """Create a Label Studio project for the run (its labelling config) and import its hard rows (or all)
-    as tasks with the run's labels as predictions: the first half of the review round trip."""
+    as tasks with the run's labels as predictions: the first half of the review round trip. The tasks go
+    ``chunk_tasks`` to a request, so neither side holds them all."""
     plan = RunPlan.load(run_dir)
-    tasks = run_tasks(run_dir, plan, all_rows)
-    if not tasks:
+    tasks = iter_run_tasks(run_dir, plan, all_rows)
+    first = list(itertools.islice(tasks, chunk_tasks))
+    if not first:
         raise UserError(f"run {plan.run_id} has no hard rows to review; pass --all to push every row")
     title = title or f"autoannotator {plan.run_id}"[:50]  # Label Studio's limit: 3 to 50 characters
     project = client.create_project(title, labeling_config(plan.task.label_names))
-    summary = client.import_tasks(project["id"], tasks)
-    n_tasks = int(summary.get("task_count", -1))
-    if n_tasks != len(tasks):
-        raise UserError(f"Label Studio imported {n_tasks} of {len(tasks)} tasks into project {project['id']}")
-    return PushResult(project["id"], client.project_url(project["id"]), n_tasks,
-                      int(summary.get("prediction_count", 0)))
+    sent = n_tasks = n_predictions = 0
+    chunk = first
+    while chunk:
+        summary = client.import_tasks(project["id"], chunk)
+        sent += len(chunk)
+        n_tasks += int(summary.get("task_count", -1))
+        n_predictions += int(summary.get("prediction_count", 0))
+        if n_tasks != sent:
+            raise UserError(f"Label Studio imported {n_tasks} of {sent} tasks into project {project['id']}")
+        chunk = list(itertools.islice(tasks, chunk_tasks))
+    return PushResult(project["id"], client.project_url(project["id"]), n_tasks, n_predictions)

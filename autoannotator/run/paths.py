@@ -39,6 +39,10 @@ class RunPaths:
         return self.root / "report.md"
 
     @property
+    def labelled(self) -> Path:  # the labelled columns as Parquet shards, written as the run goes
+        return self.root / "labelled"
+
+    @property
     def models(self) -> Path:  # fine-tuned weights, one folder per round and model
         return self.root / "models"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from autoannotator.data import Dataset, load_dataset
+from autoannotator.data import Dataset, DataSource, load_dataset, open_source
 from autoannotator.errors import UserError
 from autoannotator.llm.identity import LLMIdentity, LLMRecord, answer_settings, identity_of, resume_llm
 from autoannotator.run.paths import RunPaths
@@ -69,6 +69,16 @@ def load_run_dataset(plan: RunPlan) -> Dataset:
     if dataset.fingerprint != plan.data_fingerprint:
         raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
     return dataset
+
+
+def open_run_source(plan: RunPlan) -> DataSource:
+    """The run's input (a file, a directory or a glob), read in chunks as the run read it; refuses data that
+    changed since (row ids would not match)."""
+    max_chars = int(plan.settings.get("max_text_chars", 20_000))
+    source = open_source(plan.data_path, plan.task.text_column, plan.gold_column, max_chars)
+    if source.fingerprint != plan.data_fingerprint:
+        raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
+    return source
 
 
 def requested_llm(settings: Any) -> LLMIdentity | None:

@@ -134,6 +134,15 @@ class RunStore:
         """Rows lo <= row_id < hi, by row id."""
         return self._select_results("WHERE row_id >= ? AND row_id < ?", (lo, hi))
 
+    def results_of(self, row_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The stored rows among ``row_ids``, by row id (ids not stored are left out)."""
+        ids = sorted(set(int(r) for r in row_ids))
+        out: list[dict[str, Any]] = []
+        for lo in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+            chunk = ids[lo:lo + 500]
+            out += self._select_results(f"WHERE row_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        return out
+
     def results_in_batches(self, lo: int, hi: int) -> list[dict[str, Any]]:
         """Rows labelled in batches lo <= batch < hi, by row id: what earlier batches settled."""
         return self._select_results("WHERE batch >= ? AND batch < ?", (lo, hi))

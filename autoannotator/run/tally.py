@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from autoannotator.data import FINISH_CHUNK_ROWS
+
+if TYPE_CHECKING:
+    from autoannotator.data import DataSource
+    from autoannotator.run.store import RunStore
 
 NO_LABEL = "(no label)"
 
@@ -135,3 +141,24 @@ class RowTally:
                 columns, matrix = columns[:-1], [row[:-1] for row in matrix]
             out[src] = {"labels": list(self.labels), "columns": columns, "matrix": [list(r) for r in matrix]}
         return out
+
+
+def tally_run(store: RunStore, source: DataSource, with_gold: bool, labels: Sequence[str],
+              model_names: Sequence[str]) -> RowTally:
+    """The report's per-row figures in one pass over the store, ``FINISH_CHUNK_ROWS`` rows at a time (with the
+    input's gold labels, read alongside by chunk), so neither the end of a run nor a review import holds a
+    list of every row."""
+    tally = RowTally(labels, model_names, with_gold=with_gold)
+    if not with_gold:
+        for part in store.iter_results():
+            for rec in part:
+                tally.add(rec)
+        return tally
+    for chunk in source.iter_chunks(0, FINISH_CHUNK_ROWS):
+        part = store.results_between(chunk.row_ids[0], chunk.row_ids[-1] + 1)
+        if [r["row_id"] for r in part] != chunk.row_ids:
+            raise RuntimeError(f"run store does not line up with the input at row {chunk.row_ids[0]}")
+        for rec, g in zip(part, chunk.gold or [None] * len(part)):
+            tally.add(rec, g)
+            tally.add_gold(g)
+    return tally
