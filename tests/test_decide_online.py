@@ -7,6 +7,7 @@ import pytest
 
 from autoannotator.decide.audit import AuditSampler
 from autoannotator.decide.budget import LLMBudget
+from autoannotator.decide import online as online_module
 from autoannotator.decide.online import OnlineDecider
 from autoannotator.ensemble import tally
 
@@ -222,7 +223,11 @@ def test_confidence_bins_settle_confident_votes_and_route_the_rest() -> None:
     assert (final == y).mean() > 0.93
 
 
-def test_confidence_bins_resume_like_an_uninterrupted_run() -> None:
+@pytest.mark.parametrize("sparse_cuts", [False, True])
+def test_confidence_bins_resume_like_an_uninterrupted_run(sparse_cuts, monkeypatch) -> None:
+    if sparse_cuts:  # past the every-batch size, the cuts move only at each 70 % of growth: a resume keeps them
+        monkeypatch.setattr(online_module, "CUTS_EVERY_BATCH_UPTO", 150)
+        monkeypatch.setattr(online_module, "CUTS_GROWTH", 0.7)  # fits at 150, 300, 550: the stop at 400 is between
     y, votes, conf, _ = confident_stream(800, 12)
     votes = np.concatenate([votes, np.where(np.random.default_rng(3).random(800) < 0.8, y, 1 - y)[:, None]], axis=1)
     conf = np.concatenate([conf, np.random.default_rng(4).uniform(0.5, 1.0, (800, 1))], axis=1)
@@ -273,3 +278,31 @@ def test_paper_rule_ignores_confidences() -> None:
         for k, (rid, dec) in enumerate(d.settle(ids, answers, majority=majority.tolist()).items()):
             assert dec.label == (answers[rid] if rid in answers else majority[k])
     assert d.relabel() == {}
+
+
+def test_past_the_every_batch_size_the_cuts_move_at_each_step_of_growth(monkeypatch) -> None:
+    """Above CUTS_EVERY_BATCH_UPTO rows seen the cut points are refitted only when the rows seen grew by
+    CUTS_GROWTH; in between, the refined table still matches the cuts it was built under."""
+    monkeypatch.setattr(online_module, "CUTS_EVERY_BATCH_UPTO", 200)
+    monkeypatch.setattr(online_module, "CUTS_GROWTH", 0.5)
+    y, votes, conf, _ = confident_stream(1000, 21)
+    answer = good_llm(y, seed=21)
+    d = OnlineDecider(1000, 2, ["s", "t"], routing="calibrated", budget=LLMBudget(1000, share=0.5))
+    fitted_at: list[int] = []
+    real = d._fit_cuts
+
+    def spy(rows):
+        fitted_at.append(len(rows))
+        real(rows)
+
+    monkeypatch.setattr(d, "_fit_cuts", spy)
+    for start in range(0, 1000, 50):
+        ids = list(range(start, start + 50))
+        plan = d.plan(ids, votes[ids], confidence=conf[ids])
+        d.settle(ids, {r: answer(r) for r in plan.ask}, {r: answer(r) for r in plan.audit})
+    past = [n for n in fitted_at if n > 200]
+    assert [n for n in fitted_at if n <= 200] and past  # every batch up to 200 rows, then sparsely
+    assert all(b >= a * 1.5 for a, b in zip(past, past[1:])) and len(past) <= 4
+    kept = {int(k): d._fine.answers[i].tolist() for i, k in enumerate(d._fine.keys) if d._fine.rows[i] > 0}
+    d._rebuild_tables()
+    assert kept == {int(k): d._fine.answers[i].tolist() for i, k in enumerate(d._fine.keys) if d._fine.rows[i] > 0}

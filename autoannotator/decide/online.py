@@ -67,6 +67,11 @@ LLM = "llm"
 MIN_LLM_VOTES_FOR_VERDICT = 30  # fewer answers (on rows the SLMs labelled) than this: too few to judge
 MIN_PER_CLASS = 10  # the per-label check needs this many answered rows with that SLM label
 MIN_VOTES_FOR_BINS = 20  # a model with fewer votes seen is not split by confidence yet
+# The confidence cut points are quantiles over every vote seen: refitted on every batch while the rows seen are
+# few, then whenever they have grown by CUTS_GROWTH, so a run's cost per row stays flat at any size (a refit,
+# and finding the rows whose bin it moves, is a pass over every row seen).
+CUTS_EVERY_BATCH_UPTO = 50_000
+CUTS_GROWTH = 0.01
 
 
 Z_VERDICT = 3.0  # standard errors: the test is repeated after every batch, so it must be strict
@@ -194,6 +199,7 @@ class OnlineDecider:
         self.patterns = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
         self.refined = PatternModel(self.n_labels, llm_prior=(self.llm_accuracy, 1.0), fixed_llm=True)
         self._cuts: list[np.ndarray] = [np.zeros(0)] * len(self.slm_names)
+        self._cuts_at = 0  # rows seen when the cuts were last fitted
         self._coarse = PatternTable(self.n_rows, self.n_labels)  # per-row pattern and answer counts, kept
         self._fine = PatternTable(self.n_rows, self.n_labels)  # as rows arrive (the refined ones under _cuts)
         self._split: set[int] = set()
@@ -279,8 +285,9 @@ class OnlineDecider:
 
     def _refit(self) -> None:
         """Both pattern models from the pattern tables: the cost grows with the patterns seen, not the rows
-        (but for the confidence cut points: quantiles over every vote seen, a vectorised pass; only the
-        rows whose bin they move change their refined pattern)."""
+        (but for the confidence cut points: quantiles over every vote seen, a vectorised pass, on every
+        batch up to CUTS_EVERY_BATCH_UPTO rows seen and then at each CUTS_GROWTH of growth; only the rows
+        whose bin they move change their refined pattern)."""
         self._stale = False
         # The label model only reports (reliabilities, the verdict's estimates): fitted when asked, not on
         # every batch, where refitting it over every row seen made a run's cost grow with its rows squared.
@@ -295,20 +302,8 @@ class OnlineDecider:
                                                          self.n_labels), coarse.answers)
         if self.confidence_bins > 1:
             rows = np.nonzero(self._seen)[0]
-            old = self._cuts
-            self._fit_cuts(rows)
-            moved = np.zeros(len(rows), dtype=bool)
-            for j, (before, after) in enumerate(zip(old, self._cuts)):
-                if np.array_equal(before, after):
-                    continue
-                c = self._conf[rows, j]
-                if before.shape == after.shape:  # a vote changes bin iff it lies between a cut's old and new place
-                    for lo, hi in zip(np.minimum(before, after), np.maximum(before, after)):
-                        moved |= (c > lo) & (c <= hi)
-                else:
-                    moved |= np.searchsorted(before, c, side="left") != np.searchsorted(after, c, side="left")
-            if moved.any():
-                self._fine.assign(rows[moved], self._refined_ids(rows[moved]))
+            if len(rows) <= CUTS_EVERY_BATCH_UPTO or len(rows) >= self._cuts_at * (1 + CUTS_GROWTH):
+                self._move_cuts(rows)
             fine = self._fine
             live = fine.rows > 0
             fine_votes = decode_patterns(fine.keys, self.n_labels * self.confidence_bins, k)
@@ -319,6 +314,24 @@ class OnlineDecider:
             self.refined.llm_confusion = conf.copy()
             self.refined.fit_table(fine.keys, self.patterns.posterior(of_fine, share_prior(coarse_votes, self.n_labels)),
                                    fine.answers)
+
+    def _move_cuts(self, rows: np.ndarray) -> None:
+        """Refit the cut points over ``rows`` (every row seen); re-pattern only the votes whose bin moved."""
+        old = self._cuts
+        self._fit_cuts(rows)
+        self._cuts_at = len(rows)
+        moved = np.zeros(len(rows), dtype=bool)
+        for j, (before, after) in enumerate(zip(old, self._cuts)):
+            if np.array_equal(before, after):
+                continue
+            c = self._conf[rows, j]
+            if before.shape == after.shape:  # a vote changes bin iff it lies between a cut's old and new place
+                for lo, hi in zip(np.minimum(before, after), np.maximum(before, after)):
+                    moved |= (c > lo) & (c <= hi)
+            else:
+                moved |= np.searchsorted(before, c, side="left") != np.searchsorted(after, c, side="left")
+        if moved.any():
+            self._fine.assign(rows[moved], self._refined_ids(rows[moved]))
 
     def _coarse_posterior(self, rows: np.ndarray) -> np.ndarray:
         slm = self._slm(rows)
@@ -530,7 +543,8 @@ class OnlineDecider:
 
     def state_dict(self) -> dict:
         return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
-                "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage)}
+                "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage),
+                "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at}
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
@@ -553,6 +567,10 @@ class OnlineDecider:
         self.unreliable_noted = bool(state.get("unreliable_noted", False))
         if state.get("audit_usage"):
             self.audit_usage = dict(state["audit_usage"])
+        if state.get("cuts") is not None and len(state["cuts"]) == len(self.slm_names):
+            # the cuts the run had (above CUTS_EVERY_BATCH_UPTO rows they are not refitted on every batch)
+            self._cuts = [np.asarray(c, dtype=np.float64) for c in state["cuts"]]
+            self._cuts_at = int(state.get("cuts_at", 0))
         self._rebuild_tables()
         if self._seen.any():
             self._refit()
