@@ -187,7 +187,7 @@ def test_round_trip_on_a_sharded_input_never_reads_every_row(tmp_path, monkeypat
         raise AssertionError("read every row at once")
 
     monkeypatch.setattr(RunStore, "results", whole)
-    monkeypatch.setattr("autoannotator.run.plan.load_dataset", whole)
+    monkeypatch.setattr("autoannotator.data.load_dataset", whole)
     assert invoke("export-labelstudio", str(run_dir), str(tmp_path / "tasks.json"), "--all").exit_code == 0
     tasks = json.loads((tmp_path / "tasks.json").read_text())
     assert [t["data"]["row_id"] for t in tasks] == list(range(60))

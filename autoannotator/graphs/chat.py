@@ -30,11 +30,11 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
 
-from autoannotator.data import load_dataset
+from autoannotator.data import open_source
 from autoannotator.graphs.chat_events import CONFIRM, result_payload, summarize
 from autoannotator.prompts import render
 from autoannotator.run.inspect import resolve_run, run_state
-from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.run.plan import RunPlan, open_run_source
 from autoannotator.task import LabelDef, build_task, parse_labels
 from autoannotator.tools.loop_tools import LoopContext
 from autoannotator.verify.prompt import VerifyPrompt
@@ -239,15 +239,15 @@ def _estimate(loop: LoopContext, tool: str, args: dict[str, Any], run_dir: str |
     if tool in ("verify_samples", "launch_finetune"):
         path = resolve_run(args["run"], settings.runs_dir) if args.get("run") else Path(run_dir or "")
         plan = RunPlan.load(path)
-        dataset, task = load_run_dataset(plan), plan.task
+        data, task = open_run_source(plan), plan.task
         if tool == "launch_finetune":  # no LLM call: the question is about time, the pool is what trains
             return {"rows": 0, "hard_share": 0.0, "hard_share_from": "fine-tuning calls no LLM", "est_llm_calls": 0,
                     "tokens_per_call": [0, 0], "est_cost_usd": 0.0, "price_model": settings.prices.model,
                     "settings": {"run": plan.run_id, "pool": run_state(path, plan).pool_size}}
         ids = args.get("rows") or list(range(args.get("start", 0), args.get("stop") or args.get("start", 0) + 20))
         prompt = VerifyPrompt(task, settings.llm_max_text_chars)
-        chars = [sum(len(str(m.content)) for m in prompt.messages(dataset.texts[i])) for i in ids
-                 if 0 <= i < len(dataset.texts)] or [0]
+        named = data.texts_for(i for i in ids if 0 <= i < data.n_rows)
+        chars = [sum(len(str(m.content)) for m in prompt.messages(named[i])) for i in ids if i in named] or [0]
         per_call = (sum(chars) / len(chars) / 4, TOKENS_OUT_PER_CALL)
         return {"rows": len(ids), "hard_share": 1.0, "hard_share_from": "every row named", "est_llm_calls": len(ids),
                 "tokens_per_call": [round(per_call[0]), per_call[1]],
@@ -257,23 +257,23 @@ def _estimate(loop: LoopContext, tool: str, args: dict[str, Any], run_dir: str |
     if tool == "resume_run":
         path = resolve_run(args["run"], settings.runs_dir) if args.get("run") else Path(run_dir or "")
         plan = RunPlan.load(path)
-        st, dataset, task = run_state(path, plan), load_run_dataset(plan), plan.task
-        rows = (st.total or len(dataset.texts)) - st.done
+        st, data, task = run_state(path, plan), open_run_source(plan), plan.task
+        rows = (st.total or data.n_rows) - st.done
         if st.done and st.llm_calls is not None:
             share, source = st.llm_calls / st.done, f"this run so far ({st.done} rows)"
         cfg = {"run": plan.run_id, **{k: plan.settings.get(k) for k in ("k", "epsilon", "beta")}}
     else:
-        dataset = load_dataset(Path(args["data_path"]).expanduser(), args.get("text_column"), None)
+        data = open_source(Path(args["data_path"]).expanduser(), args.get("text_column"), None)
         labels = parse_labels(args["labels"]) if args.get("labels") else [LabelDef(name="a"), LabelDef(name="b")]
-        task = build_task(args.get("task") or "label", labels, dataset.text_column)
-        rows = len(dataset.texts) - len(dataset.empty_rows)
+        task = build_task(args.get("task") or "label", labels, data.text_column)
+        rows = data.n_rows - data.n_empty
         for prev in sorted(settings.runs_dir.glob("*/report.json"), reverse=True):  # newest run id first
             try:
                 plan = RunPlan.load(prev.parent)
                 report = json.loads(prev.read_text(encoding="utf-8"))
             except (OSError, ValueError):  # another version's run, or a half-written report: not evidence
                 continue
-            if plan.data_fingerprint == dataset.fingerprint and report.get("n_samples"):
+            if plan.data_fingerprint == data.fingerprint and report.get("n_samples"):
                 share = report["label_sources"].get("llm_verified", 0) / report["n_samples"]
                 source = f"run {plan.run_id}"
                 if report["llm_calls"]:
@@ -283,7 +283,7 @@ def _estimate(loop: LoopContext, tool: str, args: dict[str, Any], run_dir: str |
         cfg = {"k": settings.k, "epsilon": settings.epsilon, "beta": settings.beta,
                "models": ", ".join(settings.models) or "chosen by the meta-controller"}
     if per_call is None:  # the real verification prompt on a sample of the texts, 4 characters a token
-        prompt, sample = VerifyPrompt(task, settings.llm_max_text_chars), dataset.texts[:: max(1, rows // 50)][:50]
+        prompt, sample = VerifyPrompt(task, settings.llm_max_text_chars), data.sample_texts(50)
         chars = [sum(len(str(m.content)) for m in prompt.messages(t)) for t in sample] or [0]
         per_call = (sum(chars) / len(chars) / 4, TOKENS_OUT_PER_CALL)
     calls = round(rows * share)

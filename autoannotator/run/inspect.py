@@ -18,7 +18,7 @@ from autoannotator.errors import UserError
 from autoannotator.run.cache import HUMAN, AnswerCache
 from autoannotator.run.output import OUTPUT_COLUMNS
 from autoannotator.run.paths import RunPaths
-from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.run.plan import RunPlan, open_run_source
 from autoannotator.run.store import RunStore
 from autoannotator.task import LabelSource
 
@@ -94,8 +94,10 @@ def _checkpoint_rows(checkpoints: Path, run_id: str) -> int | None:
 def row_text(plan: RunPlan, row: int) -> tuple[str, str | None]:
     """Text and gold from the data file; if it is gone or changed, the text from the run's output file."""
     try:
-        ds = load_run_dataset(plan)
-        return ds.texts[row], (ds.gold[row] if ds.gold else None)
+        found = open_run_source(plan).chunk(row, 1)
+        if not found.row_ids:
+            raise UserError(f"row {row} is not in the data of run {plan.run_id}")
+        return found.texts[0], (found.gold[0] if found.gold else None)
     except UserError as first:
         if not Path(plan.out_path).is_file():
             raise first from None

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from autoannotator.data import Dataset, DataSource, load_dataset, open_source
+from autoannotator.data import DataSource, open_source
 from autoannotator.errors import UserError
 from autoannotator.llm.identity import LLMIdentity, LLMRecord, answer_settings, identity_of, resume_llm
 from autoannotator.run.paths import RunPaths
@@ -58,17 +58,6 @@ class RunPlan(BaseModel):
 def new_run_id(instruction: str) -> str:
     slug = "-".join("".join(c if c.isalnum() else " " for c in instruction.lower()).split()[:4]) or "run"
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
-
-
-def load_run_dataset(plan: RunPlan) -> Dataset:
-    """The run's input file as the run read it; refuses a file that changed since (row ids would not match)."""
-    max_chars = int(plan.settings.get("max_text_chars", 20_000))
-    if not Path(plan.data_path).is_file():
-        raise UserError(f"the data file of run {plan.run_id} is gone: {plan.data_path}")
-    dataset = load_dataset(plan.data_path, plan.task.text_column, plan.gold_column, max_chars)
-    if dataset.fingerprint != plan.data_fingerprint:
-        raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
-    return dataset
 
 
 def open_run_source(plan: RunPlan) -> DataSource:

@@ -21,13 +21,13 @@ from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from autoannotator.config import Settings
-from autoannotator.data import SUPPORTED
+from autoannotator.data import SUPPORTED, RowTexts
 from autoannotator.errors import UserError
 from autoannotator.run.counters import RunCounters
 from autoannotator.run.inspect import code_versions, deploy_folders, read_report, resolve_run, row_answer, row_text, \
     run_state
 from autoannotator.run.paths import RunPaths
-from autoannotator.run.plan import RunPlan, load_run_dataset
+from autoannotator.run.plan import RunPlan, open_run_source
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
 from autoannotator.task import TaskSpec, parse_labels
@@ -378,6 +378,11 @@ class FinetuneResult(BaseModel):
     note: str
 
 
+def _empty(texts: dict[int, str]) -> set[int]:
+    """The rows among ``texts`` whose text is blank: no model votes on them, no LLM is asked."""
+    return {r for r, t in texts.items() if not t.strip()}
+
+
 def _rows(args: RowsArgs, n_rows: int) -> list[int]:
     ids = list(args.rows) if args.rows else list(range(args.start, args.stop if args.stop is not None
                                                         else args.start + 20))
@@ -417,18 +422,19 @@ def run_ensemble(ctx: LoopContext, args: RowsArgs) -> EnsembleResult:
 
     run_dir = ctx.run_dir(args.run)
     plan = RunPlan.load(run_dir)
-    dataset = load_run_dataset(plan)
-    ids = _rows(args, len(dataset.texts))
+    source = open_run_source(plan)
+    ids = _rows(args, source.n_rows)
+    texts = source.texts_for(ids)
     models = _run_models(ctx, run_dir, plan)
     labels = plan.task.label_names
-    batch = score_batch(models, ids, lambda r: dataset.texts[r], set(dataset.empty_rows), len(labels),
+    batch = score_batch(models, ids, texts.__getitem__, _empty(texts), len(labels),
                         int(plan.settings.get("min_votes", ctx.settings.min_votes)))
     eps = float(plan.settings.get("epsilon", ctx.settings.epsilon))
     rows = []
     for pos, rid in enumerate(ids):
         u = batch["uncertainty"][pos]
         route = "empty" if u is None else "llm" if is_hard(u, eps) else "accept"
-        rows.append(EnsembleRow(row=rid, text=dataset.texts[rid][:200], votes=row_votes(models, labels, batch, pos),
+        rows.append(EnsembleRow(row=rid, text=texts[rid][:200], votes=row_votes(models, labels, batch, pos),
                                 majority=majority_label(labels, batch, pos), uncertainty=u, route=route))
     return EnsembleResult(run_id=plan.run_id, epsilon=eps, rows=rows, n_to_llm=sum(r.route == "llm" for r in rows))
 
@@ -449,14 +455,15 @@ def verify_samples(ctx: LoopContext, args: RowsArgs) -> VerifyResultSet:
 
     run_dir = ctx.run_dir(args.run)
     plan = RunPlan.load(run_dir)
-    dataset = load_run_dataset(plan)
-    ids = [r for r in _rows(args, len(dataset.texts)) if r not in set(dataset.empty_rows)]
+    source = open_run_source(plan)
+    texts = source.texts_for(_rows(args, source.n_rows))
+    ids = [r for r in _rows(args, source.n_rows) if r not in _empty(texts)]
     verifier = _verifier(ctx, plan, run_dir)
     before = verifier.ledger().calls
     store = RunStore(RunPaths(run_dir).store)
     try:
         # The same step as the loop's verify node: paid through the run's cache, answers join the pool.
-        verified, pool_size = verify_rows(verifier, store, [(r, dataset.texts[r]) for r in ids], batch_index=-1)
+        verified, pool_size = verify_rows(verifier, store, [(r, texts[r]) for r in ids], batch_index=-1)
     finally:
         store.close()
     new_calls = verifier.ledger().calls - before
@@ -470,7 +477,7 @@ def launch_finetune(ctx: LoopContext, args: RunArgs) -> FinetuneResult:
 
     run_dir = ctx.run_dir(args.run)
     plan = RunPlan.load(run_dir)
-    dataset = load_run_dataset(plan)
+    source = open_run_source(plan)
     from autoannotator.config import FinetuneSettings
 
     frozen = FinetuneSettings.model_validate(plan.settings.get("finetune") or {})  # the run's own recipe
@@ -481,7 +488,8 @@ def launch_finetune(ctx: LoopContext, args: RunArgs) -> FinetuneResult:
         if store.pool_size() < 2:
             raise ToolException(f"the hard-sample pool holds {store.pool_size()} rows: nothing to learn from yet")
         round_ = max((r["round"] for r in store.finetune_records()), default=0) + 1
-        _, pool_size = finetune_trainables(models, store, lambda r: dataset.texts[r], plan.task.label_names,
+        pool_texts = RowTexts(source, wanted=lambda: [rid for rid, _ in store.pool()])  # one pass for the pool
+        _, pool_size = finetune_trainables(models, store, pool_texts, plan.task.label_names,
                                            settings, round_, RunPaths(run_dir).models, ctx.sink())
         records = [r for r in store.finetune_records() if r["round"] == round_]
     finally:
