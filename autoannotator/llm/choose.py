@@ -132,7 +132,7 @@ class EndpointChooser:
             response = await self._http().post(self.url, content=content, headers=self._headers)
         except httpx.TimeoutException as exc:
             raise EndpointTimeout(f"no answer from {self.url} in time ({type(exc).__name__})") from None
-        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+        except httpx.TransportError as exc:  # refused, reset, DNS, a proxy, a protocol error
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise EndpointConnectionError(f"cannot reach {self.url}: {reason}") from None
         if response.status_code != 200:
