@@ -1,9 +1,9 @@
 """LLM re-verification of the samples the small models disagree on.
 
-One request per distinct prompt, its answer constrained to the task's labels (a ``Literal`` schema
-sent as a forced function call: grammar-constrained on llama.cpp; ``llm/choose.py`` sends it), retried with backoff on transient
-errors (``llm/retry.py``: connection, timeout, 429, 5xx, a malformed body, empty ``choices``; a
-server's ``Retry-After`` is honoured, capped), bounded in concurrency, and written to the run's
+One request per distinct prompt (sent by ``llm/choose.py``), its answer constrained to the task's labels
+(a ``Literal`` schema sent as a forced function call: grammar-constrained on llama.cpp), retried with
+backoff on transient errors (``llm/retry.py``: connection, timeout, 429, 5xx, a malformed body, empty
+``choices``; a server's ``Retry-After`` is honoured, capped), bounded in concurrency, and written to the run's
 answer cache (``run/cache.py``) the moment it arrives, so that no sample is ever paid for twice.
 
 Every request the endpoint answered is counted: the answer kept is the cache entry; an answer with no
