@@ -37,7 +37,7 @@ from autoannotator.run.output import ShardWriter, assemble, write_run_output
 from autoannotator.run.embeddings import EmbeddingStore
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.lock import RunLock
-from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, record_llm,
+from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, open_run_source, record_llm,
                                     resume_inputs, settings_for_resume)
 from autoannotator.run.precheck import check_output_writable, check_run_dir_writable
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
@@ -352,9 +352,7 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
     frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
     frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
     settings, note = settings_for_resume(plan, settings.model_copy(update=frozen), switch_llm=switch_llm)
-    source = open_source(plan.data_path, plan.task.text_column, plan.gold_column, settings.max_text_chars)
-    if source.fingerprint != plan.data_fingerprint:
-        raise UserError(f"{plan.data_path} has changed since run {plan.run_id} labelled it")
+    source = open_run_source(plan)
     paths = RunPaths(run_dir)
     with ExitStack() as stack:
         stack.enter_context(RunLock(run_dir))
@@ -386,7 +384,7 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
                     "all": plan.llm.all_labels() if plan.llm else [llm.model_id]}
         if note:
             source.warnings.append(note)
-        shards = RunPaths(run_dir).labelled  # labels changed: the output is assembled again from the store
+        shards = paths.labelled  # labels changed: the output is assembled again from the store
         shutil.rmtree(shards, ignore_errors=True)
         report = _finish(plan, source, store, ShardWriter(shards), verifier, settings, [], llm_info,
                          dict(previous.get("timings_s") or {}), run_dir, model_descriptions=previous.get("models"),

@@ -189,12 +189,10 @@ class ChatModelChooser:
                                                        include_raw=True)
 
     async def choose(self, messages: list[BaseMessage]) -> LabelAnswer:
-        out = await self._structured.ainvoke(messages)
-        raw, parsed = out.get("raw"), out.get("parsed")
+        raw = (await self._structured.ainvoke(messages)).get("raw")
+        # The labels as the model wrote them, from the raw calls (the parsed schema is built from the
+        # first of them, and is None when its label fails the Literal: the verifier maps case and spacing).
         labels: list[str] = []
-        value = getattr(parsed, "label", None)
-        if isinstance(value, str):
-            labels.append(value)
         args_chars = 0
         for call in getattr(raw, "tool_calls", None) or []:
             args = call.get("args") or {}

@@ -126,21 +126,21 @@ def import_review(run_dir: Path, export_path: Path) -> dict[str, Any]:
         raise UserError(f"{Path(export_path).name}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
     source = open_run_source(plan)
     labels = plan.task.label_names
-    store = RunStore(run_dir / "run.sqlite")
+    paths = RunPaths(run_dir)
+    store = RunStore(paths.store)
     try:
-        if not report_path.is_file() or not store.covers(source.n_rows):
-            raise UserError(f"run {plan.run_id} is not finished ({store.n_results()} of {source.n_rows} rows); "
-                            f"finish it first: autoannotator runs resume {plan.run_id}")
+        _require_finished(plan, store, source.n_rows, report_path.is_file())
         reviewed = parse_export(raw, labels, source.n_rows, Path(export_path).name)
-        old = {r["row_id"]: r for r in store.results_of(list(reviewed))}
-        changes = [{"row_id": rid, "before": old[rid]["label"], "after": lbl}
-                   for rid, lbl in sorted(reviewed.items()) if old[rid]["label"] != lbl]
-        store.put_results([{**old[rid], "label": lbl, "label_source": REVIEWED} for rid, lbl in sorted(reviewed.items())])
+        ids = sorted(reviewed)
+        old = {r["row_id"]: r for r in store.results_of(ids)}
+        changes = [{"row_id": rid, "before": old[rid]["label"], "after": reviewed[rid]}
+                   for rid in ids if old[rid]["label"] != reviewed[rid]]
+        store.put_results([{**old[rid], "label": reviewed[rid], "label_source": REVIEWED} for rid in ids])
         try:
-            written = _rewrite_output(plan, source, store, RunPaths(run_dir).labelled, sorted(reviewed))
+            written = _rewrite_output(plan, source, store, paths.labelled, ids)
         except BaseException:  # the output could not be written (say, a Parquet type error): the store as it was
-            store.put_results([old[rid] for rid in sorted(reviewed)])
-            _rewrite_shards(store, RunPaths(run_dir).labelled, sorted(reviewed), source.n_rows)
+            store.put_results([old[rid] for rid in ids])
+            _rewrite_shards(store, paths.labelled, ids, source.n_rows)
             raise
         report = json.loads(report_path.read_text(encoding="utf-8"))
         tally = tally_run(store, source, bool(plan.gold_column), labels, [m["name"] for m in report.get("models", [])])
@@ -154,6 +154,12 @@ def import_review(run_dir: Path, export_path: Path) -> dict[str, Any]:
     with open(run_dir / "report.md", "a", encoding="utf-8") as fh:  # render_markdown knows no review section
         fh.write(_review_markdown(section))
     return section
+
+
+def _require_finished(plan: RunPlan, store: RunStore, n_rows: int, reported: bool = True) -> None:
+    if not reported or not store.covers(n_rows):
+        raise UserError(f"run {plan.run_id} is not finished ({store.n_results()} of {n_rows} rows); "
+                        f"finish it first: autoannotator runs resume {plan.run_id}")
 
 
 def _rewrite_shards(store: RunStore, folder: Path, row_ids: Sequence[int], n_rows: int) -> ShardWriter:
@@ -332,9 +338,7 @@ def iter_run_tasks(run_dir: Path, plan: RunPlan, all_rows: bool = False) -> Iter
     source = open_run_source(plan)
     store = RunStore(RunPaths(run_dir).store)
     try:
-        if not store.covers(source.n_rows):
-            raise UserError(f"run {plan.run_id} is not finished ({store.n_results()} of {source.n_rows} rows); "
-                            f"finish it first: autoannotator runs resume {plan.run_id}")
+        _require_finished(plan, store, source.n_rows)
         for chunk in source.iter_chunks(0, FINISH_CHUNK_ROWS):
             part = store.results_between(chunk.row_ids[0], chunk.row_ids[-1] + 1)
             yield from export_tasks(plan, part, dict(zip(chunk.row_ids, chunk.texts)), all_rows)

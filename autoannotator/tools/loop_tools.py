@@ -456,8 +456,10 @@ def verify_samples(ctx: LoopContext, args: RowsArgs) -> VerifyResultSet:
     run_dir = ctx.run_dir(args.run)
     plan = RunPlan.load(run_dir)
     source = open_run_source(plan)
-    texts = source.texts_for(_rows(args, source.n_rows))
-    ids = [r for r in _rows(args, source.n_rows) if r not in _empty(texts)]
+    rows = _rows(args, source.n_rows)
+    texts = source.texts_for(rows)
+    empty = _empty(texts)
+    ids = [r for r in rows if r not in empty]
     verifier = _verifier(ctx, plan, run_dir)
     before = verifier.ledger().calls
     store = RunStore(RunPaths(run_dir).store)
