@@ -10,6 +10,7 @@ from autoannotator.decide.budget import LLMBudget
 from autoannotator.decide import online as online_module
 from autoannotator.decide.online import OnlineDecider
 from autoannotator.ensemble import tally
+from autoannotator.run.report import unreliable_text
 
 
 def correlated_stream(n: int, seed: int, shared: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +79,42 @@ def test_constant_llm_is_judged_unreliable_and_does_no_harm() -> None:
     majority, _, _ = tally(votes, 2, 1)
     assert (final == y).mean() >= (majority == y).mean() - 0.01
     assert calls < 0.1 * 2000  # no longer asked once judged
+
+
+def positive_leaning_stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two lexicon-like SLMs that call many negative rows positive together (as on movie-review sentences):
+    their agreeing "positive" labels are right only ~0.69, their agreeing "negative" ones ~0.84."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    shared_wrong = rng.random(n) < np.where(y == 1, 0.10, 0.40)
+    votes = np.empty((n, 2), dtype=np.int64)
+    for j in range(2):
+        wrong = shared_wrong ^ (rng.random(n) < 0.12)
+        votes[:, j] = np.where(wrong, 1 - y, y)
+    votes[rng.random((n, 2)) < 0.2] = -1
+    return y, votes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_good_llm_beside_weak_slms_is_not_judged_unreliable(seed: int) -> None:
+    """The symmetric case of the constant LLM: here the SLMs are the weak side. Agreement alone cannot tell
+    which side is wrong, so a 0.9 LLM must not be thrown away because the SLMs' labels are worse than a
+    vote share suggests (it was, and the run fell to the SLMs' 0.68)."""
+    y, votes = positive_leaning_stream(4000, seed)
+    d = OnlineDecider(4000, 2, ["a", "b"], routing="calibrated", audit=AuditSampler(80, 4000))
+    final, _ = run(d, y, votes, good_llm(y))
+    assert not d.verdict().unreliable
+    assert (final == y).mean() >= 0.88
+
+
+def test_the_verdict_says_which_check_failed() -> None:
+    y, votes = correlated_stream(2000, 2)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", audit=AuditSampler(40, 2000))
+    run(d, y, votes, lambda r: 1)
+    v = d.verdict(estimates=True).as_dict(["neg", "pos"])
+    assert v["failed_on"] == "neg" and v["failed_agreement"] == 0.0 and v["failed_floor"] == pytest.approx(0.5)
+    text = unreliable_text(v, 0.9)
+    assert "'neg'" in text and "0%" in text and "chance" in text
 
 
 def test_paper_routing_is_the_paper_rule() -> None:

@@ -58,16 +58,12 @@ from autoannotator.run.cache import HUMAN
 from autoannotator.run.faultpoint import faultpoint
 from autoannotator.run.output import ShardWriter
 from autoannotator.run.paths import RunPaths
+from autoannotator.run.report import unreliable_text
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM
 from autoannotator.task import LabelSource, TaskSpec
 from autoannotator.verify.base import Verifier
 from autoannotator.verify.examples import FewShotPicker
-
-UNRELIABLE_NOTE = ("LLM judged unreliable: it agrees with the SLMs' confident labels on {agreement:.0%} of "
-                   "{n} rows (overall or on one SLM label, too little) where an LLM right {assumed:.0%} of the time would agree on about {expected:.0%}; "
-                   "its answers no longer move labels (label model's estimate of its accuracy: {acc})")
-
 
 @dataclass
 class AnnotateContext:
@@ -238,8 +234,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         verdict = d.verdict()
         if verdict.unreliable and not d.unreliable_noted:
             d.unreliable_noted = True
-            ctx.on_progress({"event": "note", "text": _unreliable_text(d.verdict(estimates=True).as_dict(),
-                                                                         d.llm_accuracy)})
+            verdict_now = d.verdict(estimates=True).as_dict(ctx.task.label_names)
+            ctx.on_progress({"event": "note", "text": unreliable_text(verdict_now, d.llm_accuracy)
+                             + "; its answers no longer move labels"})
         return {"batch": batch, "routed": {"ask": plan.ask, "audit": plan.audit}, "decide": d.state_dict()}
 
     def verify(state: AnnotateState) -> dict:
@@ -372,10 +369,3 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     graph.add_conditional_edges("finetune", route_next_batch, ["load_batch", "report"])
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)
-
-
-def _unreliable_text(verdict: dict, assumed: float) -> str:
-    acc = verdict.get("llm_accuracy")
-    return UNRELIABLE_NOTE.format(agreement=verdict["agreement"], n=verdict["n"], assumed=assumed,
-                                  expected=verdict["expected_agreement"],
-                                  acc="unknown" if acc is None else f"{acc:.2f}")

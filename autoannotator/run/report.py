@@ -105,15 +105,28 @@ def decision_section(decide: dict, settings) -> dict[str, Any]:
             "audit_cost_usd": round(float(usage.get("cost_usd", 0.0)), 6)}
 
 
+def unreliable_text(verdict: dict, assumed: float) -> str:
+    """One sentence for the run's first lines and its report: why the LLM was judged unreliable."""
+    acc = verdict.get("llm_accuracy")
+    estimate = f"label model's estimate of its accuracy: {'unknown' if acc is None else f'{acc:.2f}'}"
+    failed, n = verdict.get("failed_on"), verdict.get("failed_n") or verdict.get("n")
+    seen = verdict.get("failed_agreement", verdict.get("agreement")) or 0.0
+    floor = verdict.get("failed_floor", verdict.get("expected_agreement")) or 0.0
+    if failed not in (None, "overall"):
+        why = (f"on the {n} rows the SLMs agree are '{failed}' it answered '{failed}' {seen:.0%} of the time, "
+               f"below the {floor:.0%} it would reach even if those SLM labels were no better than chance")
+    else:
+        why = (f"it agrees with the SLMs' agreeing labels on {seen:.0%} of {n} rows, below the {floor:.0%} an LLM "
+               f"right {assumed:.0%} of the time would reach even beside weak SLMs")
+    return f"LLM judged unreliable: {why} ({estimate})"
+
+
 def unreliable_warning(decide: dict) -> str | None:
     v = decide.get("llm_verdict") or {}
     if not v.get("unreliable"):
         return None
-    acc = v.get("llm_accuracy")
-    return (f"LLM judged unreliable: it agreed with the SLMs' confident labels on {v['agreement']:.0%} of {v['n']} rows "
-            f"(overall or on the rows of one SLM label, too little), where an LLM right {decide.get('llm_accuracy_assumed', 0):.0%} of the time would agree on about "
-            f"{v['expected_agreement']:.0%} (label model's estimate of its accuracy: "
-            f"{'unknown' if acc is None else f'{acc:.2f}'}); the labels follow the SLMs' posterior, not its answers.")
+    return (unreliable_text(v, decide.get("llm_accuracy_assumed", 0))
+            + "; the labels follow the SLMs' posterior, not its answers.")
 
 
 def _decision_markdown(report: dict[str, Any]) -> list[str]:
@@ -132,8 +145,9 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
     v = d.get("llm_verdict") or {}
     if v.get("agreement") is not None:
         lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "
-                     f"(expected for the assumed accuracy {v['expected_agreement']}, for an answerer ignoring "
-                     f"the text {v['independent_agreement']}): {'UNRELIABLE' if v['unreliable'] else 'ok'}")
+                     f"(at least {v['expected_agreement']} expected of the assumed accuracy even beside weak SLMs, "
+                     f"{v['independent_agreement']} for an answerer ignoring the text): "
+                     + (f"UNRELIABLE ({unreliable_text(v, d['llm_accuracy_assumed'])})" if v["unreliable"] else "ok"))
     rel = d.get("reliability") or {}
     if rel:
         lines += ["", "Estimated reliability per source (Dawid–Skene; it assumes sources err independently, so "
