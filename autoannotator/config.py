@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     # Each SLM vote is refined by its model's confidence quantile bin (cut points from the run's own
     # confidences) before the pattern posterior: a confident vote and a guess are told apart; 1 = off.
     confidence_bins: int = Field(2, ge=1, le=8)
+    # The calibrated rule's posterior: "logistic" = one logistic model over every SLM's vote and confidence,
+    # learnt from the LLM's answers (decide/logistic.py); "patterns" = one posterior per vote pattern
+    # (refined by confidence_bins). Logistic ranked rows better in every replay (docs/benchmarks.md).
+    posterior_model: Literal["patterns", "logistic"] = "logistic"
     # The LLM's accuracy the calibrated rule assumes: with SLMs that may err together it cannot be
     # learnt from the votes; an LLM that agrees with confident SLMs less than this implies is judged
     # unreliable and then ignored (see decide/online.py).

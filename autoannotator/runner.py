@@ -91,6 +91,7 @@ def label(
         frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
         frozen.setdefault("routing", "paper")  # a run planned before the decision layer keeps the paper's rule
         frozen.setdefault("few_shot", 0)  # ... and one planned before few-shot prompts its zero-shot prompt
+        frozen.setdefault("posterior_model", "patterns")  # ... and one planned before the logistic posterior, its patterns
         frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
         settings = settings.model_copy(update=frozen)
         if verifier_factory is None:

@@ -4,7 +4,7 @@ rules (the student's training, which depends on the labels the rule produced, is
 variant sees the votes the recorded run's student cast).
 
 Usage: PYTHONPATH=. .venv/bin/python benchmarks/decide_replay.py RUN_DIR DATA.csv [--gold-column label]
-       [--bins 1,2,3] [--p 0.9] [--budget 0.1] [--margin 0.02] [--explore] [--paper]
+       [--bins 1,2,3] [--p 0.9] [--budget 0.1] [--margin 0.02] [--explore] [--posterior logistic] [--paper]
 """
 from __future__ import annotations
 
@@ -40,10 +40,12 @@ def load_run(run_dir: Path, labels: list[str]) -> tuple[list[list[int]], dict, l
 
 
 def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float | None, seed: int = 0,
-           margin: float = 0.02, explore: bool = False, routing: str = "calibrated") -> dict:
+           margin: float = 0.02, explore: bool = False, routing: str = "calibrated",
+           posterior_model: str = "patterns") -> dict:
     n_labels = max(2, len(set(gold)))
     d = OnlineDecider(n_rows, n_labels, models, routing=routing,
                       confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin, explore=explore,
+                      posterior_model=posterior_model,
                       audit=AuditSampler(default_audit_size(n_rows), n_rows, seed=seed))
     final = np.full(n_rows, -1)
     source = {}
@@ -71,7 +73,7 @@ def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float
             "call_share": round(calls / n_rows, 4), "audit_estimate": est.get("estimate"),
             "audit_interval": est.get("interval"),
             "settled_true": round(float((final[settled] == g[settled]).mean()), 4) if settled else None,
-            "margin": margin, "explore": explore, "calls_per_batch": per_batch}
+            "margin": margin, "explore": explore, "posterior": posterior_model, "calls_per_batch": per_batch}
 
 
 def main() -> None:
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None)
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--explore", action="store_true", help="route on the patterns' lower bounds")
+    ap.add_argument("--posterior", default="patterns", help="patterns or logistic (OnlineDecider.posterior_model)")
     ap.add_argument("--paper", action="store_true", help="also the paper rule (U >= 1e-6) on the same votes")
     a = ap.parse_args()
     ds = load_dataset(a.data, None, a.gold_column, 4000)
@@ -98,7 +101,8 @@ def main() -> None:
                                 None, routing="paper")), flush=True)
     for b in (int(x) for x in a.bins.split(",")):
         print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], b,
-                                a.budget, margin=a.margin, explore=a.explore)), flush=True)
+                                a.budget, margin=a.margin, explore=a.explore, posterior_model=a.posterior)),
+              flush=True)
 
 
 if __name__ == "__main__":

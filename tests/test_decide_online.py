@@ -239,9 +239,9 @@ def run_conf(decider: OnlineDecider, y, votes, conf, answer, batch: int = 50, st
 def test_confidence_bins_settle_confident_votes_and_route_the_rest() -> None:
     y, votes, conf, sure = confident_stream(2000, 11)
     answer = good_llm(y, seed=11)
-    hard = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=1)
+    hard = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=1, posterior_model="patterns")
     final_hard, _, asked_hard, _ = run_conf(hard, y, votes, conf, answer)
-    binned = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=2)
+    binned = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=2, posterior_model="patterns")
     final, source, asked, _ = run_conf(binned, y, votes, conf, answer)
     # hard votes: one pattern per label at ~0.79, which either asks every row of that label or (a
     # lucky first streak of answers) settles all of them at 0.79; the bins dominate either way
@@ -258,6 +258,83 @@ def test_confidence_bins_settle_confident_votes_and_route_the_rest() -> None:
     post = binned._posterior(np.arange(2000)).max(axis=1)
     assert abs(np.median(post[sure]) - 0.98) < 0.03 and abs(np.median(post[~sure]) - 0.6) < 0.08
     assert (final == y).mean() > 0.93
+
+
+def test_logistic_posterior_learns_confidence_and_routes_the_unconfident_rows() -> None:
+    """The known answer: confident votes right 0.98, unconfident ones 0.6. The logistic posterior, learnt
+    from the 0.9 LLM's answers alone, must put the first well above the LLM and the second well below it,
+    so the unconfident rows are asked and the confident ones settled, at least as well as the patterns do."""
+    y, votes, conf, sure = confident_stream(2000, 11)
+    answer = good_llm(y, seed=11)
+    hard = OnlineDecider(2000, 2, ["s"], routing="calibrated", confidence_bins=1, posterior_model="patterns")
+    final_hard, _, asked_hard, _ = run_conf(hard, y, votes, conf, answer)
+    d = OnlineDecider(2000, 2, ["s"], routing="calibrated", posterior_model="logistic")
+    final, source, asked, _ = run_conf(d, y, votes, conf, answer)
+    assert d.logistic.fitted
+    post = d._posterior(np.arange(2000)).max(axis=1)
+    assert np.median(post[sure]) > 0.88 and np.median(post[~sure]) < 0.75  # 0.88: the asking threshold
+    asked_set = set(asked)
+    assert np.mean([r in asked_set for r in np.nonzero(~sure)[0]]) > 0.95
+    settled = [r for r, src in source.items() if src == "slm_consensus"]
+    assert len(settled) > 0.25 * 2000 and np.mean(final[settled] == y[settled]) > 0.95
+    assert (final == y).mean() >= (final_hard == y).mean() and (final == y).mean() > 0.92
+
+
+def test_logistic_posterior_needs_answers_of_two_labels() -> None:
+    from autoannotator.decide.label_model import one_coin
+    from autoannotator.decide.logistic import NoisyLogistic, vote_features
+    x = vote_features(np.array([[0], [1]] * 40), np.full((80, 1), 0.9), 2)
+    assert not NoisyLogistic(2).fit(x, np.zeros(80, dtype=np.int64), one_coin(0.9, 2)).fitted  # one label only
+    assert not NoisyLogistic(2).fit(x[:20], np.arange(20) % 2, one_coin(0.9, 2)).fitted  # too few answers
+    fitted = NoisyLogistic(2).fit(x, np.arange(80) % 2, one_coin(0.9, 2))
+    again = NoisyLogistic(2).load_state_dict(fitted.state_dict())
+    assert np.allclose(again.posterior(x), fitted.posterior(x))
+
+
+def test_logistic_posterior_with_three_labels_beats_the_vote() -> None:
+    """Three labels, two voters right 0.7 (a random label otherwise), their confidence carrying nothing: the
+    posterior learnt from 0.9-accurate answers must label at least as well as the voters' own majority."""
+    from autoannotator.decide.label_model import one_coin
+    from autoannotator.decide.logistic import NoisyLogistic, vote_features
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    votes = np.where(rng.random((600, 2)) < 0.7, y[:, None], rng.integers(0, 3, (600, 2)))
+    answers = np.where(rng.random(600) < 0.9, y, rng.integers(0, 3, 600))
+    x = vote_features(votes, rng.uniform(0.4, 1.0, (600, 2)), 3)
+    post = NoisyLogistic(3).fit(x, answers, one_coin(0.9, 3)).posterior(x)
+    assert post.shape == (600, 3) and np.allclose(post.sum(axis=1), 1.0)
+    majority, _, _ = tally(votes, 3, 1)
+    assert (post.argmax(axis=1) == y).mean() >= (majority == y).mean()
+
+
+def test_logistic_posterior_resumes_with_the_model_it_had(monkeypatch) -> None:
+    """Past the every-batch size the logistic posterior is refitted only at each LOGISTIC_GROWTH: a resumed run
+    must label with the coefficients the interrupted one had, not with a fresh fit on more answers."""
+    monkeypatch.setattr(online_module, "LOGISTIC_EVERY_BATCH_UPTO", 100)
+    monkeypatch.setattr(online_module, "LOGISTIC_GROWTH", 0.8)
+    y, votes, conf, _ = confident_stream(800, 13)
+    answer = good_llm(y, seed=13)
+
+    def fresh() -> OnlineDecider:
+        return OnlineDecider(800, 2, ["s"], routing="calibrated", posterior_model="logistic",
+                             audit=AuditSampler(20, 800))
+
+    a = fresh()
+    _, _, _, book = run_conf(a, y, votes, conf, answer, stop=250)
+    b = fresh()
+    b.restore(a.state_dict(), book)
+    refits = 0
+    for start in range(250, 800, 50):
+        ids = list(range(start, start + 50))
+        before = a._logistic_at
+        pa, pb = a.plan(ids, votes[ids], confidence=conf[ids]), b.plan(ids, votes[ids], confidence=conf[ids])
+        refits += a._logistic_at != before
+        assert pa.ask == pb.ask and pa.confidence == pb.confidence
+        answers = {r: answer(r) for r in pa.ask}
+        audit = {r: answer(r) for r in pa.audit}
+        da, db = a.settle(ids, answers, audit), b.settle(ids, answers, audit)
+        assert {k: (v.label, v.confidence) for k, v in da.items()} == {k: (v.label, v.confidence) for k, v in db.items()}
+    assert refits < 8  # most batches planned with a model fitted batches ago: the checkpointed one matters
 
 
 @pytest.mark.parametrize("sparse_cuts", [False, True])

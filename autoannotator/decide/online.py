@@ -18,6 +18,12 @@ Two models, for two jobs:
   everything becomes uninformative: it is no longer asked and cannot move labels).
 - ``LabelModel`` (Dawid–Skene over every source, the LLM included): the per-source reliabilities
   in the report.
+- ``NoisyLogistic`` (``posterior_model="logistic"``, the default): once 30 answers of two labels are in,
+  it replaces the pattern posterior for routing and labels: one logistic model over every SLM's vote and
+  confidence, fitted by EM to the LLM's answers under the same LLM confusion. It shares what it learns
+  across patterns instead of learning each from its own few answers; in replays of recorded runs it
+  ranked rows better at every budget (docs/benchmarks.md). The pattern tables are still kept: the
+  verdict and the first batches use them.
 
 The LLM is judged unreliable when it agrees with the SLMs less than an LLM of the assumed accuracy
 would: on the audit rows and on the rows it answered where at least two SLMs voted and all agreed,
@@ -69,6 +75,7 @@ import numpy as np
 from autoannotator.decide.audit import AuditSampler, default_audit_size, estimate_by_source
 from autoannotator.decide.budget import LLMBudget
 from autoannotator.decide.label_model import LabelModel, one_coin
+from autoannotator.decide.logistic import NoisyLogistic, vote_features
 from autoannotator.decide.pattern_model import PatternModel, PatternTable, decode_patterns, pattern_ids
 from autoannotator.decide.routing import route
 
@@ -81,6 +88,11 @@ MIN_VOTES_FOR_BINS = 20  # a model with fewer votes seen is not split by confide
 # and finding the rows whose bin it moves, is a pass over every row seen).
 CUTS_EVERY_BATCH_UPTO = 50_000
 CUTS_GROWTH = 0.01
+# The logistic posterior is refitted on every batch up to this many answered rows, then at each LOGISTIC_GROWTH
+# of growth, on at most LOGISTIC_MAX_ROWS of them: its cost per batch stays bounded at any size.
+LOGISTIC_EVERY_BATCH_UPTO = 2_000
+LOGISTIC_GROWTH = 0.05
+LOGISTIC_MAX_ROWS = 20_000
 
 
 Z_VERDICT = 3.0  # standard errors: the test is repeated after every batch, so it must be strict
@@ -172,6 +184,9 @@ class OnlineDecider:
     margin: float = 0.02
     explore: bool = False  # True: route on the pattern's lower bound (see PatternModel.pessimistic)
     confidence_bins: int = 2  # per-model confidence quantile bins refining each vote; 1 = hard votes only
+    # the posterior that routes and labels: "patterns" (per vote pattern, refined by confidence bins) or
+    # "logistic" (one model over every SLM's vote and confidence, logistic.py), once it has answers to learn from
+    posterior_model: str = "logistic"
     llm_accuracy: float = 0.9
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
@@ -189,7 +204,7 @@ class OnlineDecider:
         audit_n = default_audit_size(n_rows) if settings.audit is None else int(settings.audit)
         return cls(n_rows=n_rows, n_labels=n_labels, slm_names=list(slm_names), routing=settings.routing,
                    epsilon=settings.epsilon, margin=settings.calibrated_margin, llm_accuracy=settings.llm_accuracy,
-                   confidence_bins=settings.confidence_bins,
+                   confidence_bins=settings.confidence_bins, posterior_model=settings.posterior_model,
                    budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
                    audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None,
                    answers_final=answers_final)
@@ -226,6 +241,9 @@ class OnlineDecider:
         self._split: set[int] = set()
         self._stale = False  # votes added since the last fit (a resumed run settles a batch it did not plan)
         self.label_model: LabelModel | None = None
+        self.logistic = NoisyLogistic(self.n_labels)
+        self._logistic_at = -1  # answered rows when the logistic posterior was last fitted
+        self._n_answered = 0  # rows with an LLM answer, kept as answers arrive (no pass over the rows per batch)
         if self.budget is None:
             self.budget = LLMBudget(self.n_rows)
 
@@ -252,6 +270,7 @@ class OnlineDecider:
             return
         rows = np.fromiter((int(r) for r in answers), dtype=np.int64, count=len(answers))
         values = np.fromiter((int(a) for a in answers.values()), dtype=np.int64, count=len(answers))
+        self._n_answered += int(((self._votes[rows, -1] < 0) & (values >= 0)).sum())
         self._votes[rows, -1] = values
         self._coarse.answer(rows, values)
         self._fine.answer(rows, values)
@@ -259,6 +278,7 @@ class OnlineDecider:
     def _rebuild_tables(self) -> None:
         """The pattern tables from the vote book, after it was written directly (``restore``)."""
         rows = np.nonzero(self._seen)[0]
+        self._n_answered = int((self._votes[rows, -1] >= 0).sum())
         self._coarse = PatternTable(self.n_rows, self.n_labels)
         self._coarse.assign(rows, pattern_ids(self._slm(rows), self.n_labels))
         self._coarse.answer(rows, self._votes[rows, -1].astype(np.int64))
@@ -335,6 +355,30 @@ class OnlineDecider:
             self.refined.llm_confusion = conf.copy()
             self.refined.fit_table(fine.keys, self.patterns.posterior(of_fine, share_prior(coarse_votes, self.n_labels)),
                                    fine.answers)
+        if self.posterior_model == "logistic":
+            self._fit_logistic(conf)
+
+    def _fit_logistic(self, conf: np.ndarray) -> None:
+        """The logistic posterior on the answered rows (at most LOGISTIC_MAX_ROWS of them, evenly spread),
+        refitted on every batch while they are few, then at each LOGISTIC_GROWTH of growth; not for an LLM
+        judged unreliable (its answers would teach it nothing: the patterns' share prior labels instead)."""
+        if self.verdict().unreliable:
+            self.logistic.model = None
+            self._logistic_at = -1
+            return
+        n = self._n_answered
+        if self.logistic.fitted and (n == self._logistic_at or (
+                n > LOGISTIC_EVERY_BATCH_UPTO and n <= self._logistic_at * (1 + LOGISTIC_GROWTH))):
+            return
+        answered = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
+        n = len(answered)
+        if n > LOGISTIC_MAX_ROWS:
+            answered = answered[np.linspace(0, n - 1, LOGISTIC_MAX_ROWS).astype(np.int64)]
+        self.logistic.fit(self._features(answered), self._votes[answered, -1].astype(np.int64), conf)
+        self._logistic_at = n
+
+    def _features(self, rows: np.ndarray) -> np.ndarray:
+        return vote_features(self._slm(rows), self._conf[rows], self.n_labels)
 
     def _move_cuts(self, rows: np.ndarray) -> None:
         """Refit the cut points over ``rows`` (every row seen); re-pattern only the votes whose bin moved."""
@@ -360,6 +404,8 @@ class OnlineDecider:
 
     def _posterior(self, rows: np.ndarray) -> np.ndarray:
         """P(true label | the SLMs' votes and confidences): the refined pattern's, else the coarse one's."""
+        if self.posterior_model == "logistic" and self.logistic.fitted:
+            return self.logistic.posterior(self._features(rows))
         coarse = self._coarse_posterior(rows)
         if self.confidence_bins <= 1 or not self._split:
             return coarse
@@ -575,7 +621,8 @@ class OnlineDecider:
     def state_dict(self) -> dict:
         return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
                 "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage),
-                "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at}
+                "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at,
+                "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at}
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
@@ -602,6 +649,9 @@ class OnlineDecider:
             # the cuts the run had (above CUTS_EVERY_BATCH_UPTO rows they are not refitted on every batch)
             self._cuts = [np.asarray(c, dtype=np.float64) for c in state["cuts"]]
             self._cuts_at = int(state.get("cuts_at", 0))
+        if state.get("logistic") is not None:  # the posterior the run had (refitted on a schedule, like the cuts)
+            self.logistic.load_state_dict(state["logistic"])
+            self._logistic_at = int(state.get("logistic_at", -1))
         self._rebuild_tables()
         if self._seen.any():
             self._refit()

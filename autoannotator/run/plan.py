@@ -20,7 +20,7 @@ from autoannotator.task import TaskSpec
 
 # Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
 FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune",
-                   "routing", "calibrated_margin", "confidence_bins", "llm_accuracy", "llm_budget", "max_llm_cost",
+                   "routing", "calibrated_margin", "confidence_bins", "posterior_model", "llm_accuracy", "llm_budget", "max_llm_cost",
                    "audit", "few_shot", "few_shot_min_confidence")
 
 
