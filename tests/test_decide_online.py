@@ -7,6 +7,8 @@ import pytest
 
 from autoannotator.decide.audit import AuditSampler
 from autoannotator.decide.budget import LLMBudget
+from autoannotator.decide.label_model import one_coin
+from autoannotator.decide.logistic import NoisyLogistic, vote_features
 from autoannotator.decide import online as online_module
 from autoannotator.decide.online import OnlineDecider
 from autoannotator.ensemble import tally
@@ -281,8 +283,6 @@ def test_logistic_posterior_learns_confidence_and_routes_the_unconfident_rows() 
 
 
 def test_logistic_posterior_needs_answers_of_two_labels() -> None:
-    from autoannotator.decide.label_model import one_coin
-    from autoannotator.decide.logistic import NoisyLogistic, vote_features
     x = vote_features(np.array([[0], [1]] * 40), np.full((80, 1), 0.9), 2)
     assert not NoisyLogistic(2).fit(x, np.zeros(80, dtype=np.int64), one_coin(0.9, 2)).fitted  # one label only
     assert not NoisyLogistic(2).fit(x[:20], np.arange(20) % 2, one_coin(0.9, 2)).fitted  # too few answers
@@ -294,8 +294,6 @@ def test_logistic_posterior_needs_answers_of_two_labels() -> None:
 def test_logistic_posterior_with_three_labels_beats_the_vote() -> None:
     """Three labels, two voters right 0.7 (a random label otherwise), their confidence carrying nothing: the
     posterior learnt from 0.9-accurate answers must label at least as well as the voters' own majority."""
-    from autoannotator.decide.label_model import one_coin
-    from autoannotator.decide.logistic import NoisyLogistic, vote_features
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)
     votes = np.where(rng.random((600, 2)) < 0.7, y[:, None], rng.integers(0, 3, (600, 2)))

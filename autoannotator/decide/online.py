@@ -8,8 +8,9 @@ The annotation graph calls two methods per batch:
 - ``settle(row_ids, answers, audit_answers)`` after the LLM answered: returns each row's final
   label, confidence and label source.
 
-Two models, for two jobs:
-- ``PatternModel`` (the posterior that routes and labels): confidence per SLM vote pattern learnt
+Three models:
+- ``PatternModel`` (the posterior that routes and labels with ``posterior_model="patterns"``, and
+  until the logistic one below has its answers): confidence per SLM vote pattern learnt
   from the LLM's answers, so correlated SLMs (two lexicons agreeing on the same mistakes) are not
   believed twice. Its LLM confusion is one coin at ``llm_accuracy`` — an assumption, because with
   SLMs that may err together the LLM's accuracy and the patterns' sharpness cannot both be learnt
@@ -69,6 +70,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -186,7 +188,7 @@ class OnlineDecider:
     confidence_bins: int = 2  # per-model confidence quantile bins refining each vote; 1 = hard votes only
     # the posterior that routes and labels: "patterns" (per vote pattern, refined by confidence bins) or
     # "logistic" (one model over every SLM's vote and confidence, logistic.py), once it has answers to learn from
-    posterior_model: str = "logistic"
+    posterior_model: Literal["patterns", "logistic"] = "logistic"
     llm_accuracy: float = 0.9
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
@@ -363,7 +365,7 @@ class OnlineDecider:
         refitted on every batch while they are few, then at each LOGISTIC_GROWTH of growth; not for an LLM
         judged unreliable (its answers would teach it nothing: the patterns' share prior labels instead)."""
         if self.verdict().unreliable:
-            self.logistic.model = None
+            self.logistic.load_state_dict(None)
             self._logistic_at = -1
             return
         n = self._n_answered
@@ -371,9 +373,8 @@ class OnlineDecider:
                 n > LOGISTIC_EVERY_BATCH_UPTO and n <= self._logistic_at * (1 + LOGISTIC_GROWTH))):
             return
         answered = np.nonzero(self._seen & (self._votes[:, -1] >= 0))[0]
-        n = len(answered)
-        if n > LOGISTIC_MAX_ROWS:
-            answered = answered[np.linspace(0, n - 1, LOGISTIC_MAX_ROWS).astype(np.int64)]
+        if len(answered) > LOGISTIC_MAX_ROWS:
+            answered = answered[np.linspace(0, len(answered) - 1, LOGISTIC_MAX_ROWS).astype(np.int64)]
         self.logistic.fit(self._features(answered), self._votes[answered, -1].astype(np.int64), conf)
         self._logistic_at = n
 
