@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     # unreliable and then ignored (see decide/online.py).
     llm_accuracy: float = Field(0.9, gt=0.0, le=1.0)
     llm_budget: float | None = Field(None, ge=0.0, le=1.0)  # max share of rows sent to the LLM
+    # With neither llm_budget nor max_llm_cost set, the calibrated rule asks at most the share of rows the
+    # paper's rule would (those with U >= epsilon), spent on the rows its posterior is least sure of; without
+    # the cap it asks every row the LLM is expected to improve by calibrated_margin, which beside weak SLMs is
+    # nearly all of them. --llm-budget 1 lifts it.
+    cap_at_paper_share: bool = True
     max_llm_cost: float | None = Field(None, ge=0.0)  # USD, at the price table's prices
     # Settled rows also sent to the LLM to estimate label quality without gold: None = min(100, 2 %), 0 = off.
     audit: int | None = Field(None, ge=0)

@@ -22,7 +22,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from autoannotator.agent.labels import choose_labels
 from autoannotator.agent.planning import deployment_spec_for, plan_run, probe_samples
-from autoannotator.config import FinetuneSettings, Settings
+from autoannotator.config import Settings
 from autoannotator.data import FINISH_CHUNK_ROWS, DataSource, EmptyRows, RowTexts, default_output_path, open_source
 from autoannotator.deploy.codegen import write_deployment_code
 from autoannotator.deploy.proxy import DeploymentSpec, SandboxedEnsemble
@@ -37,7 +37,7 @@ from autoannotator.run.output import ShardWriter, assemble, write_run_output
 from autoannotator.run.embeddings import EmbeddingStore
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.lock import RunLock
-from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, new_run_id, open_run_source, record_llm,
+from autoannotator.run.plan import (FROZEN_SETTINGS, RunPlan, frozen_settings, new_run_id, open_run_source, record_llm,
                                     resume_inputs, settings_for_resume)
 from autoannotator.run.precheck import check_output_writable, check_run_dir_writable
 from autoannotator.run.report import EMBEDDED_WARNING, build_report, write_report
@@ -88,12 +88,7 @@ def label(
         if run_dir is None:
             raise UserError("--resume needs the run directory: --resume RUN_DIR")
         plan = RunPlan.load(run_dir)
-        frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
-        frozen.setdefault("routing", "paper")  # a run planned before the decision layer keeps the paper's rule
-        frozen.setdefault("few_shot", 0)  # ... and one planned before few-shot prompts its zero-shot prompt
-        frozen.setdefault("posterior_model", "patterns")  # ... and one planned before the logistic posterior, its patterns
-        frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
-        settings = settings.model_copy(update=frozen)
+        settings = settings.model_copy(update=frozen_settings(plan.settings))
         if verifier_factory is None:
             settings, llm_note = settings_for_resume(plan, settings, switch_llm=switch_llm)
         data_path = Path(plan.data_path) if data_path is None else data_path
@@ -350,9 +345,8 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
     """Ask the run's LLM again about its ``llm_failed`` rows; rewrite the output and the report.
     Rows that get a valid label now become ``llm_verified`` (and join the hard-sample pool)."""
     plan = RunPlan.load(run_dir)
-    frozen = {k: v for k, v in plan.settings.items() if k in FROZEN_SETTINGS}
-    frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
-    settings, note = settings_for_resume(plan, settings.model_copy(update=frozen), switch_llm=switch_llm)
+    settings, note = settings_for_resume(plan, settings.model_copy(update=frozen_settings(plan.settings)),
+                                         switch_llm=switch_llm)
     source = open_run_source(plan)
     paths = RunPaths(run_dir)
     with ExitStack() as stack:

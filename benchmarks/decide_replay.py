@@ -41,11 +41,11 @@ def load_run(run_dir: Path, labels: list[str]) -> tuple[list[list[int]], dict, l
 
 def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float | None, seed: int = 0,
            margin: float = 0.02, explore: bool = False, routing: str = "calibrated",
-           posterior_model: str = "patterns") -> dict:
+           posterior_model: str = "patterns", paper_cap: bool = False) -> dict:
     n_labels = max(2, len(set(gold)))
     d = OnlineDecider(n_rows, n_labels, models, routing=routing,
                       confidence_bins=bins, budget=LLMBudget(n_rows, share=budget), margin=margin, explore=explore,
-                      posterior_model=posterior_model,
+                      posterior_model=posterior_model, paper_cap=paper_cap,
                       audit=AuditSampler(default_audit_size(n_rows), n_rows, seed=seed))
     final = np.full(n_rows, -1)
     source = {}
@@ -73,7 +73,8 @@ def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float
             "call_share": round(calls / n_rows, 4), "audit_estimate": est.get("estimate"),
             "audit_interval": est.get("interval"),
             "settled_true": round(float((final[settled] == g[settled]).mean()), 4) if settled else None,
-            "margin": margin, "explore": explore, "posterior": posterior_model, "calls_per_batch": per_batch}
+            "margin": margin, "explore": explore, "posterior": posterior_model, "paper_cap": paper_cap,
+            "paper_share": d.paper_share()}
 
 
 def main() -> None:
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--explore", action="store_true", help="route on the patterns' lower bounds")
     ap.add_argument("--posterior", default="patterns", help="patterns or logistic (OnlineDecider.posterior_model)")
+    ap.add_argument("--paper-cap", action="store_true", help="cap the share asked at the paper rule's")
     ap.add_argument("--paper", action="store_true", help="also the paper rule (U >= 1e-6) on the same votes")
     a = ap.parse_args()
     ds = load_dataset(a.data, None, a.gold_column, 4000)
@@ -101,7 +103,8 @@ def main() -> None:
                                 None, routing="paper")), flush=True)
     for b in (int(x) for x in a.bins.split(",")):
         print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], b,
-                                a.budget, margin=a.margin, explore=a.explore, posterior_model=a.posterior)),
+                                a.budget, margin=a.margin, explore=a.explore, posterior_model=a.posterior,
+                                paper_cap=a.paper_cap)),
               flush=True)
 
 

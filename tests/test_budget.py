@@ -80,3 +80,22 @@ def test_bad_settings() -> None:
         LLMBudget(10, share=1.5)
     with pytest.raises(ValueError):
         LLMBudget(10, max_cost=-1)
+
+
+def test_a_share_cap_set_per_batch_limits_a_budget_without_one() -> None:
+    """The decider's paper cap: a share handed in with each batch, moving as the run goes."""
+    rng = np.random.default_rng(8)
+    prio = rng.random(1000)
+    budget = LLMBudget(1000)
+    assert not budget.active
+    asked = np.zeros(1000, dtype=bool)
+    for start in range(0, 1000, 50):
+        cap = 0.3 if start < 500 else 0.2  # the cap falls half way: the later batches make up for it
+        pick = budget.select(np.ones(50, dtype=bool), prio[start:start + 50], share_cap=cap)
+        budget.spend(int(pick.sum()))
+        asked[start:start + 50] = pick
+        assert budget.calls <= cap * 1000
+    assert 0.2 * 1000 - 2 * 50 <= asked.sum() <= 0.2 * 1000
+    # with a share of its own too, the tighter one holds
+    both = LLMBudget(1000, share=0.1)
+    assert both.calls_left(share_cap=0.3) == 100 and both.calls_left(share_cap=0.05) == 50

@@ -418,3 +418,84 @@ def test_past_the_every_batch_size_the_cuts_move_at_each_step_of_growth(monkeypa
     kept = {int(k): d._fine.answers[i].tolist() for i, k in enumerate(d._fine.keys) if d._fine.rows[i] > 0}
     d._rebuild_tables()
     assert kept == {int(k): d._fine.answers[i].tolist() for i, k in enumerate(d._fine.keys) if d._fine.rows[i] > 0}
+
+
+def _paper_hard_calls(votes: np.ndarray) -> int:
+    _, u, _ = tally(votes, 2, 2)
+    return int(sum(1 for x in u.tolist() if x is not None and x >= 1e-6))
+
+
+def test_the_paper_cap_asks_at_most_the_paper_rule_share_and_labels_better() -> None:
+    """Beside weak, correlated SLMs the uncapped rule asks nearly every row; capped at the paper rule's
+    share it spends those calls on the least certain rows and labels better than the paper rule."""
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    answer = good_llm(y)
+    paper = OnlineDecider(2000, 2, ["a", "b"], routing="paper")
+    paper_final, paper_calls = run(paper, y, votes, answer)
+    capped = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True)
+    final, calls = run(capped, y, votes, answer)
+    uncapped = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated")
+    _, uncapped_calls = run(uncapped, y, votes, answer)
+    assert paper_calls == _paper_hard_calls(votes)
+    assert calls <= paper_calls + 50 < uncapped_calls
+    assert capped.summary(["n", "p"])["paper_cap"]["held_back"] > 0
+    assert (final == y).mean() > (paper_final == y).mean()
+
+
+def test_the_paper_cap_waits_for_the_llm_verdict() -> None:
+    """Before the verdict has its rows (answers where the SLMs agree), the cap is not applied: under it the
+    LLM is sent only to split rows, and one answering a single label for everything went unnoticed."""
+    y, votes = correlated_stream(2000, 10)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True)
+    final, _ = run(d, y, votes, lambda r: 1)
+    assert d.verdict().unreliable
+    keyword = (votes >= 0).all(axis=1) & (votes[:, 0] == votes[:, 1])
+    assert (final[keyword] == y[keyword]).mean() > 0.85
+
+
+def test_the_paper_cap_resumes_with_the_share_it_had() -> None:
+    y, votes = correlated_stream(800, 11, shared=0.2)
+    answer = good_llm(y)
+    _, u, _ = tally(votes, 2, 2)
+    u = u.tolist()
+
+    def fresh() -> OnlineDecider:
+        return OnlineDecider(800, 2, ["a", "b"], routing="calibrated", paper_cap=True, audit=AuditSampler(20, 800))
+
+    a = fresh()
+    book = []
+    for start in range(0, 400, 50):
+        ids = list(range(start, start + 50))
+        plan = a.plan(ids, votes[ids], uncertainty=[u[r] for r in ids])
+        answers = {r: answer(r) for r in plan.ask}
+        audit = {r: answer(r) for r in plan.audit}
+        for rid, dec in a.settle(ids, answers, audit).items():
+            book.append({"row_id": rid, "slm": votes[rid].tolist(), "llm": answers.get(rid, audit.get(rid, -1)),
+                         "audit": rid in audit, "label": dec.label, "source": dec.source, "uncertainty": u[rid]})
+    b = fresh()
+    b.restore(a.state_dict(), book)
+    assert b.paper_share() == a.paper_share() and b.held_back == a.held_back > 0
+    for start in range(400, 800, 50):
+        ids = list(range(start, start + 50))
+        pa = a.plan(ids, votes[ids], uncertainty=[u[r] for r in ids])
+        pb = b.plan(ids, votes[ids], uncertainty=[u[r] for r in ids])
+        assert pa.ask == pb.ask
+        answers = {r: answer(r) for r in pa.ask}
+        audit = {r: answer(r) for r in pa.audit}
+        a.settle(ids, answers, audit), b.settle(ids, answers, audit)
+
+
+def test_a_run_planned_before_a_setting_resumes_as_it_ran() -> None:
+    """run.json of an older run lacks the newer label-shaping settings: resume fills in what it ran with."""
+    from autoannotator.config import Settings
+    from autoannotator.run.plan import frozen_settings
+
+    old = frozen_settings({"k": 3, "beta": 250, "finetune": {"epochs": 2}, "not_frozen": 1})
+    assert old["routing"] == "paper" and old["posterior_model"] == "patterns" and old["few_shot"] == 0
+    assert old["cap_at_paper_share"] is False and old["finetune"].epochs == 2 and "not_frozen" not in old
+    new = frozen_settings(Settings().model_dump(mode="json"))
+    assert new["cap_at_paper_share"] is True and new["routing"] == "calibrated"
+    d = OnlineDecider.from_settings(Settings().model_copy(update=old), 100, 2, ["a"])
+    assert not d.paper_cap
+    assert OnlineDecider.from_settings(Settings(), 100, 2, ["a"]).paper_cap
+    assert not OnlineDecider.from_settings(Settings(llm_budget=1.0), 100, 2, ["a"]).paper_cap

@@ -84,7 +84,8 @@ def label(
                                               "(the cluster this machine belongs to); default: start a local one."),
     routing: Optional[str] = typer.Option(None, help="Which rows go to the LLM: calibrated (default: when it is "
                                                      "expected to make the label likelier right) or paper (U >= epsilon)."),
-    llm_budget: Optional[float] = typer.Option(None, help="Most rows sent to the LLM, as a share (0.1 = 10 %)."),
+    llm_budget: Optional[float] = typer.Option(None, help="Most rows sent to the LLM, as a share (0.1 = 10 %). Default: the share "
+                                               "the paper's rule would ask; 1 lifts the cap."),
     max_llm_cost: Optional[float] = typer.Option(None, help="Most USD spent on LLM calls (at the price table)."),
     audit: Optional[int] = typer.Option(None, help="Settled rows also sent to the LLM to estimate label quality "
                                                    "without gold (default min(100, 2 %); 0 = off)."),

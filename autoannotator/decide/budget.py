@@ -49,11 +49,13 @@ class LLMBudget:
     def active(self) -> bool:
         return self.share is not None or self.max_cost is not None
 
-    def calls_left(self, cost_per_call: float | None = None) -> float:
-        """Calls still allowed: the tighter of the share cap and the cost cap (inf when neither)."""
+    def calls_left(self, cost_per_call: float | None = None, share_cap: float | None = None) -> float:
+        """Calls still allowed: the tightest of the share cap, the cost cap and ``share_cap`` (a share of
+        rows set per batch by the caller: inf when none applies)."""
         left = math.inf
-        if self.share is not None:
-            left = min(left, math.floor(self.share * self.n_rows + 1e-9) - self.calls)
+        for share in (self.share, share_cap):
+            if share is not None:
+                left = min(left, math.floor(share * self.n_rows + 1e-9) - self.calls)
         if self.max_cost is not None:
             per_call = cost_per_call if cost_per_call else (self.cost / self.calls if self.calls else None)
             if per_call:
@@ -86,16 +88,18 @@ class LLMBudget:
             above += self.hist[b]
         return 0.0, 1.0
 
-    def select(self, candidates: np.ndarray, priority: np.ndarray, cost_per_call: float | None = None) -> np.ndarray:
+    def select(self, candidates: np.ndarray, priority: np.ndarray, cost_per_call: float | None = None,
+               share_cap: float | None = None) -> np.ndarray:
         """Mask of the batch's rows to ask: candidates above the running threshold, the boundary
         bin's share of those in it, highest priorities first, never more than the calls left.
-        Call ``spend`` afterwards."""
+        ``share_cap``: a further cap on the run's share of rows asked, for this batch's choice (the
+        decider's accuracy target and default cap, which move as the run learns). Call ``spend`` afterwards."""
         cand = np.asarray(candidates, dtype=bool)
         prio = np.asarray(priority, dtype=np.float64)
         self._observe(prio)
-        if not self.active:
+        if not self.active and share_cap is None:
             return cand.copy()
-        left = self.calls_left(cost_per_call)
+        left = self.calls_left(cost_per_call, share_cap)
         remaining_rows = max(self.n_rows - (self.seen - len(prio)), 1)
         rate = min(1.0, left / remaining_rows) if left != math.inf else 1.0
         edge, fraction = self.threshold(rate)

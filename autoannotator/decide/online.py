@@ -48,6 +48,14 @@ The independent-answerer agreement is reported beside it. Split rows are left ou
 rows a rule sends to the LLM are the ones whose SLM label is worst, where even these bounds need not
 hold.
 
+The paper cap (``paper_cap``, the default when the user sets no budget). Unbudgeted, the calibrated rule
+asks every row the LLM is expected to improve by ``margin``: beside weak SLMs that is nearly every row
+(88 % of the movie-review sentences in docs/benchmarks.md), and beside good ones still a third to a half,
+more than the paper's rule. So by default the run asks at most the share of rows the paper's rule would
+(the rows seen with U >= epsilon, counted as they come), handed to the budget as a cap on the run's share,
+and spends it on the rows whose posterior is least sure: at the paper's cost, better labels. The cap waits
+for the LLM verdict's first rows (see ``_share_cap``); the rows it holds back are counted for the report.
+
 With ``routing="paper"`` the rows asked and the labels are exactly the paper's (U >= epsilon, the
 LLM's answer is the label); confidence, reliabilities and the audit are still computed.
 
@@ -190,12 +198,16 @@ class OnlineDecider:
     # "logistic" (one model over every SLM's vote and confidence, logistic.py), once it has answers to learn from
     posterior_model: Literal["patterns", "logistic"] = "logistic"
     llm_accuracy: float = 0.9
+    # With no budget of the user's: never ask a larger share of the rows than the paper's rule would have
+    # (the rows with U >= epsilon), spent on the rows the posterior is least sure of.
+    paper_cap: bool = False
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
     # The verifier's answer is the label (a person reviewing): routing still follows the posterior, but
     # an answer is never overruled by it, as a reviewer who corrects a label expects to see it stay.
     answers_final: bool = False
     unreliable_noted: bool = False
+    held_back: int = 0  # rows the paper cap kept from the LLM though asking was expected to help
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
 
@@ -208,6 +220,7 @@ class OnlineDecider:
                    epsilon=settings.epsilon, margin=settings.calibrated_margin, llm_accuracy=settings.llm_accuracy,
                    confidence_bins=settings.confidence_bins, posterior_model=settings.posterior_model,
                    budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
+                   paper_cap=settings.cap_at_paper_share and settings.llm_budget is None and settings.max_llm_cost is None,
                    audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None,
                    answers_final=answers_final)
 
@@ -222,6 +235,8 @@ class OnlineDecider:
         audit = self.audit_estimate()
         return {"routing": self.routing, "llm_accuracy_assumed": self.llm_accuracy, "margin": self.margin,
                 "budget": self.budget.report(), "reliability": self.reliability(),
+                "paper_cap": {"applied": self.paper_cap and self.routing != "paper", "share": self.paper_share(),
+                              "held_back": self.held_back},
                 "llm_verdict": v.as_dict(label_names),
                 "audit": {"target": self.audit.target if self.audit else 0,
                           "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
@@ -246,6 +261,10 @@ class OnlineDecider:
         self.logistic = NoisyLogistic(self.n_labels)
         self._logistic_at = -1  # answered rows when the logistic posterior was last fitted
         self._n_answered = 0  # rows with an LLM answer, kept as answers arrive (no pass over the rows per batch)
+        self._hard = np.zeros(self.n_rows, dtype=np.int8)  # 1: the paper's rule would ask, 0: not, -1: not judged
+        self._hard[:] = -1
+        self._n_hard = 0
+        self._n_judged = 0
         if self.budget is None:
             self.budget = LLMBudget(self.n_rows)
 
@@ -291,6 +310,14 @@ class OnlineDecider:
 
     def _slm(self, rows: np.ndarray) -> np.ndarray:
         return self._votes[rows, :-1].astype(np.int64)
+
+    def _mark_hard(self, rows: np.ndarray, uncertainty: np.ndarray) -> None:
+        """Record which rows the paper's rule would ask (U >= epsilon; NaN: no text, not judged)."""
+        new = np.where(np.isnan(uncertainty), -1, (np.nan_to_num(uncertainty) >= self.epsilon).astype(np.int8))
+        old = self._hard[rows]
+        self._n_hard += int((new == 1).sum() - (old == 1).sum())
+        self._n_judged += int((new >= 0).sum() - (old >= 0).sum())
+        self._hard[rows] = new
 
     # ---------- models ----------
 
@@ -436,10 +463,30 @@ class OnlineDecider:
             mask, prio = route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion,
                                margin=self.margin)
         mask &= live_mask
-        ask = self.budget.select(mask, np.where(live_mask, prio, 0.0), cost_per_call)
+        u_all = np.asarray([np.nan if x is None else x for x in (uncertainty or [None] * len(ids))], dtype=np.float64)
+        self._mark_hard(ids, np.where(live_mask, u_all, np.nan))
+        ask = self.budget.select(mask, np.where(live_mask, prio, 0.0), cost_per_call, share_cap=self._share_cap())
+        if self.paper_cap and self.routing != "paper":
+            self.held_back += int((mask & ~ask).sum())  # rows the LLM was expected to improve, left to the cap
         audit = self.audit.pick(list(map(int, ids)), live_mask & ~ask) if self.audit is not None else []
         return BatchPlan([int(r) for r in ids[ask]], audit, {int(r): float(c) for r, c in zip(ids, post.max(axis=1))},
                          {int(r): float(p) for r, p in zip(ids, prio)})
+
+    def paper_share(self) -> float | None:
+        """Share of the judged rows seen that the paper's rule would have asked (None before any)."""
+        return self._n_hard / self._n_judged if self._n_judged else None
+
+    def _share_cap(self) -> float | None:
+        """The paper cap for this batch's choice (calibrated routing with ``paper_cap``), else None.
+
+        Not before the LLM verdict has its rows: the cap sends the LLM to the rows the SLMs split on, and
+        the verdict judges it on the rows they agree on, so under the cap an LLM answering one label for
+        everything could go unnoticed for the whole run. The calls made meanwhile count against the cap."""
+        if not self.paper_cap or self.routing == "paper":
+            return None
+        if self.verdict().n < MIN_LLM_VOTES_FOR_VERDICT:
+            return None
+        return self.paper_share()
 
     def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
                cost: float = 0.0, live: list[bool] | None = None, majority: list[int] | None = None
@@ -623,12 +670,14 @@ class OnlineDecider:
         return {"budget": self.budget.state_dict(), "audit": None if self.audit is None else self.audit.state_dict(),
                 "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage),
                 "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at,
-                "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at}
+                "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at,
+                "held_back": self.held_back}
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
         row: row_id, slm (list of label indices, -1 abstain), conf (each vote's probability; absent =
-        0), llm (index or -1), audit (bool), label (index), source."""
+        0), llm (index or -1), audit (bool), label (index), source, uncertainty (U; absent or None = not
+        judged, as a row without text)."""
         for rec in book:
             rid = int(rec["row_id"])
             self._votes[rid, :-1] = rec["slm"]
@@ -636,6 +685,8 @@ class OnlineDecider:
                 self._conf[rid] = rec["conf"]
             self._votes[rid, -1] = rec.get("llm", -1)
             self._seen[rid] = True
+            u = rec.get("uncertainty")
+            self._hard[rid] = -1 if u is None else int(float(u) >= self.epsilon)
             if rec.get("audit") and rec.get("llm", -1) >= 0:
                 self._audit_llm[rid] = int(rec["llm"])
                 self._accepted[rid] = (int(rec["label"]), rec["source"])
@@ -644,6 +695,9 @@ class OnlineDecider:
         if state.get("audit") is not None:
             self.audit = AuditSampler.from_state(state["audit"])
         self.unreliable_noted = bool(state.get("unreliable_noted", False))
+        self.held_back = int(state.get("held_back", 0))
+        self._n_hard = int((self._hard == 1).sum())
+        self._n_judged = int((self._hard >= 0).sum())
         if state.get("audit_usage"):
             self.audit_usage = dict(state["audit_usage"])
         if state.get("cuts") is not None and len(state["cuts"]) == len(self.slm_names):

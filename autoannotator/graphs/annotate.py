@@ -220,7 +220,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         conf = [float(v.get("p") or 0.0) for v in votes]
         return {"row_id": rec["row_id"], "slm": slm, "conf": conf, "llm": label_idx.get(rec.get("llm_label"), -1),
                 "audit": bool(rec.get("audit")), "label": label_idx.get(rec["label"], -1),
-                "source": str(rec["label_source"])}
+                "source": str(rec["label_source"]), "uncertainty": rec.get("uncertainty")}
 
     def ensemble(state: AnnotateState) -> dict:
         ids = state["batch_ids"]

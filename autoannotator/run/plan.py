@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from autoannotator.config import FinetuneSettings
 from autoannotator.data import DataSource, open_source
 from autoannotator.errors import UserError
 from autoannotator.llm.identity import LLMIdentity, LLMRecord, answer_settings, identity_of, resume_llm
@@ -21,7 +22,17 @@ from autoannotator.task import TaskSpec
 # Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
 FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune",
                    "routing", "calibrated_margin", "confidence_bins", "posterior_model", "llm_accuracy", "llm_budget", "max_llm_cost",
+                   "cap_at_paper_share",
                    "audit", "few_shot", "few_shot_min_confidence")
+# What a run planned before a setting existed ran with: a resumed run goes on labelling the same way.
+OLD_RUN_DEFAULTS = {"routing": "paper", "few_shot": 0, "posterior_model": "patterns", "cap_at_paper_share": False}
+
+
+def frozen_settings(planned: dict) -> dict:
+    """The label-shaping settings recorded in run.json, as updates for Settings (older runs: OLD_RUN_DEFAULTS)."""
+    frozen = {**OLD_RUN_DEFAULTS, **{k: v for k, v in planned.items() if k in FROZEN_SETTINGS}}
+    frozen["finetune"] = FinetuneSettings.model_validate(frozen.get("finetune", {}))
+    return frozen
 
 
 class RunPlan(BaseModel):

@@ -134,12 +134,21 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
     if not d:
         return []
     b = d.get("budget") or {}
+    cap = d.get("paper_cap") or {}
+    if b.get("llm_budget_share") is not None:
+        budget = f"share {b['llm_budget_share']}"
+    elif cap.get("applied") and cap.get("share") is not None:
+        budget = f"at most the paper rule's share of rows ({cap['share']:.1%}, the default)"
+    else:
+        budget = "none"
     lines = ["", "## Decisions", "",
              f"- Routing: {d['routing']}" + (f" (assumed LLM accuracy {d['llm_accuracy_assumed']}, margin {d['margin']})"
                                            if d["routing"] == "calibrated" else ""),
-             "- LLM budget: " + (f"share {b['llm_budget_share']}" if b.get("llm_budget_share") is not None else "none")
+             "- LLM budget: " + budget
              + (f", max cost ${b['max_llm_cost_usd']}" if b.get("max_llm_cost_usd") is not None else "")
-             + f"; spent {b.get('share_spent', 0):.1%} of rows",
+             + f"; spent {b.get('share_spent', 0):.1%} of rows"
+             + (f"; the cap kept {cap['held_back']} rows from the LLM that it was expected to improve "
+                "(--llm-budget 1 lifts it)" if cap.get("applied") and cap.get("held_back") else ""),
              f"- Audit: {report.get('audit_llm_calls', 0)} LLM calls (${report.get('audit_cost_usd', 0):.6f}), "
              "counted apart from the routing's"]
     v = d.get("llm_verdict") or {}
