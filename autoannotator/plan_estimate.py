@@ -404,4 +404,7 @@ def _decide_adjustments(est: PlanEstimate, settings, n_live: int, tokens_in: flo
         est.assumptions.append(f"the LLM budget caps the calls at {budget:.0%} of the rows")
     if getattr(settings, "routing", "paper") != "paper":
         est.assumptions.append(f"routing {settings.routing!r} is not replayed on the pilot: the hard share is the "
-                               "paper rule's (U(x) >= epsilon); the calibrated rule may ask about fewer or other rows")
+                               "paper rule's (U(x) >= epsilon); the calibrated rule may ask about fewer or other rows"
+                               + ("; with no budget set it asks at most the paper rule's share"
+                                  if getattr(settings, "cap_at_paper_share", False) and budget is None
+                                  and getattr(settings, "max_llm_cost", None) is None else ""))
