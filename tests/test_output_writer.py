@@ -153,3 +153,31 @@ def test_buffered_writer_gathers_batches_and_a_crash_leaves_only_named_gaps(tmp_
     assemble(source, resumed, tmp_path / "o.jsonl")
     labels = [json.loads(line)["label"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert labels == [f"L{i}" for i in range(n)]
+
+
+def test_rows_changed_after_their_shard_was_flushed_are_rewritten_from_the_store(tmp_path):
+    """The run's finishing steps (final relabel, re-vote) change rows whose buffered shard is already on disk:
+    a buffered writer skips rows a shard holds, so they are rewritten from the store, and the output follows it."""
+    from autoannotator.run.store import RunStore
+
+    source, n = _source(tmp_path)
+    store = RunStore(tmp_path / "run.sqlite")
+    store.put_results([{"row_id": i, "label": f"L{i}", "label_source": "slm_consensus", "uncertainty": 0.0,
+                        "votes": {"vader": {"label": f"L{i}", "p": 0.5}}, "batch": 0, "confidence": 0.5}
+                       for i in range(n)])
+    writer = ShardWriter(tmp_path / "run" / "labelled", buffer_rows=10)
+    writer.append_stored(store, 0, 10)
+    writer.append_stored(store, 10, n)
+    writer.flush()
+    assert [(lo, hi) for lo, hi, _ in writer.shards()] == [(0, 9), (10, 22)]
+    store.update_decisions([(3, "NEW3", "slm_consensus", 0.9), (21, "NEW21", "slm_consensus", 0.8)])
+    store.update_votes([(21, {"vader": {"label": "NEW21", "p": 0.8}})])
+    writer.append_stored(store, 0, n)  # what appending does: rows already in a shard are not written again
+    writer.flush()
+    assert writer.rewrite_stored(store, [3, 21]) == 2
+    out = tmp_path / "run" / "out.csv"
+    assemble(source, writer, out)
+    frame = load_dataset(out, "text").frame
+    assert frame["label"].tolist() == [("NEW" if i in (3, 21) else "L") + str(i) for i in range(n)]
+    assert json.loads(frame["votes"][21]) == {"vader": {"label": "NEW21", "p": 0.8}}
+    store.close()

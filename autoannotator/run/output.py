@@ -13,6 +13,7 @@ shard: every input row appears once in the output, in input order, or assembly r
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import os
@@ -167,6 +168,30 @@ class ShardWriter:
             if m := _SHARD.match(path.name):
                 found.append((int(m.group(1)), int(m.group(2)), path))
         return sorted(found)
+
+    def rewrite_stored(self, store: RunStore, row_ids: Sequence[int]) -> int:
+        """Write again, from the store, every shard holding one of ``row_ids`` (rows whose record changed after
+        their shard was written: the run's finishing steps relabel and re-vote). Buffered rows are flushed
+        first. A shard is rewritten under its own name, atomically: a crash leaves the old one or the new one,
+        and a resumed run's finishing steps rewrite it again. Returns how many shards were rewritten."""
+        self.flush()
+        want = sorted({int(r) for r in row_ids})
+        rewritten = 0
+        for lo, hi, _ in self.shards():
+            at = bisect.bisect_left(want, lo)
+            if at == len(want) or want[at] > hi:
+                continue
+            ids: list[int] = []
+            values: dict[str, list[Any]] = {c: [] for c in self.columns}
+            for start in range(lo, hi + 1, FINISH_CHUNK_ROWS):
+                part = store.results_between(start, min(hi + 1, start + FINISH_CHUNK_ROWS))
+                ids += [r["row_id"] for r in part]
+                for c, col in label_columns(part).items():
+                    values[c] += col
+            if ids == list(range(lo, hi + 1)):  # else the store lacks rows: assembly reports the shard as it is
+                self._write(ids, values)
+                rewritten += 1
+        return rewritten
 
     def missing(self, n_rows: int) -> list[tuple[int, int]]:
         """Row ranges [start, stop) no shard covers: what a resumed run must still write."""
