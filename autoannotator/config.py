@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # the cap it asks every row the LLM is expected to improve by calibrated_margin, which beside weak SLMs is
     # nearly all of them. --llm-budget 1 lifts it.
     cap_at_paper_share: bool = True
+    # After the last batch (calibrated routing), the final fine-tuned models vote again on the rows settled
+    # before their weights came in, and those rows' labels follow the final posterior: the early rows were
+    # labelled by a student that had seen a few hundred answers, the last by one that has seen them all.
+    final_revote: bool = True
     max_llm_cost: float | None = Field(None, ge=0.0)  # USD, at the price table's prices
     # Settled rows also sent to the LLM to estimate label quality without gold: None = min(100, 2 %), 0 = off.
     audit: int | None = Field(None, ge=0)

@@ -387,6 +387,8 @@ def _decide_adjustments(est: PlanEstimate, settings, n_live: int, tokens_in: flo
     n_audit = default_audit_size(n_live) if audit is None else int(audit or 0)
     budget = getattr(settings, "llm_budget", None)
     cap = budget * n_live if budget is not None else None
+    paper_capped = (getattr(settings, "routing", "paper") != "paper" and getattr(settings, "cap_at_paper_share", False)
+                    and budget is None and getattr(settings, "max_llm_cost", None) is None)
     out_tokens = 0 if kind == "human" else TOKENS_OUT_PER_CALL
     for key in ("low", "expected", "high"):
         calls = getattr(est.llm_calls, key) + n_audit
@@ -405,6 +407,5 @@ def _decide_adjustments(est: PlanEstimate, settings, n_live: int, tokens_in: flo
     if getattr(settings, "routing", "paper") != "paper":
         est.assumptions.append(f"routing {settings.routing!r} is not replayed on the pilot: the hard share is the "
                                "paper rule's (U(x) >= epsilon); the calibrated rule may ask about fewer or other rows"
-                               + ("; with no budget set it asks at most the paper rule's share"
-                                  if getattr(settings, "cap_at_paper_share", False) and budget is None
-                                  and getattr(settings, "max_llm_cost", None) is None else ""))
+                               + ("; with no budget set it asks at most the paper rule's share (the audit apart)"
+                                  if paper_capped else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -97,3 +98,87 @@ def test_crash_then_resume_labels_every_row_once_and_never_reasks(tmp_path):
     accepted_before = {r["row_id"] for r in results if r["batch"] == 0}
     assert not (set(second.asked) & accepted_before & finished_first)
     assert len(reports) == 1
+
+
+class GrowingStudent(MemoStudent):
+    """A MemoStudent whose vote grows surer with every round: which round's weights cast a vote shows in its p."""
+
+    def native_proba(self, texts):
+        out = super().native_proba(texts)
+        if not self.is_trained:
+            return out
+        p = 1.0 - 0.5 / (self.rounds + 1)
+        return np.where(np.isnan(out), out, np.where(out == 1.0, p, 1.0 - p)).astype(np.float32)
+
+
+def _growing_context(tmp_path: Path, final_revote: bool, n: int = 60) -> AnnotateContext:
+    # every fifth row splits the keyword models: asked all run long, so rounds keep coming
+    texts = [("good " if i % 2 else "bad ") + ("tricky " if i % 5 == 0 else "") + str(i) for i in range(n)]
+    gold = ["positive" if i % 2 else "negative" for i in range(n)]
+    dataset = Dataset(path=Path("mem.csv"), frame=pd.DataFrame({"text": texts}), text_column="text", texts=texts,
+                      row_ids=list(range(n)), fingerprint="g", empty_rows=[])
+    settings = Settings(batch_size=6, beta=3, routing="calibrated", audit=0, final_revote=final_revote,
+                        finetune=FinetuneSettings(rejoin_margin=0.0, rejoin_standard_errors=0.0, warm_start=False))
+    models = [KeywordSLM("a"), KeywordSLM("b", flip_on="tricky"), GrowingStudent()]
+    task = TaskSpec(instruction="sentiment", labels=[LabelDef(name=x) for x in LABELS])
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return AnnotateContext(dataset=dataset, task=task, models=models, verifier=OracleVerifier(gold),
+                           store=RunStore(tmp_path / "run.sqlite"), settings=settings, run_dir=tmp_path)
+
+
+GROWING_CONFIG = {"configurable": {"thread_id": "g"}, "recursion_limit": 500}
+
+
+def _growing_run(tmp_path: Path, final_revote: bool, n: int = 60, checkpointer=None, crash_in_revote=False):
+    ctx = _growing_context(tmp_path, final_revote, n)
+    if crash_in_revote:  # the re-vote's votes are stored, the labels not yet relabelled: then a crash
+        store_votes = ctx.store.update_votes
+
+        def crash(votes):
+            store_votes(votes)
+            raise KeyboardInterrupt("simulated crash")
+
+        ctx.store.update_votes = crash
+    final = build_annotate_graph(ctx, checkpointer=checkpointer).invoke(_initial(n, ctx.settings), GROWING_CONFIG)
+    return ctx, final
+
+
+def _resume_growing(tmp_path: Path, checkpointer):
+    """As the runner resumes: a new process's models, the student's kept weights loaded, the graph continued."""
+    ctx = _growing_context(tmp_path, True)
+    graph = build_annotate_graph(ctx, checkpointer=checkpointer)
+    saved = graph.get_state(GROWING_CONFIG)
+    assert saved.next == ("revote",)  # stopped inside the re-vote, its votes stored
+    ctx.models[2].load(Path(saved.values["weights"]["student"]))
+    return ctx, graph.invoke(None, GROWING_CONFIG)
+
+
+@pytest.mark.parametrize("final_revote", [True, False])
+def test_final_revote_gives_early_settled_rows_the_final_students_vote(tmp_path, final_revote):
+    ctx, final = _growing_run(tmp_path, final_revote)
+    student = ctx.models[2]
+    p_final = round(1.0 - 0.5 / (student.rounds + 1), 4)
+    upto = final["weights_from_batch"]
+    early = [r for r in ctx.store.results() if r["label_source"] == "slm_consensus" and r["batch"] < upto]
+    assert early, "no row was settled before the last round: the test proves nothing"
+    revoted = final["decide_summary"]["final_revote"]["rows"]
+    if final_revote:
+        assert revoted == len(early)
+        assert all(r["votes"]["student"]["p"] == pytest.approx(p_final) for r in early)
+    else:
+        assert revoted == 0
+        assert any(r["votes"]["student"]["p"] != pytest.approx(p_final) for r in early)
+    assert all(r["label"] == ("positive" if r["row_id"] % 2 else "negative") for r in ctx.store.results())
+
+
+def test_a_crash_in_the_revote_resumes_to_the_uninterrupted_labels(tmp_path):
+    ctx, _ = _growing_run(tmp_path / "whole", True)
+    want = {r["row_id"]: (r["label"], r["label_source"], r["confidence"], r["votes"]) for r in ctx.store.results()}
+    (tmp_path / "cut").mkdir()
+    with SqliteSaver.from_conn_string(str(tmp_path / "cut" / "ck.sqlite")) as saver:
+        with pytest.raises(KeyboardInterrupt):
+            _growing_run(tmp_path / "cut", True, checkpointer=saver, crash_in_revote=True)
+    with SqliteSaver.from_conn_string(str(tmp_path / "cut" / "ck.sqlite")) as saver:
+        ctx, final = _resume_growing(tmp_path / "cut", saver)
+    got = {r["row_id"]: (r["label"], r["label_source"], r["confidence"], r["votes"]) for r in ctx.store.results()}
+    assert final["finished"] and got == want

@@ -146,12 +146,14 @@ def test_report_shows_decisions_and_prices_the_audit_apart():
     # no budget of the user's: the default cap is named with what it held back
     decide["budget"]["llm_budget_share"] = None
     decide["paper_cap"] = {"applied": True, "share": 0.43, "held_back": 512}
+    decide["final_revote"] = {"rows": 37}
     report = build_report(run={"run_id": "r"}, results=results, usage=LLMUsage(calls=14, tokens_in=1400, tokens_out=112),
                           settings=Settings(), models=[{"name": "a", "kind": "x", "trainable": False}],
                           finetune_records=[], timings={}, gold=None, labels=LABELS, llm={"model_id": "m"},
                           warnings=[], decide=decide)
     md = render_markdown(report)
-    assert "at most the paper rule's share of rows (43.0%, the default)" in md
+    assert "at most the paper rule's share of rows (43.0%, the default; the audit apart)" in md
+    assert "- Final re-vote: 37 rows settled before the last fine-tuning round" in md
     assert "the cap kept 512 rows from the LLM" in md and "--llm-budget 1 lifts it" in md
 
 

@@ -64,5 +64,9 @@ def test_route_after_accept_and_next_batch():
     base = {"n_rows": 10, "beta": 5, "has_trainable": True}
     assert route_after_accept({**base, "cursor": 4, "pool_size": 5, "pool_at_last_finetune": 0}) == "finetune"
     assert route_after_accept({**base, "cursor": 4, "pool_size": 3, "pool_at_last_finetune": 0}) == "load_batch"
-    assert route_after_accept({**base, "cursor": 10, "pool_size": 3, "pool_at_last_finetune": 0}) == "report"
-    assert route_next_batch({"n_rows": 0, "cursor": 0}) == "report"
+    assert route_after_accept({**base, "cursor": 10, "pool_size": 3, "pool_at_last_finetune": 0}) == "final_fit"
+    assert route_next_batch({"n_rows": 0, "cursor": 0}) == "final_fit"
+    # the finishing steps run once: a run resumed after them goes straight to the report
+    assert route_after_accept({**base, "cursor": 10, "pool_size": 3, "pool_at_last_finetune": 0,
+                               "finalized": True}) == "report"
+    assert route_next_batch({"n_rows": 0, "cursor": 0, "finalized": True}) == "report"

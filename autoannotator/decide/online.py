@@ -69,6 +69,10 @@ refined pattern starts where its coarse pattern stands and moves only as far as 
 say. Cut points are recomputed from the stored confidences on every refit, so a resumed run bins as
 an uninterrupted one.
 
+The end of a run (the graph's finishing steps): ``fit_final`` fits the posterior on every answer, the final
+fine-tuned models vote again on the rows settled before their weights came in (``revote``: calibrated routing,
+an LLM not judged unreliable), and ``relabel_blocks`` labels every row by the final posterior.
+
 Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes and the
 voters' confidences are rebuilt from the run store with ``restore``.
 """
@@ -208,6 +212,7 @@ class OnlineDecider:
     answers_final: bool = False
     unreliable_noted: bool = False
     held_back: int = 0  # rows the paper cap kept from the LLM though asking was expected to help
+    revoted: int = 0  # settled rows the final models voted on again (``revote``)
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
 
@@ -236,7 +241,8 @@ class OnlineDecider:
         return {"routing": self.routing, "llm_accuracy_assumed": self.llm_accuracy, "margin": self.margin,
                 "budget": self.budget.report(), "reliability": self.reliability(),
                 "paper_cap": {"applied": self.paper_cap and self.routing != "paper", "share": self.paper_share(),
-                              "held_back": self.held_back},
+                              "held_back": self.held_back, "revoted": self.revoted},
+                "final_revote": {"rows": self.revoted},
                 "llm_verdict": v.as_dict(label_names),
                 "audit": {"target": self.audit.target if self.audit else 0,
                           "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
@@ -481,7 +487,9 @@ class OnlineDecider:
 
         Not before the LLM verdict has its rows: the cap sends the LLM to the rows the SLMs split on, and
         the verdict judges it on the rows they agree on, so under the cap an LLM answering one label for
-        everything could go unnoticed for the whole run. The calls made meanwhile count against the cap."""
+        everything could go unnoticed for the whole run. The calls made meanwhile count against the cap. The
+        audit's do not: as under a budget of the user's, they are counted and priced apart (a small, declared
+        share: min(100, 2 %) of the rows by default)."""
         if not self.paper_cap or self.routing == "paper":
             return None
         if self.verdict().n < MIN_LLM_VOTES_FOR_VERDICT:
@@ -524,6 +532,26 @@ class OnlineDecider:
                 self._audit_llm[rid] = audit_answers[rid]
                 self._accepted[rid] = (out[rid].label, out[rid].source)
         return out
+
+    def revote_due(self) -> bool:
+        """Should the final models vote again on the rows settled before their weights came in? Under the
+        calibrated rule, whose labels follow the posterior (the paper's settled label is the vote of the
+        moment, and stays so), and not beside an LLM judged unreliable: the students learnt from its answers."""
+        return self.routing != "paper" and not self.verdict().unreliable
+
+    def fit_final(self) -> None:
+        """Fit the posterior on every answer of the run, before ``revote`` changes any vote: it learns each
+        model's reliability from votes cast before the row was trained on (a final model's vote on a row it
+        trained on would look more reliable than it is). The graph checkpoints the result, so a run resumed
+        in the middle of re-voting labels with the same posterior."""
+        self._refit()
+
+    def revote(self, row_ids: list[int], votes: np.ndarray, confidence: np.ndarray) -> None:
+        """The final models' votes (and probabilities) on settled rows, in place of those they were settled
+        with; ``relabel_blocks`` then labels them by the final posterior (``fit_final``'s: no answer came in
+        since, so the logistic posterior is not refitted)."""
+        self.add_slm_votes(row_ids, votes, confidence)
+        self.revoted += len(row_ids)
 
     def _decide_asked(self, llm_label: int, post: np.ndarray) -> Decision:
         if self.routing == "paper" or self.answers_final:  # the paper (and a person): the answer is the label
@@ -671,7 +699,7 @@ class OnlineDecider:
                 "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage),
                 "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at,
                 "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at,
-                "held_back": self.held_back}
+                "held_back": self.held_back, "revoted": self.revoted}
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
@@ -696,6 +724,7 @@ class OnlineDecider:
             self.audit = AuditSampler.from_state(state["audit"])
         self.unreliable_noted = bool(state.get("unreliable_noted", False))
         self.held_back = int(state.get("held_back", 0))
+        self.revoted = int(state.get("revoted", 0))
         self._n_hard = int((self._hard == 1).sum())
         self._n_judged = int((self._hard >= 0).sum())
         if state.get("audit_usage"):

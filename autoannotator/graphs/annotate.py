@@ -2,7 +2,7 @@
 
     START -(warm start?)-> warm_start -> load_batch -> ensemble -(routed or audited?)-> verify -> accept
                                                               \\-------------------------> accept
-    accept -(beta new verified?)-> finetune -> load_batch | report -> END
+    accept -(beta new verified?)-> finetune -> load_batch | final_fit -> revote -> report -> END
 
 With ``finetune.overlap`` the finetune node only starts the round (``engine/steps.py``: a thread
 training copies of the models) and the loop labels on with the current weights; load_batch, at
@@ -60,7 +60,7 @@ from autoannotator.run.output import ShardWriter
 from autoannotator.run.paths import RunPaths
 from autoannotator.run.report import unreliable_text
 from autoannotator.run.store import RunStore
-from autoannotator.slm.base import SLM
+from autoannotator.slm.base import SLM, TrainableSLM
 from autoannotator.task import LabelSource, TaskSpec
 from autoannotator.verify.base import Verifier
 from autoannotator.verify.examples import FewShotPicker
@@ -166,7 +166,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
                                    RunPaths(ctx.run_dir).models, ctx.store, kind="warm_start",
                                    on_progress=ctx.on_progress, engine=ctx.engine)
         return {"warm_started": True, "finetune_round": 1, "finetune_seen": 0,
-                "weights": {**(state.get("weights") or {}), **weights}}
+                "weights": {**(state.get("weights") or {}), **weights}, "weights_from_batch": 0}
 
     def load_batch(state: AnnotateState) -> dict:
         start = state.get("cursor", 0)
@@ -198,8 +198,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         del inflight[pending["round"]]
         if accepted and ctx.engine is not None:
             ctx.engine.models_changed()
+        since_batch = {"weights_from_batch": state.get("batch_index", 0)} if accepted else {}
         return {"finetune_pending": None, "weights": {**(state.get("weights") or {}), **accepted},
-                "timings": {"finetune_wait": waited}}
+                "timings": {"finetune_wait": waited}, **since_batch}
 
     label_idx = {name: i for i, name in enumerate(labels)}
     box: dict[str, OnlineDecider] = {}
@@ -288,9 +289,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         pool = [(r["row_id"], r["label"]) for r in records
                 if verified.get(str(r["row_id"])) is not None and r["label"] is not None]
         pool_size = ctx.store.add_to_pool(pool, batch_index) if pool else ctx.store.pool_size()
-        changed = _relabel(d) if state.get("cursor", 0) >= state["n_rows"] else []  # the last batch: earlier
-        if ctx.writer is not None:  # labels follow the final model; the output as it goes, block by block
-            write_finished_blocks(ctx.writer, ctx.store, ids + changed, state["n_rows"])
+        if ctx.writer is not None:  # the output as it goes, block by block
+            write_finished_blocks(ctx.writer, ctx.store, ids, state["n_rows"])
         ctx.on_progress({"event": "accepted", "n": len(ids), "llm": len(verified), "pool_size": pool_size})
         return {"batch_index": batch_index + 1, "batch_ids": [], "batch": None, "verified": {}, "audit_answers": {},
                 "routed": None, "pool_size": pool_size, "decide": d.state_dict()}
@@ -330,6 +330,51 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             changed_ids += [u[0] for u in updates]
         return changed_ids
 
+    def final_fit(state: AnnotateState) -> dict:
+        """After the last batch: a round still training ends (its weights vote in ``revote``), and the
+        posterior is fitted on every answer; checkpointed before any stored vote changes."""
+        update = take_finished_round(state, wait=True)
+        d = decider(state)
+        d.fit_final()
+        return {**update, "decide": d.state_dict()}
+
+    def revote(state: AnnotateState) -> dict:
+        """The finishing step: the final trainable models vote again on the rows settled before their
+        weights came in (``Settings.final_revote``, calibrated routing), then every row's label follows the
+        final posterior. Block by block through the store; re-run after a crash, it casts the same votes."""
+        d = decider(state)
+        trainable = [j for j, m in enumerate(ctx.models) if isinstance(m, TrainableSLM)]
+        upto = int(state.get("weights_from_batch", 0))
+        revoted: list[int] = []  # their stored votes changed: the output's blocks holding them are rewritten
+        if ctx.settings.final_revote and trainable and upto > 0 and d.revote_due():
+            for part in ctx.store.iter_results(FINISH_CHUNK_ROWS):
+                rows = [r for r in part if r["batch"] < upto and r["label_source"] == LabelSource.SLM_CONSENSUS.value]
+                if rows:
+                    _revote_rows(d, rows, trainable)
+                    revoted += [int(r["row_id"]) for r in rows]
+            ctx.on_progress({"event": "note", "text": f"re-voted {len(revoted)} settled rows with the final "
+                                                      f"{', '.join(ctx.models[j].name for j in trainable)}"})
+        changed = _relabel(d)
+        if ctx.writer is not None:  # the shards already written that hold a changed row
+            ctx.writer.rewrite_stored(ctx.store, sorted(set(revoted) | set(changed)))
+        return {"finalized": True, "decide": d.state_dict()}
+
+    def _revote_rows(d: OnlineDecider, rows: list[dict], trainable: list[int]) -> None:
+        ids = [int(r["row_id"]) for r in rows]
+        votes = np.asarray([[label_idx.get((r["votes"].get(m.name) or {}).get("label"), -1) for m in ctx.models]
+                            for r in rows], dtype=np.int64)
+        conf = np.asarray([[float((r["votes"].get(m.name) or {}).get("p") or 0.0) for m in ctx.models]
+                           for r in rows], dtype=np.float64)
+        texts = [text_of(rid) for rid in ids]
+        for j in trainable:
+            pred = ctx.models[j].predict(texts)
+            votes[:, j] = pred.votes
+            conf[:, j] = np.round(np.asarray(pred.confidence, dtype=np.float64), 4)
+        d.revote(ids, votes, conf)
+        ctx.store.update_votes([(rid, {m.name: {"label": labels[v] if v >= 0 else None, "p": float(c)}
+                                       for m, v, c in zip(ctx.models, votes[k], conf[k])})
+                                for k, rid in enumerate(ids)])
+
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1
         seen = ctx.store.n_results()  # every row so far; the next round's new rows come after these
@@ -346,8 +391,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
                                                   RunPaths(ctx.run_dir).models, ctx.on_progress,
                                                   seen_upto=state.get("finetune_seen", 0), engine=ctx.engine)
         weights = {**(state.get("weights") or {}), **accepted}
+        since_batch = {"weights_from_batch": state.get("batch_index", 0)} if accepted else {}
         return {"finetune_round": round_, "pool_at_last_finetune": pool_size, "finetune_seen": seen,
-                "weights": weights}
+                "weights": weights, **since_batch}
 
     def report(state: AnnotateState) -> dict:
         # The runner builds the report from the store once the graph has ended: this node marks the
@@ -358,14 +404,17 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
 
     graph = StateGraph(AnnotateState)
     for name, fn in [("warm_start", warm_start), ("load_batch", load_batch), ("ensemble", ensemble),
-                     ("verify", verify), ("accept", accept), ("finetune", finetune), ("report", report)]:
+                     ("verify", verify), ("accept", accept), ("finetune", finetune), ("final_fit", final_fit),
+                     ("revote", revote), ("report", report)]:
         graph.add_node(name, _timed(name, fn))
-    graph.add_conditional_edges(START, route_start, ["warm_start", "load_batch", "report"])
-    graph.add_conditional_edges("warm_start", route_next_batch, ["load_batch", "report"])
+    graph.add_conditional_edges(START, route_start, ["warm_start", "load_batch", "final_fit", "report"])
+    graph.add_conditional_edges("warm_start", route_next_batch, ["load_batch", "final_fit", "report"])
     graph.add_edge("load_batch", "ensemble")
     graph.add_conditional_edges("ensemble", route_after_ensemble, ["verify", "accept"])
     graph.add_edge("verify", "accept")
-    graph.add_conditional_edges("accept", route_after_accept, ["finetune", "load_batch", "report"])
-    graph.add_conditional_edges("finetune", route_next_batch, ["load_batch", "report"])
+    graph.add_conditional_edges("accept", route_after_accept, ["finetune", "load_batch", "final_fit", "report"])
+    graph.add_conditional_edges("finetune", route_next_batch, ["load_batch", "final_fit", "report"])
+    graph.add_edge("final_fit", "revote")
+    graph.add_edge("revote", "report")
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)

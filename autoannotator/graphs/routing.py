@@ -41,11 +41,14 @@ def should_finetune(pool_size: int, pool_at_last_finetune: int, beta: int, has_t
     return has_trainable and not pending and pool_size - pool_at_last_finetune >= beta
 
 
-def route_next_batch(state: AnnotateState) -> Literal["load_batch", "report"]:
-    return "load_batch" if state.get("cursor", 0) < state["n_rows"] else "report"
+def route_next_batch(state: AnnotateState) -> Literal["load_batch", "final_fit", "report"]:
+    """The next batch; after the last one the finishing steps (final fit, re-vote, relabel), once."""
+    if state.get("cursor", 0) < state["n_rows"]:
+        return "load_batch"
+    return "report" if state.get("finalized") else "final_fit"
 
 
-def route_after_accept(state: AnnotateState) -> Literal["finetune", "load_batch", "report"]:
+def route_after_accept(state: AnnotateState) -> Literal["finetune", "load_batch", "final_fit", "report"]:
     if should_finetune(state.get("pool_size", 0), state.get("pool_at_last_finetune", 0), state["beta"],
                        state.get("has_trainable", False), bool(state.get("finetune_pending"))):
         return "finetune"

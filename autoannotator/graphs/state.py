@@ -40,5 +40,9 @@ class AnnotateState(TypedDict, total=False):
     weights: dict[str, str]  # trainable model name -> accepted weights folder
     # A background round in flight (finetune.overlap): {"round", "launch_batch", "seen_upto"}; None when none
     finetune_pending: dict | None
+    # The first batch labelled with the trainable models' current weights (the batch index when they came in):
+    # rows settled in earlier batches are voted on again by the finishing step (``Settings.final_revote``).
+    weights_from_batch: int
+    finalized: bool  # the finishing step (re-vote, relabel under the final posterior) is done
     timings: Annotated[dict[str, float], add_timings]
     finished: bool

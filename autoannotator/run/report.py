@@ -138,7 +138,7 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
     if b.get("llm_budget_share") is not None:
         budget = f"share {b['llm_budget_share']}"
     elif cap.get("applied") and cap.get("share") is not None:
-        budget = f"at most the paper rule's share of rows ({cap['share']:.1%}, the default)"
+        budget = f"at most the paper rule's share of rows ({cap['share']:.1%}, the default; the audit apart)"
     else:
         budget = "none"
     lines = ["", "## Decisions", "",
@@ -151,6 +151,10 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
                 "(--llm-budget 1 lifts it)" if cap.get("applied") and cap.get("held_back") else ""),
              f"- Audit: {report.get('audit_llm_calls', 0)} LLM calls (${report.get('audit_cost_usd', 0):.6f}), "
              "counted apart from the routing's"]
+    revoted = (d.get("final_revote") or {}).get("rows")
+    if revoted:
+        lines.append(f"- Final re-vote: {revoted} rows settled before the last fine-tuning round were voted on "
+                     "again by the final models; their labels follow the final posterior")
     v = d.get("llm_verdict") or {}
     if v.get("agreement") is not None:
         lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "

@@ -118,6 +118,11 @@ class RunStore:
         self._write("UPDATE results SET label = ?, label_source = ?, confidence = ? WHERE row_id = ?",
                     ((lbl, src, conf, rid) for rid, lbl, src, conf in decisions))
 
+    def update_votes(self, votes: list[tuple[int, dict[str, dict]]]) -> None:
+        """Rewrite (row id, model -> {"label", "p"}) of stored rows: the final models' votes on rows settled
+        before their weights came in (the graph's finalize step)."""
+        self._write("UPDATE results SET votes = ? WHERE row_id = ?", ((json.dumps(v), rid) for rid, v in votes))
+
     def _select_results(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
         cur = self._db.execute(f"SELECT {', '.join(self._RESULT_KEYS)} FROM results {where} ORDER BY row_id", params)
         out = []
