@@ -241,7 +241,7 @@ class OnlineDecider:
         return {"routing": self.routing, "llm_accuracy_assumed": self.llm_accuracy, "margin": self.margin,
                 "budget": self.budget.report(), "reliability": self.reliability(),
                 "paper_cap": {"applied": self.paper_cap and self.routing != "paper", "share": self.paper_share(),
-                              "held_back": self.held_back, "revoted": self.revoted},
+                              "held_back": self.held_back},
                 "final_revote": {"rows": self.revoted},
                 "llm_verdict": v.as_dict(label_names),
                 "audit": {"target": self.audit.target if self.audit else 0,

@@ -361,19 +361,17 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
 
     def _revote_rows(d: OnlineDecider, rows: list[dict], trainable: list[int]) -> None:
         ids = [int(r["row_id"]) for r in rows]
-        votes = np.asarray([[label_idx.get((r["votes"].get(m.name) or {}).get("label"), -1) for m in ctx.models]
-                            for r in rows], dtype=np.int64)
-        conf = np.asarray([[float((r["votes"].get(m.name) or {}).get("p") or 0.0) for m in ctx.models]
-                           for r in rows], dtype=np.float64)
+        book = [_book_row(r) for r in rows]
+        votes = [b["slm"] for b in book]
+        conf = [b["conf"] for b in book]
         texts = [text_of(rid) for rid in ids]
-        for j in trainable:
+        for j in trainable:  # rounded as score_batch rounds the votes the loop stores
             pred = ctx.models[j].predict(texts)
-            votes[:, j] = pred.votes
-            conf[:, j] = np.round(np.asarray(pred.confidence, dtype=np.float64), 4)
-        d.revote(ids, votes, conf)
-        ctx.store.update_votes([(rid, {m.name: {"label": labels[v] if v >= 0 else None, "p": float(c)}
-                                       for m, v, c in zip(ctx.models, votes[k], conf[k])})
-                                for k, rid in enumerate(ids)])
+            for k, (v, c) in enumerate(zip(pred.votes.tolist(), pred.confidence.tolist())):
+                votes[k][j], conf[k][j] = int(v), round(float(c), 4)
+        d.revote(ids, np.asarray(votes, dtype=np.int64), np.asarray(conf, dtype=np.float64))
+        batch = {"votes": votes, "confidence": conf}
+        ctx.store.update_votes([(rid, row_votes(ctx.models, labels, batch, k)) for k, rid in enumerate(ids)])
 
     def finetune(state: AnnotateState) -> dict:
         round_ = state.get("finetune_round", 0) + 1

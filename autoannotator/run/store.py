@@ -120,7 +120,7 @@ class RunStore:
 
     def update_votes(self, votes: list[tuple[int, dict[str, dict]]]) -> None:
         """Rewrite (row id, model -> {"label", "p"}) of stored rows: the final models' votes on rows settled
-        before their weights came in (the graph's finalize step)."""
+        before their weights came in (the graph's revote step)."""
         self._write("UPDATE results SET votes = ? WHERE row_id = ?", ((json.dumps(v), rid) for rid, v in votes))
 
     def _select_results(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
