@@ -144,6 +144,7 @@ def label(
                 out_path=str(out_path or default_output_path(data_path, run_dir, source.fmt)), task=task,
                 model_specs=list(settings.models),
                 settings={k: v for k, v in settings.model_dump(mode="json").items() if k in FROZEN_SETTINGS},
+                verifier=dict(verifier_info) if verifier_factory is not None and verifier_info else None,
             )
             if llm is not None:
                 record_llm(plan, base_url=llm.base_url, model_id=llm.model_id, embedded=llm.embedded,

@@ -61,3 +61,21 @@ def test_human_verifier_in_bench(tmp_path, monkeypatch):
     auto = [r for r in rows if r.name.startswith("autoannotator")]
     assert auto and all(r.verifier == "human verifier" for r in auto)
     assert all(r.llm_tokens_in == 0 for r in auto)
+
+
+def test_a_benchmark_run_is_not_resumed_with_an_llm(tmp_path):
+    """A bench run stopped midway (the CLI's stop message says `label --resume`) must not be finished by the
+    run's default LLM: its answers came from the simulated verifier. Refused in one line, nothing started."""
+    import pytest
+
+    from autoannotator import api
+    from autoannotator.errors import UserError
+
+    settings = Settings(models=["vader", "textblob"], sandbox="none", batch_size=16)
+    run_bench(settings, _data(tmp_path, 20), instruction="sentiment", gold_column="label", labels=None,
+              text_column=None, verifier="simulated:0.9", epsilons=[1e-6], betas=[100_000], out_dir=tmp_path / "out",
+              routings=["paper"], include_llm_only=False, trajectory=False)
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["verifier"]["simulated"] is True
+    with pytest.raises(UserError, match="simulated verifier"):
+        api.resume(run_dir, models=["vader", "textblob"], sandbox="none")

@@ -52,6 +52,8 @@ class RunPlan(BaseModel):
     sandbox: str = "none"
     # The LLM the run is labelled by, for life (llm/identity.py): a resume keeps it unless --switch-llm.
     llm: LLMRecord | None = None
+    # A verifier other than the run's LLM (the benchmark's simulated one, a person): its description.
+    verifier: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunPlan":
@@ -95,7 +97,13 @@ def requested_llm(settings: Any) -> LLMIdentity | None:
 
 def settings_for_resume(plan: RunPlan, settings: Any, *, switch_llm: bool) -> tuple[Any, str | None]:
     """The settings a resumed run talks to its LLM with: the run's own LLM (and its answer settings)
-    unless the user names another and says ``--switch-llm``; refused in one line otherwise."""
+    unless the user names another and says ``--switch-llm``; refused in one line otherwise. A run whose
+    answers came from the benchmark's simulated verifier is refused too: an LLM would finish it with another
+    source's answers, and the benchmark's figures would no longer say what they measured."""
+    if plan.verifier and plan.verifier.get("simulated"):
+        who = plan.verifier.get("description") or "simulated verifier"
+        raise UserError(f"run {plan.run_id} was labelled by the benchmark's {who}, not an LLM: resuming it with "
+                        "one would mix their answers; run `autoannotator bench` again")
     record, note = resume_llm(plan.llm, requested_llm(settings), switch=switch_llm, run_id=plan.run_id)
     if record is None:
         return settings, None
