@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     # before their weights came in, and those rows' labels follow the final posterior: the early rows were
     # labelled by a student that had seen a few hundred answers, the last by one that has seen them all.
     final_revote: bool = True
+    # Share of the default paper cap kept back while the batches are labelled and spent after the re-vote on the
+    # settled rows the final posterior is least sure of (calibrated routing; not under --llm-budget/--max-llm-cost).
+    final_reserve: float = Field(0.25, ge=0.0, lt=1.0)
     max_llm_cost: float | None = Field(None, ge=0.0)  # USD, at the price table's prices
     # Settled rows also sent to the LLM to estimate label quality without gold: None = min(100, 2 %), 0 = off.
     audit: int | None = Field(None, ge=0)

@@ -182,3 +182,64 @@ def test_a_crash_in_the_revote_resumes_to_the_uninterrupted_labels(tmp_path):
         ctx, final = _resume_growing(tmp_path / "cut", saver)
     got = {r["row_id"]: (r["label"], r["label_source"], r["confidence"], r["votes"]) for r in ctx.store.results()}
     assert final["finished"] and got == want
+
+
+RESERVE_ROWS = 300
+RESERVE_CONFIG = {"configurable": {"thread_id": "r"}, "recursion_limit": 3000}
+
+
+def _reserve_context(tmp_path: Path, n: int = RESERVE_ROWS) -> AnnotateContext:
+    """The default paper cap with a reserve; the audit feeds the LLM verdict the cap waits for. A third of the rows'
+    true labels contradict their keyword, so the agreeing keyword models are no sure thing and asking helps on
+    most rows: the cap binds."""
+    ctx = _growing_context(tmp_path, True, n)
+    ctx.settings = ctx.settings.model_copy(update={"final_reserve": 0.4, "audit": 40})
+    keyword = ["positive" if i % 2 else "negative" for i in range(n)]
+    ctx.verifier = OracleVerifier([(LABELS[0] if k == LABELS[1] else LABELS[1]) if i % 3 == 0 else k
+                                   for i, k in enumerate(keyword)])
+    return ctx
+
+
+def test_the_reserve_is_spent_after_the_revote_on_settled_rows_within_the_paper_cap(tmp_path):
+    ctx = _reserve_context(tmp_path)
+    final = build_annotate_graph(ctx).invoke(_initial(RESERVE_ROWS, ctx.settings), RESERVE_CONFIG)
+    summary = final["decide_summary"]
+    asked = ctx.verifier.asked
+    topped = summary["top_up"]["rows"]
+    calls = summary["budget"]["calls"]  # routed and topped up; the audit's are counted apart
+    assert topped > 0 and len(asked) == len(set(asked)) == calls + summary["audit"]["rows"]
+    assert calls <= summary["paper_cap"]["share"] * RESERVE_ROWS  # within the paper cap, every row asked once
+    late = asked[-topped:]  # the top-up's rows: asked after every batch, recorded as LLM rows now
+    by_id = {r["row_id"]: r for r in ctx.store.results()}
+    assert all(by_id[r]["label_source"] in ("llm_verified", "llm_overruled") and by_id[r]["llm_label"] for r in late)
+    assert {r for r, _ in ctx.store.pool()} >= set(late)
+    settled = [r for r in by_id.values() if r["label_source"] == "slm_consensus"]
+    assert settled and all(r["llm_label"] is None or r["audit"] for r in settled)
+
+
+def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path):
+    whole = _reserve_context(tmp_path / "whole")
+    build_annotate_graph(whole).invoke(_initial(RESERVE_ROWS, whole.settings), RESERVE_CONFIG)
+    want = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in whole.store.results()}
+    (tmp_path / "cut").mkdir()
+    ctx = _reserve_context(tmp_path / "cut")
+    store_labels = ctx.store.set_llm_labels
+
+    def crash(answers):  # the answers are stored, the labels not yet relabelled: then a crash
+        store_labels(answers)
+        raise KeyboardInterrupt("simulated crash")
+
+    ctx.store.set_llm_labels = crash
+    with SqliteSaver.from_conn_string(str(tmp_path / "cut" / "ck.sqlite")) as saver:
+        with pytest.raises(KeyboardInterrupt):
+            build_annotate_graph(ctx, checkpointer=saver).invoke(_initial(RESERVE_ROWS, ctx.settings), RESERVE_CONFIG)
+    with SqliteSaver.from_conn_string(str(tmp_path / "cut" / "ck.sqlite")) as saver:
+        again = _reserve_context(tmp_path / "cut")
+        graph = build_annotate_graph(again, checkpointer=saver)
+        saved = graph.get_state(RESERVE_CONFIG)
+        assert saved.next == ("top_up",)
+        again.models[2].load(Path(saved.values["weights"]["student"]))
+        final = graph.invoke(None, RESERVE_CONFIG)
+    assert sorted(again.verifier.asked) == sorted(saved.values["top_up"])  # the same rows, no others
+    got = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in again.store.results()}
+    assert final["finished"] and got == want

@@ -499,3 +499,67 @@ def test_a_run_planned_before_a_setting_resumes_as_it_ran() -> None:
     assert not d.paper_cap
     assert OnlineDecider.from_settings(Settings(), 100, 2, ["a"]).paper_cap
     assert not OnlineDecider.from_settings(Settings(llm_budget=1.0), 100, 2, ["a"]).paper_cap
+
+
+def _run_with_top_up(d: OnlineDecider, y: np.ndarray, votes: np.ndarray, answer, batch: int = 50):
+    """``run`` with the finishing steps of the graph: fit_final, the top-up from the reserve, relabel."""
+    final = np.full(len(y), -1)
+    calls = 0
+    audited: set[int] = set()
+    for start in range(0, len(y), batch):
+        ids = list(range(start, min(start + batch, len(y))))
+        _, u, _ = tally(votes[ids], 2, 2)
+        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
+        answers = {r: answer(r) for r in plan.ask}
+        audited |= set(plan.audit)
+        calls += len(answers)
+        for rid, dec in d.settle(ids, answers, {r: answer(r) for r in plan.audit}).items():
+            final[rid] = dec.label
+    d.fit_final()
+    settled = [r for r in range(len(y)) if d._votes[r, -1] < 0 and r not in audited]
+    rows = d.top_up_rows([settled[i:i + 300] for i in range(0, len(settled), 300)])
+    d.take_top_up({r: answer(r) for r in rows}, asked=len(rows))
+    for rid, dec in d.relabel().items():
+        final[rid] = dec.label
+    return final, calls, rows, settled
+
+
+def test_the_reserve_holds_back_a_share_of_the_cap_and_spends_it_on_the_least_sure_settled_rows() -> None:
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    answer = good_llm(y)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
+                      audit=AuditSampler(20, 2000))
+    final, batch_calls, rows, settled = _run_with_top_up(d, y, votes, answer)
+    cap = int(d.paper_share() * 2000)
+    assert batch_calls <= 0.7 * cap + 50  # the batches kept to the cap less the reserve (+ one batch)
+    assert 0 < len(rows) and batch_calls + len(rows) <= cap  # the top-up spends what is left, no more
+    assert d.budget.calls == batch_calls + len(rows) and d.summary(["n", "p"])["top_up"]["rows"] == len(rows)
+    assert set(rows) <= set(settled)
+    conf = d._posterior(np.asarray(settled)).max(axis=1)
+    chosen = np.isin(settled, rows)
+    assert conf[chosen].max() <= conf[~chosen].min() + 1e-9  # the least sure settled rows, none surer
+    assert all(d.relabel()[r].source in ("llm_verified", "llm_overruled") for r in rows)
+    plain = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, audit=AuditSampler(20, 2000))
+    plain_final, plain_calls = run(plain, y, votes, answer)
+    assert (final == y).mean() >= (plain_final == y).mean() - 0.01  # same calls, no worse
+
+
+def test_no_top_up_without_a_reserve_a_cap_or_beside_an_unreliable_llm() -> None:
+    y, votes = correlated_stream(600, 3, shared=0.22)
+    for d, answer in ((OnlineDecider(600, 2, ["a", "b"], routing="calibrated", paper_cap=True), good_llm(y)),
+                      (OnlineDecider(600, 2, ["a", "b"], routing="calibrated", reserve=0.3), good_llm(y)),
+                      (OnlineDecider(600, 2, ["a", "b"], routing="paper", paper_cap=True, reserve=0.3), good_llm(y)),
+                      (OnlineDecider(600, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3),
+                       lambda r: 1)):
+        _, _, rows, _ = _run_with_top_up(d, y, votes, answer)
+        assert rows == [] and d.topped_up == 0
+
+
+def test_a_user_budget_keeps_no_reserve() -> None:
+    """Under the user's --llm-budget each answer is scarce and teaches the students mid-run: the budget is paced
+    over the batches as without a reserve, and nothing is asked at the end."""
+    y, votes = correlated_stream(2000, 5, shared=0.22)
+    runs = [OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", reserve=r, budget=LLMBudget(2000, share=0.1))
+            for r in (0.0, 0.4)]
+    results = [_run_with_top_up(d, y, votes, good_llm(y)) for d in runs]
+    assert results[0][1] == results[1][1] > 0.09 * 2000 and results[1][2] == []

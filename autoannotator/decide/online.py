@@ -71,7 +71,9 @@ an uninterrupted one.
 
 The end of a run (the graph's finishing steps): ``fit_final`` fits the posterior on every answer, the final
 fine-tuned models vote again on the rows settled before their weights came in (``revote``: calibrated routing,
-an LLM not judged unreliable), and ``relabel_blocks`` labels every row by the final posterior.
+an LLM not judged unreliable), ``top_up_rows`` picks the settled rows the final posterior is least sure of for
+the ``reserve`` kept from the paper cap (``take_top_up`` adds their answers), and ``relabel_blocks`` labels every
+row by the final posterior, which stays as ``fit_final`` left it (``frozen``).
 
 Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes and the
 voters' confidences are rebuilt from the run store with ``restore``.
@@ -205,6 +207,11 @@ class OnlineDecider:
     # With no budget of the user's: never ask a larger share of the rows than the paper's rule would have
     # (the rows with U >= epsilon), spent on the rows the posterior is least sure of.
     paper_cap: bool = False
+    # Share of the paper cap held back while the batches are labelled and spent at the end (``top_up_rows``) on
+    # the settled rows the final posterior is least sure of: the early rows were routed by a posterior that had
+    # seen few answers. Not under a user's budget: there each answer is scarcer, and worth more as the
+    # students' training data mid-run than as a late label (measured: docs/benchmarks.md).
+    reserve: float = 0.0
     budget: LLMBudget | None = None
     audit: AuditSampler | None = None
     # The verifier's answer is the label (a person reviewing): routing still follows the posterior, but
@@ -213,6 +220,10 @@ class OnlineDecider:
     unreliable_noted: bool = False
     held_back: int = 0  # rows the paper cap kept from the LLM though asking was expected to help
     revoted: int = 0  # settled rows the final models voted on again (``revote``)
+    topped_up: int = 0  # settled rows asked at the end from the reserve (``top_up_rows``)
+    # After ``fit_final`` the posterior stays as fitted: later answers (the top-up's) and votes (the re-vote's)
+    # label rows but teach it nothing, since a final model's vote on a row it trained on looks surer than it is.
+    frozen: bool = False
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
 
@@ -226,6 +237,7 @@ class OnlineDecider:
                    confidence_bins=settings.confidence_bins, posterior_model=settings.posterior_model,
                    budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
                    paper_cap=settings.cap_at_paper_share and settings.llm_budget is None and settings.max_llm_cost is None,
+                   reserve=settings.final_reserve,
                    audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None,
                    answers_final=answers_final)
 
@@ -243,6 +255,7 @@ class OnlineDecider:
                 "paper_cap": {"applied": self.paper_cap and self.routing != "paper", "share": self.paper_share(),
                               "held_back": self.held_back},
                 "final_revote": {"rows": self.revoted},
+                "top_up": {"reserve": self.reserve, "rows": self.topped_up},
                 "llm_verdict": v.as_dict(label_names),
                 "audit": {"target": self.audit.target if self.audit else 0,
                           "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
@@ -401,6 +414,8 @@ class OnlineDecider:
             self.logistic.load_state_dict(None)
             self._logistic_at = -1
             return
+        if self.frozen and self.logistic.fitted:
+            return
         n = self._n_answered
         if self.logistic.fitted and (n == self._logistic_at or (
                 n > LOGISTIC_EVERY_BATCH_UPTO and n <= self._logistic_at * (1 + LOGISTIC_GROWTH))):
@@ -463,11 +478,7 @@ class OnlineDecider:
             u = np.asarray([np.nan if x is None else x for x in (uncertainty or [None] * len(ids))], dtype=np.float64)
             mask, prio = route("paper", uncertainty=u, epsilon=self.epsilon)
         else:
-            model, pats = ((self.refined, self._refined_ids(ids)) if self.confidence_bins > 1
-                           else (self.patterns, pattern_ids(self._slm(ids), self.n_labels)))
-            cautious = model.pessimistic(pats, post) if self.explore else post
-            mask, prio = route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion,
-                               margin=self.margin)
+            mask, prio = self._calibrated_route(ids, post)
         mask &= live_mask
         u_all = np.asarray([np.nan if x is None else x for x in (uncertainty or [None] * len(ids))], dtype=np.float64)
         self._mark_hard(ids, np.where(live_mask, u_all, np.nan))
@@ -478,23 +489,62 @@ class OnlineDecider:
         return BatchPlan([int(r) for r in ids[ask]], audit, {int(r): float(c) for r, c in zip(ids, post.max(axis=1))},
                          {int(r): float(p) for r, p in zip(ids, prio)})
 
+    def _calibrated_route(self, ids: np.ndarray, post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model, pats = ((self.refined, self._refined_ids(ids)) if self.confidence_bins > 1
+                       else (self.patterns, pattern_ids(self._slm(ids), self.n_labels)))
+        cautious = model.pessimistic(pats, post) if self.explore else post
+        return route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion, margin=self.margin)
+
     def paper_share(self) -> float | None:
         """Share of the judged rows seen that the paper's rule would have asked (None before any)."""
         return self._n_hard / self._n_judged if self._n_judged else None
 
     def _share_cap(self) -> float | None:
-        """The paper cap for this batch's choice (calibrated routing with ``paper_cap``), else None.
+        """The paper cap for this batch's choice (calibrated routing with ``paper_cap``), less the ``reserve``
+        kept for the end; else None.
 
-        Not before the LLM verdict has its rows: the cap sends the LLM to the rows the SLMs split on, and
+        The paper cap waits for the LLM verdict's rows: the cap sends the LLM to the rows the SLMs split on, and
         the verdict judges it on the rows they agree on, so under the cap an LLM answering one label for
         everything could go unnoticed for the whole run. The calls made meanwhile count against the cap. The
         audit's do not: as under a budget of the user's, they are counted and priced apart (a small, declared
         share: min(100, 2 %) of the rows by default)."""
         if not self.paper_cap or self.routing == "paper":
             return None
-        if self.verdict().n < MIN_LLM_VOTES_FOR_VERDICT:
+        if self.verdict().n < MIN_LLM_VOTES_FOR_VERDICT or self.paper_share() is None:
             return None
-        return self.paper_share()
+        return self.paper_share() * (1.0 - self.reserve)
+
+    def top_up_due(self) -> bool:
+        """Is there a reserve to spend at the end? Calibrated routing under the paper cap, beside an LLM not
+        judged unreliable (its answers would move nothing)."""
+        return self.routing != "paper" and self.paper_cap and self.reserve > 0 and not self.verdict().unreliable
+
+    def top_up_rows(self, blocks: Iterable[list[int]]) -> list[int]:
+        """Of the settled rows (no LLM answer, not audited) given block by block, those the final posterior gains
+        most from asking, as many as the paper cap leaves (the reserve and whatever the batches left unspent)."""
+        if not self.top_up_due():
+            return []
+        left = self.budget.calls_left(None, share_cap=self.paper_share())
+        if left == math.inf or left <= 0:
+            return []
+        best_ids, best_gain = np.zeros(0, dtype=np.int64), np.zeros(0)
+        for block in blocks:  # a running best ``left``: one block's posterior in memory at a time
+            ids = np.asarray(block, dtype=np.int64)
+            if not len(ids):
+                continue
+            mask, gain = self._calibrated_route(ids, self._posterior(ids))
+            best_ids = np.concatenate([best_ids, ids[mask]])
+            best_gain = np.concatenate([best_gain, gain[mask]])
+            order = np.lexsort((best_ids, -best_gain))[:int(left)]  # ties: the lower row id first
+            best_ids, best_gain = best_ids[order], best_gain[order]
+        return sorted(int(r) for r in best_ids)
+
+    def take_top_up(self, answers: Mapping[int, int], cost: float = 0.0, asked: int | None = None) -> None:
+        """The top-up's answers join the vote book (labels follow in ``relabel_blocks``); ``asked`` rows are
+        charged to the budget (default: one per answer)."""
+        self.budget.spend(len(answers) if asked is None else asked, cost)
+        self.add_llm_votes({int(k): int(v) for k, v in answers.items() if int(v) >= 0})
+        self.topped_up += len(answers) if asked is None else asked
 
     def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
                cost: float = 0.0, live: list[bool] | None = None, majority: list[int] | None = None
@@ -543,8 +593,10 @@ class OnlineDecider:
         """Fit the posterior on every answer of the run, before ``revote`` changes any vote: it learns each
         model's reliability from votes cast before the row was trained on (a final model's vote on a row it
         trained on would look more reliable than it is). The graph checkpoints the result, so a run resumed
-        in the middle of re-voting labels with the same posterior."""
+        in the middle of re-voting labels with the same posterior; from here on it is ``frozen``."""
+        self.frozen = False
         self._refit()
+        self.frozen = True
 
     def revote(self, row_ids: list[int], votes: np.ndarray, confidence: np.ndarray) -> None:
         """The final models' votes (and probabilities) on settled rows, in place of those they were settled
@@ -699,7 +751,8 @@ class OnlineDecider:
                 "unreliable_noted": self.unreliable_noted, "audit_usage": dict(self.audit_usage),
                 "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at,
                 "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at,
-                "held_back": self.held_back, "revoted": self.revoted}
+                "held_back": self.held_back, "revoted": self.revoted, "topped_up": self.topped_up,
+                "frozen": self.frozen}
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
@@ -725,6 +778,8 @@ class OnlineDecider:
         self.unreliable_noted = bool(state.get("unreliable_noted", False))
         self.held_back = int(state.get("held_back", 0))
         self.revoted = int(state.get("revoted", 0))
+        self.topped_up = int(state.get("topped_up", 0))
+        self.frozen = bool(state.get("frozen", False))
         self._n_hard = int((self._hard == 1).sum())
         self._n_judged = int((self._hard >= 0).sum())
         if state.get("audit_usage"):

@@ -2,7 +2,8 @@
 
     START -(warm start?)-> warm_start -> load_batch -> ensemble -(routed or audited?)-> verify -> accept
                                                               \\-------------------------> accept
-    accept -(beta new verified?)-> finetune -> load_batch | final_fit -> revote -> report -> END
+    accept -(beta new verified?)-> finetune -> load_batch | final_fit -> revote -> choose_top_up -> top_up
+                                                                      -> report -> END
 
 With ``finetune.overlap`` the finetune node only starts the round (``engine/steps.py``: a thread
 training copies of the models) and the loop labels on with the current weights; load_batch, at
@@ -99,6 +100,11 @@ def _timed(name: str, fn: Callable[[AnnotateState], dict]) -> Callable[[Annotate
 
     node.__name__ = name
     return node
+
+
+def _tokens(result) -> tuple[int, int]:
+    """(tokens in, tokens out) of a verifier result; a verifier may report no usage (a person, a test double)."""
+    return int(getattr(result, "tokens_in", 0) or 0), int(getattr(result, "tokens_out", 0) or 0)
 
 
 def processing_order(n_rows: int, seed: int, shuffle: bool = True, block_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
@@ -258,9 +264,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         audit_answers = {k: v for k, v in answers.items() if int(k) in audit_set and v is not None}
         prices = ctx.settings.prices
 
-        def tokens(r) -> tuple[int, int]:  # a verifier may report no usage (a person, a test double)
-            return int(getattr(r, "tokens_in", 0) or 0), int(getattr(r, "tokens_out", 0) or 0)
-
+        tokens = _tokens
         ask_cost = sum(prices.cost(*tokens(r)) for r in results if r.row_id not in audit_set)
         paid = [r for r in results if r.row_id in audit_set]
         d = decider(state)
@@ -357,7 +361,48 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         changed = _relabel(d)
         if ctx.writer is not None:  # the shards already written that hold a changed row
             ctx.writer.rewrite_stored(ctx.store, sorted(set(revoted) | set(changed)))
-        return {"finalized": True, "decide": d.state_dict()}
+        return {"decide": d.state_dict()}
+
+    def choose_top_up(state: AnnotateState) -> dict:
+        """The reserve's rows (``Settings.final_reserve``): the settled rows the final posterior gains most from
+        asking, chosen once and checkpointed, so a run resumed in ``top_up`` asks the same rows (the verifier's
+        cache answers those already paid for)."""
+        d = decider(state)
+        if not d.top_up_due():
+            return {"top_up": []}
+
+        def settled_blocks():
+            for part in ctx.store.iter_results(FINISH_CHUNK_ROWS):
+                yield [int(r["row_id"]) for r in part if r["label_source"] == LabelSource.SLM_CONSENSUS.value
+                       and not r.get("audit") and r.get("llm_label") is None]
+
+        rows = d.top_up_rows(settled_blocks())
+        ctx.on_progress({"event": "note", "text": f"asking the LLM about {len(rows)} settled rows the final "
+                                                  f"posterior is least sure of (the reserve, {d.reserve:.0%} of the cap)"})
+        return {"top_up": rows}
+
+    def top_up(state: AnnotateState) -> dict:
+        """Ask the chosen rows, add the answers to the pool and the vote book, and relabel by the final
+        posterior; the output's shards holding a changed row are rewritten."""
+        rows = [int(r) for r in state.get("top_up") or []]
+        d = decider(state)
+        if rows:
+            stored = {int(r["row_id"]): r for r in ctx.store.results_of(rows)}
+            hints = {rid: {"votes": stored[rid]["votes"], "uncertainty": stored[rid]["uncertainty"],
+                           "majority": stored[rid]["majority"]} for rid in rows}
+            examples = (ctx.few_shot.pick(rows, state.get("batch_index", 0), text_of)
+                        if ctx.few_shot is not None else None)
+            answers, results = ask_verifier(ctx.verifier, [(rid, text_of(rid)) for rid in rows], hints, examples)
+            got = {int(k): v for k, v in answers.items() if v is not None and v in label_idx}
+            cost = sum(ctx.settings.prices.cost(*_tokens(r)) for r in results)
+            ctx.store.set_llm_labels(sorted(got.items()))
+            ctx.store.add_to_pool(sorted(got.items()), state.get("batch_index", 0))
+            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, cost, asked=len(rows))
+            changed = _relabel(d)
+            if ctx.writer is not None:
+                ctx.writer.rewrite_stored(ctx.store, sorted(set(changed)))
+            ctx.on_progress({"event": "verified", "n": len(got), "audit": 0, "pool_size": ctx.store.pool_size()})
+        return {"top_up": [], "finalized": True, "decide": d.state_dict()}
 
     def _revote_rows(d: OnlineDecider, rows: list[dict], trainable: list[int]) -> None:
         ids = [int(r["row_id"]) for r in rows]
@@ -403,7 +448,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     graph = StateGraph(AnnotateState)
     for name, fn in [("warm_start", warm_start), ("load_batch", load_batch), ("ensemble", ensemble),
                      ("verify", verify), ("accept", accept), ("finetune", finetune), ("final_fit", final_fit),
-                     ("revote", revote), ("report", report)]:
+                     ("revote", revote), ("choose_top_up", choose_top_up), ("top_up", top_up), ("report", report)]:
         graph.add_node(name, _timed(name, fn))
     graph.add_conditional_edges(START, route_start, ["warm_start", "load_batch", "final_fit", "report"])
     graph.add_conditional_edges("warm_start", route_next_batch, ["load_batch", "final_fit", "report"])
@@ -413,6 +458,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
     graph.add_conditional_edges("accept", route_after_accept, ["finetune", "load_batch", "final_fit", "report"])
     graph.add_conditional_edges("finetune", route_next_batch, ["load_batch", "final_fit", "report"])
     graph.add_edge("final_fit", "revote")
-    graph.add_edge("revote", "report")
+    graph.add_edge("revote", "choose_top_up")
+    graph.add_edge("choose_top_up", "top_up")
+    graph.add_edge("top_up", "report")
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)

@@ -43,6 +43,7 @@ class AnnotateState(TypedDict, total=False):
     # The first batch labelled with the trainable models' current weights (the batch index when they came in):
     # rows settled in earlier batches are voted on again by the finishing step (``Settings.final_revote``).
     weights_from_batch: int
-    finalized: bool  # the finishing step (re-vote, relabel under the final posterior) is done
+    top_up: list[int]  # the settled rows the finishing steps ask from the reserve (``Settings.final_reserve``)
+    finalized: bool  # the finishing steps (re-vote, top-up, relabel under the final posterior) are done
     timings: Annotated[dict[str, float], add_timings]
     finished: bool

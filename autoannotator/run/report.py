@@ -155,6 +155,10 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
     if revoted:
         lines.append(f"- Final re-vote: {revoted} rows settled before the last fine-tuning round were voted on "
                      "again by the final models; their labels follow the final posterior")
+    top = d.get("top_up") or {}
+    if top.get("rows"):
+        lines.append(f"- Top-up: {top['rows']} settled rows the final posterior was least sure of were asked after the "
+                     f"last batch, from the {top['reserve']:.0%} of the cap kept back for them (counted in the spend above)")
     v = d.get("llm_verdict") or {}
     if v.get("agreement") is not None:
         lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "

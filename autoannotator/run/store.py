@@ -123,6 +123,10 @@ class RunStore:
         before their weights came in (the graph's revote step)."""
         self._write("UPDATE results SET votes = ? WHERE row_id = ?", ((json.dumps(v), rid) for rid, v in votes))
 
+    def set_llm_labels(self, answers: list[tuple[int, str]]) -> None:
+        """Record (row id, LLM label) on stored rows: the answers the finishing top-up asked for settled rows."""
+        self._write("UPDATE results SET llm_label = ? WHERE row_id = ?", ((lbl, rid) for rid, lbl in answers))
+
     def _select_results(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
         cur = self._db.execute(f"SELECT {', '.join(self._RESULT_KEYS)} FROM results {where} ORDER BY row_id", params)
         out = []

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 # One process per boundary, each resuming the last: every boundary of the loop is crossed by a kill.
 CHAIN = ["after:accept:1", "before:load_batch:1", "after:load_batch:1", "before:ensemble:1", "after:ensemble:1",
-         "before:verify:1", "after:verify:1", "before:accept:1", "after:final_fit:1", "after:revote:1", "before:report:1",
-         "after:report:1"]
+         "before:verify:1", "after:verify:1", "before:accept:1", "after:final_fit:1", "after:revote:1",
+         "after:choose_top_up:1", "before:top_up:1", "after:top_up:1", "before:report:1", "after:report:1"]
 
 
 def _all_calls(report: dict) -> int:
