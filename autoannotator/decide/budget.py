@@ -93,7 +93,7 @@ class LLMBudget:
         """Mask of the batch's rows to ask: candidates above the running threshold, the boundary
         bin's share of those in it, highest priorities first, never more than the calls left.
         ``share_cap``: a further cap on the run's share of rows asked, for this batch's choice (the
-        decider's accuracy target and default cap, which move as the run learns). Call ``spend`` afterwards."""
+        decider's default paper cap less its reserve, which moves as the run learns). Call ``spend`` afterwards."""
         cand = np.asarray(candidates, dtype=bool)
         prio = np.asarray(priority, dtype=np.float64)
         self._observe(prio)
