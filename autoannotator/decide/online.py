@@ -539,12 +539,12 @@ class OnlineDecider:
             best_ids, best_gain = best_ids[order], best_gain[order]
         return sorted(int(r) for r in best_ids)
 
-    def take_top_up(self, answers: Mapping[int, int], cost: float = 0.0, asked: int | None = None) -> None:
-        """The top-up's answers join the vote book (labels follow in ``relabel_blocks``); ``asked`` rows are
-        charged to the budget (default: one per answer)."""
-        self.budget.spend(len(answers) if asked is None else asked, cost)
+    def take_top_up(self, answers: Mapping[int, int], asked: int, cost: float = 0.0) -> None:
+        """The top-up's answers join the vote book (labels follow in ``relabel_blocks``); the ``asked`` rows
+        are charged to the budget, those without a usable answer too."""
+        self.budget.spend(asked, cost)
         self.add_llm_votes({int(k): int(v) for k, v in answers.items() if int(v) >= 0})
-        self.topped_up += len(answers) if asked is None else asked
+        self.topped_up += asked
 
     def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
                cost: float = 0.0, live: list[bool] | None = None, majority: list[int] | None = None

@@ -264,12 +264,11 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         audit_answers = {k: v for k, v in answers.items() if int(k) in audit_set and v is not None}
         prices = ctx.settings.prices
 
-        tokens = _tokens
-        ask_cost = sum(prices.cost(*tokens(r)) for r in results if r.row_id not in audit_set)
+        ask_cost = sum(prices.cost(*_tokens(r)) for r in results if r.row_id not in audit_set)
         paid = [r for r in results if r.row_id in audit_set]
         d = decider(state)
-        d.add_audit_usage(sum(not getattr(r, "cached", False) for r in paid), sum(tokens(r)[0] for r in paid),
-                          sum(tokens(r)[1] for r in paid), sum(prices.cost(*tokens(r)) for r in paid))
+        d.add_audit_usage(sum(not getattr(r, "cached", False) for r in paid), sum(_tokens(r)[0] for r in paid),
+                          sum(_tokens(r)[1] for r in paid), sum(prices.cost(*_tokens(r)) for r in paid))
         ctx.on_progress({"event": "verified", "n": len(verified), "audit": len(audit_answers),
                          "pool_size": state.get("pool_size", 0)})
         return {"verified": verified, "audit_answers": audit_answers,
@@ -397,7 +396,7 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             cost = sum(ctx.settings.prices.cost(*_tokens(r)) for r in results)
             ctx.store.set_llm_labels(sorted(got.items()))
             ctx.store.add_to_pool(sorted(got.items()), state.get("batch_index", 0))
-            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, cost, asked=len(rows))
+            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, asked=len(rows), cost=cost)
             changed = _relabel(d)
             if ctx.writer is not None:
                 ctx.writer.rewrite_stored(ctx.store, sorted(set(changed)))
