@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # settled rows the final posterior is least sure of (calibrated routing; not under --llm-budget/--max-llm-cost).
     final_reserve: float = Field(0.25, ge=0.0, lt=1.0)
     max_llm_cost: float | None = Field(None, ge=0.0)  # USD, at the price table's prices
+    # Calibrated routing asks only as many rows as bring the posterior's expected accuracy of the labels to this
+    # (a share in (0, 1], or "llm": the assumed llm_accuracy), within any cap above; None = no target: every row
+    # the cap allows that the LLM is expected to improve.
+    target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["llm"] | None = None
     # Settled rows also sent to the LLM to estimate label quality without gold: None = min(100, 2 %), 0 = off.
     audit: int | None = Field(None, ge=0)
     # Few-shot verification prompts: per hard row, this many rows labelled in earlier batches (nearest by

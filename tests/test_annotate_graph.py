@@ -12,6 +12,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from autoannotator.config import FinetuneSettings, Settings
 from autoannotator.data import Dataset
 from autoannotator.graphs.annotate import AnnotateContext, build_annotate_graph
+from autoannotator.run.report import _decision_markdown
 from autoannotator.run.store import RunStore
 from autoannotator.task import LabelDef, TaskSpec
 from graph_fakes import LABELS, KeywordSLM, MemoStudent, OracleVerifier
@@ -243,3 +244,17 @@ def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path):
     assert sorted(again.verifier.asked) == sorted(saved.values["top_up"])  # the same rows, no others
     got = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in again.store.results()}
     assert final["finished"] and got == want
+
+
+def test_an_accuracy_target_asks_fewer_rows_and_the_report_says_what_the_posterior_expects(tmp_path):
+    plain = _reserve_context(tmp_path / "plain")
+    untargeted = build_annotate_graph(plain).invoke(_initial(RESERVE_ROWS, plain.settings), RESERVE_CONFIG)
+    ctx = _reserve_context(tmp_path / "target")
+    ctx.settings = ctx.settings.model_copy(update={"target_accuracy": 0.65})
+    final = build_annotate_graph(ctx).invoke(_initial(RESERVE_ROWS, ctx.settings), RESERVE_CONFIG)
+    summary, target = final["decide_summary"], final["decide_summary"]["target"]
+    assert untargeted["decide_summary"]["target"] is None
+    assert summary["budget"]["calls"] < untargeted["decide_summary"]["budget"]["calls"]
+    assert target["accuracy"] == 0.65 and target["spared"] > 0 and target["expected_accuracy"] >= 0.64
+    lines = "\n".join(_decision_markdown({"decision": summary}))
+    assert f"Accuracy target: 0.65; the final posterior expects {target['expected_accuracy']}" in lines

@@ -63,6 +63,9 @@ def test_bad_setting_and_resume_of_nothing(tmp_path):
     _assert_one_line_error(_run([str(data), "--task", "x", "--labels", "a,b", "--k", "0"], tmp_path), "k")
     _assert_one_line_error(_run(["--resume", str(tmp_path / "nowhere")], tmp_path), "run.json")
     _assert_one_line_error(_run([str(data), "--task", "x", "--labels", "a"], tmp_path), "label")
+    for bad in ("abc", "1.5"):
+        _assert_one_line_error(_run([str(data), "--task", "x", "--labels", "a,b", "--target-accuracy", bad],
+                                    tmp_path), "target_accuracy")
 
 
 def test_resume_flag_alone_takes_the_run_dir(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from autoannotator.config import Settings
 from autoannotator.decide.audit import AuditSampler
 from autoannotator.decide.budget import LLMBudget
 from autoannotator.decide.label_model import one_coin
@@ -563,3 +564,99 @@ def test_a_user_budget_keeps_no_reserve() -> None:
             for r in (0.0, 0.4)]
     results = [_run_with_top_up(d, y, votes, good_llm(y)) for d in runs]
     assert results[0][1] == results[1][1] > 0.09 * 2000 and results[1][2] == []
+
+
+def test_fewest_reaching_takes_the_highest_gains_until_the_need_is_met() -> None:
+    gain = np.array([0.1, 0.4, 0.0, 0.3, 0.2])
+    cand = np.array([True, True, False, True, True])
+    assert online_module._fewest_reaching(cand, gain, 0.0).sum() == 0
+    assert online_module._fewest_reaching(cand, gain, 0.5).nonzero()[0].tolist() == [1, 3]  # 0.4 + 0.3 >= 0.5
+    assert online_module._fewest_reaching(cand, gain, 0.7).nonzero()[0].tolist() == [1, 3]  # exactly met
+    assert online_module._fewest_reaching(cand, gain, 9.0).nonzero()[0].tolist() == [0, 1, 3, 4]  # all it can
+
+
+def test_an_accuracy_target_asks_only_what_the_labels_need() -> None:
+    """SLMs whose agreements are right ~0.94: a 0.9 target needs a few calls, the untargeted rule many more; the
+    labels land near the target (the posterior's expectation is its own, the test allows for its calibration)."""
+    y, votes = correlated_stream(3000, 11)
+    answer = good_llm(y)
+    full = OnlineDecider(3000, 2, ["a", "b"], routing="calibrated", paper_cap=True, audit=AuditSampler(40, 3000))
+    full_final, full_calls = run(full, y, votes, answer)
+    targeted = OnlineDecider(3000, 2, ["a", "b"], routing="calibrated", paper_cap=True, target=0.9,
+                             audit=AuditSampler(40, 3000))
+    final, calls = run(targeted, y, votes, answer)
+    assert calls < 0.6 * full_calls
+    assert (final == y).mean() >= 0.88 and (full_final == y).mean() > (final == y).mean()
+    summary = targeted.summary(["n", "p"])["target"]
+    assert summary["accuracy"] == 0.9 and summary["spared"] > 0
+    assert 0.88 <= summary["expected_accuracy"] <= 0.95
+    higher = OnlineDecider(3000, 2, ["a", "b"], routing="calibrated", paper_cap=True, target=0.95,
+                           audit=AuditSampler(40, 3000))
+    _, higher_calls = run(higher, y, votes, answer)
+    assert calls < higher_calls  # a stricter target pays for more answers
+    assert full.summary(["n", "p"])["target"] is None
+
+
+def test_an_accuracy_target_resumes_with_what_it_had_counted() -> None:
+    y, votes = correlated_stream(800, 4)
+    answer = good_llm(y)
+
+    def fresh() -> OnlineDecider:
+        return OnlineDecider(800, 2, ["a", "b"], routing="calibrated", paper_cap=True, target=0.85)
+
+    _, u, _ = tally(votes, 2, 2)
+    a, book = fresh(), []
+    for start in range(0, 400, 50):
+        ids = list(range(start, start + 50))
+        plan = a.plan(ids, votes[ids], uncertainty=u[ids].tolist())
+        answers = {r: answer(r) for r in plan.ask}
+        for rid, dec in a.settle(ids, answers).items():
+            book.append({"row_id": rid, "slm": votes[rid].tolist(), "llm": answers.get(rid, -1), "audit": False,
+                         "label": dec.label, "source": dec.source, "uncertainty": float(u[rid])})
+    b = fresh()
+    b.restore(a.state_dict(), book)
+    assert (b.expected_right, b.expected_rows, b.spared) == (a.expected_right, a.expected_rows, a.spared)
+    assert a.spared > 0 and a.expected_rows == 400
+    for start in range(400, 800, 50):
+        ids = list(range(start, start + 50))
+        pa = a.plan(ids, votes[ids], uncertainty=u[ids].tolist())
+        pb = b.plan(ids, votes[ids], uncertainty=u[ids].tolist())
+        assert pa.ask == pb.ask
+        answers = {r: answer(r) for r in pa.ask}
+        a.settle(ids, answers), b.settle(ids, answers)
+
+
+def test_the_top_up_under_a_target_asks_only_the_shortfall() -> None:
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    answer = good_llm(y)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
+                      audit=AuditSampler(20, 2000))
+    audited: set[int] = set()
+    for start in range(0, 2000, 50):
+        ids = list(range(start, start + 50))
+        _, u, _ = tally(votes[ids], 2, 2)
+        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
+        audited |= set(plan.audit)
+        d.settle(ids, {r: answer(r) for r in plan.ask}, {r: answer(r) for r in plan.audit})
+    d.fit_final()
+    settled = [r for r in range(2000) if d._votes[r, -1] < 0 and r not in audited]
+    blocks = [settled[i:i + 300] for i in range(0, len(settled), 300)]
+    untargeted = d.top_up_rows(blocks)
+    mean, n = d.expected_accuracy()
+    assert n == 2000 and len(untargeted) > 20
+    d.target = mean  # met already: nothing to ask
+    assert d.top_up_rows(blocks) == []
+    _, gain = d._calibrated_route(np.asarray(untargeted), d._posterior(np.asarray(untargeted)))
+    gain = np.sort(gain)[::-1]
+    d.target = mean + gain[:10].sum() / n  # exactly the ten most-gaining rows' worth
+    rows = d.top_up_rows(blocks)
+    assert len(rows) == 10 and set(rows) <= set(untargeted)
+    d.target = 0.999  # more than the cap can buy: all the cap allows
+    assert d.top_up_rows(blocks) == untargeted
+
+
+def test_target_llm_means_the_assumed_llm_accuracy() -> None:
+    assert online_module.resolve_target(Settings(target_accuracy="llm", llm_accuracy=0.85)) == 0.85
+    assert online_module.resolve_target(Settings(target_accuracy=0.95)) == 0.95
+    assert online_module.resolve_target(Settings()) is None
+    assert OnlineDecider.from_settings(Settings(target_accuracy="llm"), 100, 2, ["a"]).target == 0.9

@@ -87,6 +87,9 @@ def label(
     llm_budget: Optional[float] = typer.Option(None, help="Most rows sent to the LLM, as a share (0.1 = 10 %). Default: the share "
                                                "the paper's rule would ask; 1 lifts the cap."),
     max_llm_cost: Optional[float] = typer.Option(None, help="Most USD spent on LLM calls (at the price table)."),
+    target_accuracy: Optional[str] = typer.Option(None, metavar="[A|llm]", help="Ask the LLM only as much as "
+                                                  "the labels need to be expected this accurate (A in (0, 1], or "
+                                                  "llm: the LLM's assumed accuracy); default: no target."),
     audit: Optional[int] = typer.Option(None, help="Settled rows also sent to the LLM to estimate label quality "
                                                    "without gold (default min(100, 2 %); 0 = off)."),
     few_shot: Optional[int] = typer.Option(None, "--few-shot", metavar="N", help="Show the LLM N rows labelled "
@@ -103,6 +106,7 @@ def label(
         "k": k, "epsilon": epsilon, "beta": beta, "batch_size": batch_size, "sandbox": sandbox,
         "llm_base_url": llm_base_url, "engine": engine, "ray_address": ray_address,
         "routing": routing, "llm_budget": llm_budget, "max_llm_cost": max_llm_cost, "audit": audit,
+        "target_accuracy": target_accuracy,
         "few_shot": few_shot, "llm_model": llm_model, "models": [m.strip() for m in models.split(",") if m.strip()] if models else None,
     }
     if dry_run:

@@ -75,6 +75,10 @@ an LLM not judged unreliable), ``top_up_rows`` picks the settled rows the final 
 the ``reserve`` kept from the paper cap (``take_top_up`` adds their answers), and ``relabel_blocks`` labels every
 row by the final posterior, which stays as ``fit_final`` left it (``frozen``).
 
+An accuracy target (``target``, ``--target-accuracy``, off by default) trims the cap's choice in each batch to the
+fewest most-gaining rows that bring the expected accuracy of every row decided so far to it, and the top-up to what
+the final posterior still lacks (``_needed_for_target``, ``top_up_rows``).
+
 Only counters, the budget and the audit go to the checkpoint (``state_dict``); the votes and the
 voters' confidences are rebuilt from the run store with ``restore``.
 """
@@ -169,6 +173,25 @@ class Verdict:
                 "failed_agreement": rnd(self.failed_agreement), "failed_floor": rnd(self.failed_floor)}
 
 
+def resolve_target(settings) -> float | None:
+    """``Settings.target_accuracy`` as a number: "llm" is the LLM's assumed accuracy (``llm_accuracy``)."""
+    target = settings.target_accuracy
+    return float(settings.llm_accuracy) if target == "llm" else (None if target is None else float(target))
+
+
+def _fewest_reaching(candidates: np.ndarray, gain: np.ndarray, need: float) -> np.ndarray:
+    """Mask of the fewest candidates, highest gain first, whose gains sum to at least ``need`` (all of them
+    when they cannot; none when nothing is needed)."""
+    out = np.zeros(len(gain), dtype=bool)
+    if need <= 0:
+        return out
+    idx = np.nonzero(candidates)[0]
+    idx = idx[np.argsort(-gain[idx], kind="stable")]
+    n = int(np.searchsorted(np.cumsum(gain[idx]), need - 1e-12, side="left")) + 1
+    out[idx[:n]] = True
+    return out
+
+
 def share_prior(votes: np.ndarray, n_labels: int) -> np.ndarray:
     """Vote shares with one pseudo-vote per label: a non-committal prior per row (an agreement of
     two voters is 0.75 for two labels, not the 0.99 an independence model would claim)."""
@@ -224,6 +247,15 @@ class OnlineDecider:
     # After ``fit_final`` the posterior stays as fitted: later answers (the top-up's) and votes (the re-vote's)
     # label rows but teach it nothing, since a final model's vote on a row it trained on looks surer than it is.
     frozen: bool = False
+    # Ask no more than the labels need to be expected this accurate (``Settings.target_accuracy``; None: no target).
+    # In each batch only the rows that gain most are asked, as many as bring the expected accuracy of every row
+    # decided so far to the target (a shortfall or surplus of earlier batches carries over), and the top-up only
+    # as many as the final posterior needs. The expectation is the posterior's own mean confidence, so the target
+    # holds only as far as the posterior is calibrated; the audit estimate checks it without gold.
+    target: float | None = None
+    expected_right: float = 0.0  # the decided rows' summed confidence at their decision (rows with text only)
+    expected_rows: int = 0
+    spared: int = 0  # rows the LLM was expected to improve, not asked because the target was already met
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
 
@@ -237,7 +269,7 @@ class OnlineDecider:
                    confidence_bins=settings.confidence_bins, posterior_model=settings.posterior_model,
                    budget=LLMBudget(n_rows, share=settings.llm_budget, max_cost=settings.max_llm_cost),
                    paper_cap=settings.cap_at_paper_share and settings.llm_budget is None and settings.max_llm_cost is None,
-                   reserve=settings.final_reserve,
+                   reserve=settings.final_reserve, target=resolve_target(settings),
                    audit=AuditSampler(audit_n, n_rows, seed=settings.seed) if audit_n > 0 else None,
                    answers_final=answers_final)
 
@@ -256,6 +288,7 @@ class OnlineDecider:
                               "held_back": self.held_back},
                 "final_revote": {"rows": self.revoted},
                 "top_up": {"reserve": self.reserve, "rows": self.topped_up},
+                "target": self._target_summary(),
                 "llm_verdict": v.as_dict(label_names),
                 "audit": {"target": self.audit.target if self.audit else 0,
                           "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
@@ -485,6 +518,10 @@ class OnlineDecider:
         ask = self.budget.select(mask, np.where(live_mask, prio, 0.0), cost_per_call, share_cap=self._share_cap())
         if self.paper_cap and self.routing != "paper":
             self.held_back += int((mask & ~ask).sum())  # rows the LLM was expected to improve, left to the cap
+        if self.target is not None and self.routing != "paper":  # of the cap's choice, what the target needs
+            needed = self._needed_for_target(prio, post.max(axis=1), ask, live_mask)
+            self.spared += int((ask & ~needed).sum())
+            ask &= needed
         audit = self.audit.pick(list(map(int, ids)), live_mask & ~ask) if self.audit is not None else []
         return BatchPlan([int(r) for r in ids[ask]], audit, {int(r): float(c) for r, c in zip(ids, post.max(axis=1))},
                          {int(r): float(p) for r, p in zip(ids, prio)})
@@ -494,6 +531,31 @@ class OnlineDecider:
                        else (self.patterns, pattern_ids(self._slm(ids), self.n_labels)))
         cautious = model.pessimistic(pats, post) if self.explore else post
         return route("calibrated", posterior=cautious, llm_confusion=self.patterns.llm_confusion, margin=self.margin)
+
+    def _needed_for_target(self, gain: np.ndarray, conf: np.ndarray, candidates: np.ndarray, live: np.ndarray
+                           ) -> np.ndarray:
+        """Of the candidates, the fewest (highest gain first) whose expected gains bring the expected accuracy of
+        every row decided so far and of this batch to the target."""
+        need = (self.target * (self.expected_rows + int(live.sum())) - self.expected_right
+                - float(conf[live].sum()))
+        return _fewest_reaching(candidates, gain, need)
+
+    def expected_accuracy(self) -> tuple[float, int]:
+        """(mean, rows): the final posterior's expected accuracy of the labels of the rows with text, a pass
+        over every row seen (``relabel_blocks``)."""
+        right, n = 0.0, 0
+        for block in self.relabel_blocks():
+            ids = np.fromiter(block.keys(), dtype=np.int64, count=len(block))
+            live = self._hard[ids] >= 0
+            right += sum(dec.confidence for dec, ok in zip(block.values(), live) if ok)
+            n += int(live.sum())
+        return (right / n if n else 0.0), n
+
+    def _target_summary(self) -> dict | None:
+        if self.target is None or self.routing == "paper":
+            return None
+        mean, _ = self.expected_accuracy()
+        return {"accuracy": self.target, "expected_accuracy": round(mean, 4), "spared": self.spared}
 
     def paper_share(self) -> float | None:
         """Share of the judged rows seen that the paper's rule would have asked (None before any)."""
@@ -537,6 +599,10 @@ class OnlineDecider:
             best_gain = np.concatenate([best_gain, gain[mask]])
             order = np.lexsort((best_ids, -best_gain))[:int(left)]  # ties: the lower row id first
             best_ids, best_gain = best_ids[order], best_gain[order]
+        if self.target is not None and len(best_ids):
+            mean, n = self.expected_accuracy()
+            # (the rows it leaves were counted when their batch spared them or the cap held them back)
+            best_ids = best_ids[_fewest_reaching(np.ones(len(best_ids), dtype=bool), best_gain, (self.target - mean) * n)]
         return sorted(int(r) for r in best_ids)
 
     def take_top_up(self, answers: Mapping[int, int], asked: int, cost: float = 0.0) -> None:
@@ -581,6 +647,8 @@ class OnlineDecider:
             if audit_answers.get(rid, -1) >= 0:
                 self._audit_llm[rid] = audit_answers[rid]
                 self._accepted[rid] = (out[rid].label, out[rid].source)
+        self.expected_right += float(sum(out[int(r)].confidence for r, ok in zip(ids, live_mask) if ok))
+        self.expected_rows += int(live_mask.sum())
         return out
 
     def revote_due(self) -> bool:
@@ -752,7 +820,8 @@ class OnlineDecider:
                 "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at,
                 "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at,
                 "held_back": self.held_back, "revoted": self.revoted, "topped_up": self.topped_up,
-                "frozen": self.frozen}
+                "frozen": self.frozen, "expected_right": self.expected_right, "expected_rows": self.expected_rows,
+                "spared": self.spared}
 
     def restore(self, state: Mapping, book: Iterable[dict]) -> None:
         """Back to a checkpoint: counters from ``state``; votes from ``book``, one dict per stored
@@ -780,6 +849,9 @@ class OnlineDecider:
         self.revoted = int(state.get("revoted", 0))
         self.topped_up = int(state.get("topped_up", 0))
         self.frozen = bool(state.get("frozen", False))
+        self.expected_right = float(state.get("expected_right", 0.0))
+        self.expected_rows = int(state.get("expected_rows", 0))
+        self.spared = int(state.get("spared", 0))
         self._n_hard = int((self._hard == 1).sum())
         self._n_judged = int((self._hard >= 0).sum())
         if state.get("audit_usage"):

@@ -22,7 +22,7 @@ from autoannotator.task import TaskSpec
 # Settings that shape the labels: frozen in run.json so a resumed run labels the rest the same way.
 FROZEN_SETTINGS = ("k", "epsilon", "min_votes", "beta", "batch_size", "max_text_chars", "seed", "finetune",
                    "routing", "calibrated_margin", "confidence_bins", "posterior_model", "llm_accuracy", "llm_budget", "max_llm_cost",
-                   "cap_at_paper_share", "final_revote", "final_reserve",
+                   "cap_at_paper_share", "final_revote", "final_reserve", "target_accuracy",
                    "audit", "few_shot", "few_shot_min_confidence")
 # What a run planned before a setting existed ran with: a resumed run goes on labelling the same way.
 OLD_RUN_DEFAULTS = {"routing": "paper", "few_shot": 0, "posterior_model": "patterns", "cap_at_paper_share": False,

@@ -159,6 +159,11 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
     if top.get("rows"):
         lines.append(f"- Top-up: {top['rows']} settled rows the final posterior was least sure of were asked after the "
                      f"last batch, from the {top['reserve']:.0%} of the cap kept back for them (counted in the spend above)")
+    target = d.get("target")
+    if target:
+        lines.append(f"- Accuracy target: {target['accuracy']}; the final posterior expects {target['expected_accuracy']} "
+                     f"(its own estimate: the audit below checks it); {target['spared']} rows the LLM was expected to "
+                     "improve were not asked because the target was met")
     v = d.get("llm_verdict") or {}
     if v.get("agreement") is not None:
         lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "
