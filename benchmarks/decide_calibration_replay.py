@@ -1,0 +1,138 @@
+"""How sure the logistic posterior is against how right it is, on a finished run's recorded votes, under variants of
+its fit, with and without an accuracy target: replays through the decision layer with the bench's seeded
+simulated verifier (the student's training is NOT replayed: every variant sees the recorded run's votes).
+
+Variants (the product's fit is ``shipped``; the others are patched in here only, not in the package):
+- ``shipped``: C = 1 (sklearn's inverse L2 strength), 5 EM steps;
+- ``em``: C = 1, EM run to its fixed point (at most 50 steps, soft labels moving less than 1e-4);
+- ``em+cv``: EM to its fixed point and C chosen from 1, 3, 10, 30, 100 by 3-fold held-out likelihood of the
+  LLM's answers, P(a | x) = sum_c P(c | x) C[c, a], on every refit with 60 answers or more.
+
+Per variant and target (none, then the given one) it prints the LLM-call share, the accuracy of the labels as
+decided batch by batch and the posterior's mean confidence then ("expects"), and the same after the final relabel.
+
+Usage: PYTHONPATH=. .venv/bin/python benchmarks/decide_calibration_replay.py RUN_DIR DATA.csv
+       [--variants shipped,em,em+cv] [--target 0.9] [--p 0.9]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decide_replay import load_run
+
+from autoannotator.data import load_dataset
+from autoannotator.decide import logistic
+from autoannotator.decide.audit import AuditSampler, default_audit_size
+from autoannotator.decide.online import OnlineDecider
+from autoannotator.task import LabelDef, build_task
+from autoannotator.verify.simulated import SimulatedVerifier
+
+SHIPPED_FIT = logistic.NoisyLogistic.fit
+GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def _em(n_labels: int, x: np.ndarray, a: np.ndarray, conf: np.ndarray, c: float):
+    model = logistic.LogisticRegression(C=c, max_iter=100, solver="newton-cholesky", warm_start=True)
+    soft = conf[:, a].T / np.maximum(conf[:, a].T.sum(axis=1, keepdims=True), 1e-12)
+    xx, yy = np.repeat(x, n_labels, axis=0), np.tile(np.arange(n_labels), len(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(50):
+            model.fit(xx, yy, sample_weight=soft.reshape(-1) + 1e-9)
+            out = np.zeros((len(x), n_labels))
+            out[:, model.classes_] = model.predict_proba(x)
+            before, soft = soft, out * conf[:, a].T
+            soft /= np.maximum(soft.sum(axis=1, keepdims=True), 1e-12)
+            if np.abs(soft - before).max() < 1e-4:
+                break
+    return model
+
+
+def _held_out_c(n_labels: int, x: np.ndarray, a: np.ndarray, conf: np.ndarray) -> float:
+    fold = np.random.default_rng(0).permutation(len(a)) % 3
+    best, best_ll = 1.0, -np.inf
+    for c in GRID:
+        ll = 0.0
+        for f in range(3):
+            train, test = fold != f, fold == f
+            if len(np.unique(a[train])) < 2:
+                return 1.0
+            model = _em(n_labels, x[train], a[train], conf, c)
+            p = np.zeros((int(test.sum()), n_labels))
+            p[:, model.classes_] = model.predict_proba(x[test])
+            ll += float(np.log(np.maximum((p @ conf)[np.arange(int(test.sum())), a[test]], 1e-12)).sum())
+        if ll > best_ll + 1e-9:
+            best, best_ll = c, ll
+    return best
+
+
+def patched_fit(choose_c: bool):
+    def fit(self, x, answers, llm_confusion):
+        a = np.asarray(answers, dtype=np.int64)
+        if len(a) < logistic.MIN_ANSWERS or len(np.unique(a)) < 2:
+            self.model = None
+            return self
+        conf = np.asarray(llm_confusion, dtype=np.float64)
+        if choose_c and len(a) >= 60:
+            self.c = _held_out_c(self.n_labels, x, a, conf)
+        self.model = _em(self.n_labels, x, a, conf, self.c)
+        return self
+    return fit
+
+
+def replay(batches, book, models, gold: np.ndarray, answer, target: float | None) -> str:
+    n = len(gold)
+    d = OnlineDecider(n, max(2, int(gold.max()) + 1), models, routing="calibrated", paper_cap=True, target=target,
+                      audit=AuditSampler(default_audit_size(n), n, seed=0))
+    calls, right, conf = 0, [], []
+    for ids in batches:
+        votes = np.array([book[r][0] for r in ids])
+        probs = np.array([book[r][1] for r in ids])
+        u = [book[r][2] for r in ids]
+        live = [x is not None for x in u]
+        plan = d.plan(ids, votes, uncertainty=u, live=live, confidence=probs)
+        answers = {r: answer(r) for r in plan.ask}
+        calls += len(answers)
+        for rid, dec in d.settle(ids, answers, {r: answer(r) for r in plan.audit}, live=live).items():
+            right.append(dec.label == gold[rid])
+            conf.append(dec.confidence)
+    final = {rid: dec for block in d.relabel_blocks() for rid, dec in block.items()}
+    f_right = np.mean([dec.label == gold[r] for r, dec in final.items()])
+    f_conf = np.mean([dec.confidence for dec in final.values()])
+    return (f"target {target}: calls {calls / n:.3f}; as decided: accuracy {np.mean(right):.4f}, expects "
+            f"{np.mean(conf):.4f}; final: accuracy {f_right:.4f}, expects {f_conf:.4f}; C at the end {d.logistic.c:g}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--gold-column", default="label")
+    ap.add_argument("--variants", default="shipped,em,em+cv")
+    ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--p", type=float, default=0.9)
+    a = ap.parse_args()
+    ds = load_dataset(a.data, None, a.gold_column, 4000)
+    names = sorted({x for x in ds.gold if x})
+    task = build_task("label these reviews for sentiment", [LabelDef(name=n) for n in names], ds.text_column)
+    sim = SimulatedVerifier(ds.gold, task, a.p, seed=0)
+    idx = {n: i for i, n in enumerate(names)}
+    batches, book, models = load_run(a.run_dir, names)
+    gold = np.array([idx.get(x, -1) for x in ds.gold])
+    for variant in a.variants.split(","):
+        logistic.NoisyLogistic.fit = {"shipped": SHIPPED_FIT, "em": patched_fit(False),
+                                      "em+cv": patched_fit(True)}[variant]
+        for target in (None, a.target):
+            print(f"{a.data.name} {variant} " + replay(batches, book, models, gold, lambda r: idx[sim.answer(r)],
+                                                      target), flush=True)
+
+
+if __name__ == "__main__":
+    main()
