@@ -25,14 +25,11 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decide_replay import load_run
+from decide_replay import load_replay, play
 
-from autoannotator.data import load_dataset
 from autoannotator.decide import logistic
 from autoannotator.decide.audit import AuditSampler, default_audit_size
 from autoannotator.decide.online import OnlineDecider
-from autoannotator.task import LabelDef, build_task
-from autoannotator.verify.simulated import SimulatedVerifier
 
 SHIPPED_FIT = logistic.NoisyLogistic.fit
 GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
@@ -92,15 +89,9 @@ def replay(batches, book, models, gold: np.ndarray, answer, target: float | None
     d = OnlineDecider(n, max(2, int(gold.max()) + 1), models, routing="calibrated", paper_cap=True, target=target,
                       audit=AuditSampler(default_audit_size(n), n, seed=0))
     calls, right, conf = 0, [], []
-    for ids in batches:
-        votes = np.array([book[r][0] for r in ids])
-        probs = np.array([book[r][1] for r in ids])
-        u = [book[r][2] for r in ids]
-        live = [x is not None for x in u]
-        plan = d.plan(ids, votes, uncertainty=u, live=live, confidence=probs)
-        answers = {r: answer(r) for r in plan.ask}
-        calls += len(answers)
-        for rid, dec in d.settle(ids, answers, {r: answer(r) for r in plan.audit}, live=live).items():
+    for asked, decisions in play(d, batches, book, answer, d.n_labels):
+        calls += asked
+        for rid, dec in decisions.items():
             right.append(dec.label == gold[rid])
             conf.append(dec.confidence)
     final = {rid: dec for block in d.relabel_blocks() for rid, dec in block.items()}
@@ -119,19 +110,13 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--p", type=float, default=0.9)
     a = ap.parse_args()
-    ds = load_dataset(a.data, None, a.gold_column, 4000)
-    names = sorted({x for x in ds.gold if x})
-    task = build_task("label these reviews for sentiment", [LabelDef(name=n) for n in names], ds.text_column)
-    sim = SimulatedVerifier(ds.gold, task, a.p, seed=0)
-    idx = {n: i for i, n in enumerate(names)}
-    batches, book, models = load_run(a.run_dir, names)
-    gold = np.array([idx.get(x, -1) for x in ds.gold])
+    batches, book, models, gold, answer = load_replay(a.run_dir, a.data, a.gold_column, a.p)
+    gold = np.asarray(gold)
     for variant in a.variants.split(","):
         logistic.NoisyLogistic.fit = {"shipped": SHIPPED_FIT, "em": patched_fit(False),
                                       "em+cv": patched_fit(True)}[variant]
         for target in (None, a.target):
-            print(f"{a.data.name} {variant} " + replay(batches, book, models, gold, lambda r: idx[sim.answer(r)],
-                                                      target), flush=True)
+            print(f"{a.data.name} {variant} " + replay(batches, book, models, gold, answer, target), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,32 @@ def load_run(run_dir: Path, labels: list[str]) -> tuple[list[list[int]], dict, l
     return [batches[b] for b in sorted(batches)], book, models
 
 
+def load_replay(run_dir: Path, data: Path, gold_column: str, p: float):
+    """(batches, book, models, gold label indices, answer(row) -> the seeded simulated verifier's label index)."""
+    ds = load_dataset(data, None, gold_column, 4000)
+    names = sorted({x for x in ds.gold if x})
+    task = build_task("label these reviews for sentiment", [LabelDef(name=n) for n in names], ds.text_column)
+    sim = SimulatedVerifier(ds.gold, task, p, seed=0)
+    idx = {n: i for i, n in enumerate(names)}
+    batches, book, models = load_run(run_dir, names)
+    return batches, book, models, [idx.get(x, -1) for x in ds.gold], lambda r: idx[sim.answer(r)]
+
+
+def play(d: OnlineDecider, batches, book, answer, n_labels: int):
+    """Each recorded batch through ``d`` as the annotation graph would: plan, ask, settle. Yields (rows asked,
+    the batch's decisions)."""
+    for ids in batches:
+        votes = np.array([book[r][0] for r in ids])
+        conf = np.array([book[r][1] for r in ids])
+        u = [book[r][2] for r in ids]
+        live = [x is not None for x in u]
+        plan = d.plan(ids, votes, uncertainty=u, live=live, confidence=conf)
+        answers = {r: answer(r) for r in plan.ask}
+        audit = {r: answer(r) for r in plan.audit}
+        majority = tally(votes, n_labels, 2)[0].tolist()  # the paper's settled label (min_votes = 2)
+        yield len(answers), d.settle(ids, answers, audit, live=live, majority=majority)
+
+
 def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float | None, seed: int = 0,
            margin: float = 0.02, explore: bool = False, routing: str = "calibrated",
            posterior_model: str = "patterns", paper_cap: bool = False) -> dict:
@@ -50,19 +76,9 @@ def replay(batches, book, models, n_rows, gold, answer, bins: int, budget: float
     final = np.full(n_rows, -1)
     source = {}
     calls = 0
-    per_batch = []
-    for ids in batches:
-        votes = np.array([book[r][0] for r in ids])
-        conf = np.array([book[r][1] for r in ids])
-        u = [book[r][2] for r in ids]
-        live = [x is not None for x in u]
-        plan = d.plan(ids, votes, uncertainty=u, live=live, confidence=conf)
-        answers = {r: answer(r) for r in plan.ask}
-        audit = {r: answer(r) for r in plan.audit}
-        calls += len(answers)
-        per_batch.append(len(answers))
-        majority = tally(votes, n_labels, 2)[0].tolist()  # the paper's settled label (min_votes = 2)
-        for rid, dec in d.settle(ids, answers, audit, live=live, majority=majority).items():
+    for asked, decisions in play(d, batches, book, answer, n_labels):
+        calls += asked
+        for rid, dec in decisions.items():
             final[rid], source[rid] = dec.label, dec.source
     for rid, dec in d.relabel().items():
         final[rid], source[rid] = dec.label, dec.source
@@ -91,20 +107,12 @@ def main() -> None:
     ap.add_argument("--paper-cap", action="store_true", help="cap the share asked at the paper rule's")
     ap.add_argument("--paper", action="store_true", help="also the paper rule (U >= 1e-6) on the same votes")
     a = ap.parse_args()
-    ds = load_dataset(a.data, None, a.gold_column, 4000)
-    names = sorted({x for x in ds.gold if x})
-    task = build_task("label these reviews for sentiment", [LabelDef(name=n) for n in names], ds.text_column)
-    sim = SimulatedVerifier(ds.gold, task, a.p, seed=0)
-    idx = {n: i for i, n in enumerate(names)}
-    batches, book, models = load_run(a.run_dir, names)
-    gold = [idx.get(x, -1) for x in ds.gold]
+    batches, book, models, gold, answer = load_replay(a.run_dir, a.data, a.gold_column, a.p)
     if a.paper:
-        print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], 1,
-                                None, routing="paper")), flush=True)
+        print(json.dumps(replay(batches, book, models, len(gold), gold, answer, 1, None, routing="paper")), flush=True)
     for b in (int(x) for x in a.bins.split(",")):
-        print(json.dumps(replay(batches, book, models, len(ds.texts), gold, lambda r: idx[sim.answer(r)], b,
-                                a.budget, margin=a.margin, explore=a.explore, posterior_model=a.posterior,
-                                paper_cap=a.paper_cap)),
+        print(json.dumps(replay(batches, book, models, len(gold), gold, answer, b, a.budget, margin=a.margin,
+                                explore=a.explore, posterior_model=a.posterior, paper_cap=a.paper_cap)),
               flush=True)
 
 
