@@ -3,8 +3,9 @@ its fit, with and without an accuracy target: replays through the decision layer
 simulated verifier (the student's training is NOT replayed: every variant sees the recorded run's votes).
 
 Variants (the product's fit is ``shipped``; the others are patched in here only, not in the package):
-- ``shipped``: C = 1 (sklearn's inverse L2 strength), 5 EM steps;
-- ``em``: C = 1, EM run to its fixed point (at most 50 steps, soft labels moving less than 1e-4);
+- ``shipped``: C = 1 (sklearn's inverse L2 strength), EM run to its fixed point (at most 50 steps, soft labels
+  moving less than 1e-4), warm-started from the previous batch's fit;
+- ``five``: the fit before EM ran to convergence: the same, stopped after 5 EM steps;
 - ``em+cv``: EM to its fixed point and C chosen from 1, 3, 10, 30, 100 by 3-fold held-out likelihood of the
   LLM's answers, P(a | x) = sum_c P(c | x) C[c, a], on every refit with 60 answers or more.
 
@@ -12,7 +13,7 @@ Per variant and target (none, then the given one) it prints the LLM-call share, 
 decided batch by batch and the posterior's mean confidence then ("expects"), and the same after the final relabel.
 
 Usage: PYTHONPATH=. .venv/bin/python benchmarks/decide_calibration_replay.py RUN_DIR DATA.csv
-       [--variants shipped,em,em+cv] [--target 0.9] [--p 0.9]
+       [--variants shipped,five,em+cv] [--target 0.9] [--p 0.9]
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from autoannotator.decide.audit import AuditSampler, default_audit_size
 from autoannotator.decide.online import OnlineDecider
 
 SHIPPED_FIT = logistic.NoisyLogistic.fit
+SHIPPED_EM = logistic.EM_MAX_STEPS, logistic.EM_TOL
 GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -70,14 +72,14 @@ def _held_out_c(n_labels: int, x: np.ndarray, a: np.ndarray, conf: np.ndarray) -
     return best
 
 
-def patched_fit(choose_c: bool):
+def cv_fit():
     def fit(self, x, answers, llm_confusion):
         a = np.asarray(answers, dtype=np.int64)
         if len(a) < logistic.MIN_ANSWERS or len(np.unique(a)) < 2:
             self.model = None
             return self
         conf = np.asarray(llm_confusion, dtype=np.float64)
-        if choose_c and len(a) >= 60:
+        if len(a) >= 60:
             self.c = _held_out_c(self.n_labels, x, a, conf)
         self.model = _em(self.n_labels, x, a, conf, self.c)
         return self
@@ -106,15 +108,16 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("data", type=Path)
     ap.add_argument("--gold-column", default="label")
-    ap.add_argument("--variants", default="shipped,em,em+cv")
+    ap.add_argument("--variants", default="shipped,five,em+cv")
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--p", type=float, default=0.9)
     a = ap.parse_args()
     batches, book, models, gold, answer = load_replay(a.run_dir, a.data, a.gold_column, a.p)
     gold = np.asarray(gold)
     for variant in a.variants.split(","):
-        logistic.NoisyLogistic.fit = {"shipped": SHIPPED_FIT, "em": patched_fit(False),
-                                      "em+cv": patched_fit(True)}[variant]
+        logistic.NoisyLogistic.fit = cv_fit() if variant == "em+cv" else SHIPPED_FIT
+        # EM_TOL = 0 never stops early: exactly EM_MAX_STEPS steps, as the fit did before
+        logistic.EM_MAX_STEPS, logistic.EM_TOL = (5, 0.0) if variant == "five" else SHIPPED_EM
         for target in (None, a.target):
             print(f"{a.data.name} {variant} " + replay(batches, book, models, gold, answer, target), flush=True)
 

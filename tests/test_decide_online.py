@@ -292,6 +292,20 @@ def test_logistic_posterior_needs_answers_of_two_labels() -> None:
     assert np.allclose(again.posterior(x), fitted.posterior(x))
 
 
+def test_logistic_em_runs_to_its_fixed_point_not_towards_the_flat_start() -> None:
+    """The known answer: one voter right 0.95, 2,000 answers from a 0.9 LLM. EM stopped after a few steps
+    stays near its first E-step (the answers taken at 0.9) and under-states the voter (0.930 here after 5);
+    at its fixed point the posterior of the voter's label is within a point of how often it is right."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    votes = np.where(rng.random(2000) < 0.95, y, 1 - y)[:, None]
+    answers = np.where(rng.random(2000) < 0.9, y, 1 - y)
+    x = vote_features(votes, np.full((2000, 1), 0.8), 2)
+    fitted = NoisyLogistic(2).fit(x, answers, one_coin(0.9, 2))
+    believed = fitted.posterior(x)[np.arange(2000), votes[:, 0]].mean()
+    assert abs(believed - (votes[:, 0] == y).mean()) < 0.01
+
+
 def test_logistic_posterior_with_three_labels_beats_the_vote() -> None:
     """Three labels, two voters right 0.7 (a random label otherwise), their confidence carrying nothing: the
     posterior learnt from 0.9-accurate answers must label at least as well as the voters' own majority."""
