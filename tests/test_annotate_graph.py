@@ -206,9 +206,11 @@ def test_the_reserve_is_spent_after_the_revote_on_settled_rows_within_the_paper_
     final = build_annotate_graph(ctx).invoke(_initial(RESERVE_ROWS, ctx.settings), RESERVE_CONFIG)
     summary = final["decide_summary"]
     asked = ctx.verifier.asked
-    topped = summary["top_up"]["rows"]
+    topped, reused = summary["top_up"]["rows"], summary["top_up"]["audited_reused"]
     calls = summary["budget"]["calls"]  # routed and topped up; the audit's are counted apart
-    assert topped > 0 and len(asked) == len(set(asked)) == calls + summary["audit"]["rows"]
+    # every row asked once: the routed and topped-up ones, and the audit's (those still in it and those the
+    # top-up chose, labelled by the answer the audit had paid for, not asked again)
+    assert topped > 0 and reused > 0 and len(asked) == len(set(asked)) == calls + summary["audit"]["rows"] + reused
     assert calls <= summary["paper_cap"]["share"] * RESERVE_ROWS  # within the paper cap, every row asked once
     late = asked[-topped:]  # the top-up's rows: asked after every batch, recorded as LLM rows now
     by_id = {r["row_id"]: r for r in ctx.store.results()}
@@ -216,21 +218,36 @@ def test_the_reserve_is_spent_after_the_revote_on_settled_rows_within_the_paper_
     assert {r for r, _ in ctx.store.pool()} >= set(late)
     settled = [r for r in by_id.values() if r["label_source"] == "slm_consensus"]
     assert settled and all(r["llm_label"] is None or r["audit"] for r in settled)
+    taken = [r for r in by_id.values() if r["audit"] and r["label_source"] != "slm_consensus"]
+    assert len(taken) == reused and all(r["label_source"] in ("llm_verified", "llm_overruled") for r in taken)
+    assert sum(r["audit"] and r["label_source"] == "slm_consensus" for r in by_id.values()) == summary["audit"]["rows"]
+    lines = "\n".join(_decision_markdown({"decision": summary}))
+    assert f"- Top-up: {topped} settled rows" in lines and f"; {reused} audited rows as unsure as those" in lines
 
 
-def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path):
+@pytest.mark.parametrize("crash_after", ["answers stored", "relabelled"])
+def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path, crash_after):
     whole = _reserve_context(tmp_path / "whole")
-    build_annotate_graph(whole).invoke(_initial(RESERVE_ROWS, whole.settings), RESERVE_CONFIG)
+    whole_summary = build_annotate_graph(whole).invoke(_initial(RESERVE_ROWS, whole.settings),
+                                                       RESERVE_CONFIG)["decide_summary"]
     want = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in whole.store.results()}
     (tmp_path / "cut").mkdir()
     ctx = _reserve_context(tmp_path / "cut")
-    store_labels = ctx.store.set_llm_labels
+    store_labels, store_decisions = ctx.store.set_llm_labels, ctx.store.update_decisions
+    answered = []
 
-    def crash(answers):  # the answers are stored, the labels not yet relabelled: then a crash
+    def stored_answers(answers):  # the answers are stored, the labels not yet relabelled: a crash, or on
         store_labels(answers)
-        raise KeyboardInterrupt("simulated crash")
+        answered.append(True)
+        if crash_after == "answers stored":
+            raise KeyboardInterrupt("simulated crash")
 
-    ctx.store.set_llm_labels = crash
+    def stored_decisions(decisions):  # the relabel is stored, reused audit rows out of the audit: a crash
+        store_decisions(decisions)
+        if answered:
+            raise KeyboardInterrupt("simulated crash")
+
+    ctx.store.set_llm_labels, ctx.store.update_decisions = stored_answers, stored_decisions
     with SqliteSaver.from_conn_string(str(tmp_path / "cut" / "ck.sqlite")) as saver:
         with pytest.raises(KeyboardInterrupt):
             build_annotate_graph(ctx, checkpointer=saver).invoke(_initial(RESERVE_ROWS, ctx.settings), RESERVE_CONFIG)
@@ -241,9 +258,13 @@ def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path):
         assert saved.next == ("top_up",)
         again.models[2].load(Path(saved.values["weights"]["student"]))
         final = graph.invoke(None, RESERVE_CONFIG)
-    assert sorted(again.verifier.asked) == sorted(saved.values["top_up"])  # the same rows, no others
+    audited = {r["row_id"] for r in again.store.results() if r["audit"]}
+    assert audited & set(saved.values["top_up"])  # some chosen rows are reused audit rows: not asked again
+    assert sorted(again.verifier.asked) == sorted(set(saved.values["top_up"]) - audited)  # the same rows, no others
     got = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in again.store.results()}
     assert final["finished"] and got == want
+    assert final["decide_summary"]["audit"] == whole_summary["audit"]
+    assert final["decide_summary"]["top_up"] == whole_summary["top_up"]
 
 
 def test_an_accuracy_target_asks_fewer_rows_and_the_report_says_what_the_posterior_expects(tmp_path):
@@ -255,6 +276,9 @@ def test_an_accuracy_target_asks_fewer_rows_and_the_report_says_what_the_posteri
     summary, target = final["decide_summary"], final["decide_summary"]["target"]
     assert untargeted["decide_summary"]["target"] is None
     assert summary["budget"]["calls"] < untargeted["decide_summary"]["budget"]["calls"]
-    assert target["accuracy"] == 0.65 and target["spared"] > 0 and target["expected_accuracy"] >= 0.64
+    assert target["accuracy"] == 0.65 and target["spared"] > 0 and summary["expected_accuracy"] >= 0.64
+    # without a target the expectation is reported too, and asking more made it no lower
+    assert untargeted["decide_summary"]["expected_accuracy"] >= summary["expected_accuracy"]
     lines = "\n".join(_decision_markdown({"decision": summary}))
-    assert f"Accuracy target: 0.65; the final posterior expects {target['expected_accuracy']}" in lines
+    assert f"Accuracy target: 0.65; {target['spared']} rows" in lines
+    assert f"- Expected accuracy: {summary['expected_accuracy']}, the final posterior's mean confidence" in lines

@@ -601,8 +601,8 @@ def test_an_accuracy_target_asks_only_what_the_labels_need() -> None:
     final, calls = run(targeted, y, votes, answer)
     assert calls < 0.6 * full_calls
     assert (final == y).mean() >= 0.88 and (full_final == y).mean() > (final == y).mean()
-    summary = targeted.summary(["n", "p"])["target"]
-    assert summary["accuracy"] == 0.9 and summary["spared"] > 0
+    summary = targeted.summary(["n", "p"])
+    assert summary["target"] == {"accuracy": 0.9, "spared": summary["target"]["spared"]} and summary["target"]["spared"] > 0
     assert 0.88 <= summary["expected_accuracy"] <= 0.95
     higher = OnlineDecider(3000, 2, ["a", "b"], routing="calibrated", paper_cap=True, target=0.95,
                            audit=AuditSampler(40, 3000))
@@ -638,6 +638,55 @@ def test_an_accuracy_target_resumes_with_what_it_had_counted() -> None:
         assert pa.ask == pb.ask
         answers = {r: answer(r) for r in pa.ask}
         a.settle(ids, answers), b.settle(ids, answers)
+
+
+def test_the_top_up_takes_audited_rows_as_unsure_as_those_it_asks_for_free() -> None:
+    """Audited rows rank with the settled ones: those above the cut are labelled by the answer the audit
+    paid for (no call) and leave the audit, so what stays in it is a sample of the rows that stay settled,
+    not of a set from which the top-up took the hardest rows."""
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    answer = good_llm(y)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
+                      audit=AuditSampler(300, 2000))
+    audited: set[int] = set()
+    for start in range(0, 2000, 50):
+        ids = list(range(start, start + 50))
+        _, u, _ = tally(votes[ids], 2, 2)
+        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
+        audited |= set(plan.audit)
+        d.settle(ids, {r: answer(r) for r in plan.ask}, {r: answer(r) for r in plan.audit})
+    d.fit_final()
+    candidates = [r for r in range(2000) if d._votes[r, -1] < 0 or r in audited]
+    left = d.budget.calls_left(None, share_cap=d.paper_share())
+    in_audit = d.summary(["n", "p"])["audit"]["rows"]
+    rows = d.top_up_rows([candidates[i:i + 300] for i in range(0, len(candidates), 300)])
+    reused = [r for r in rows if d.is_audited(r)]
+    paid = [r for r in rows if not d.is_audited(r)]
+    assert reused and len(paid) == int(left)  # the audited ones came on top of the cap's rows
+    _, gain = d._calibrated_route(np.asarray(candidates), d._posterior(np.asarray(candidates)))
+    chosen = np.isin(candidates, rows)
+    assert gain[chosen].min() >= gain[~chosen].max() - 1e-12  # one cut for audited and unaudited rows alike
+    calls = d.budget.calls
+    d.take_top_up({r: answer(r) for r in paid}, asked=len(paid), reused=reused)
+    summary = d.summary(["n", "p"])
+    assert d.budget.calls == calls + len(paid) and summary["top_up"]["audited_reused"] == len(reused)
+    assert summary["audit"]["rows"] == in_audit - len(reused) == summary["audit"]["estimates"]["all"]["n"]
+    final = d.relabel()
+    assert all(final[r].source in ("llm_verified", "llm_overruled") for r in reused)
+    assert all(final[r].source == "slm_consensus" for r in audited - set(reused))
+
+
+def test_the_expected_accuracy_comes_from_the_last_relabel_until_a_vote_moves_it() -> None:
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
+                      audit=AuditSampler(20, 2000))
+    _run_with_top_up(d, y, votes, good_llm(y))  # ends with a relabel
+    cached = d.expected_accuracy()
+    d._expected = None
+    assert d.expected_accuracy() == pytest.approx(cached) and cached[1] == 2000
+    unasked = next(r for r in range(2000) if d._votes[r, -1] < 0)
+    d.add_llm_votes({unasked: int(y[unasked])})  # an answer: the cached figure is stale
+    assert d._expected is None and d.expected_accuracy()[0] >= cached[0]
 
 
 def test_the_top_up_under_a_target_asks_only_the_shortfall() -> None:

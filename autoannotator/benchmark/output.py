@@ -9,7 +9,7 @@ from autoannotator.benchmark.suite import BenchRow
 
 _COLUMNS = ["name", "accuracy", "macro_f1", "llm_calls", "llm_call_rate", "llm_tokens_in", "llm_tokens_out",
             "est_cost_usd", "wall_s", "coverage", "finetune_rounds", "audit_calls", "audit_estimate", "audit_interval",
-            "settled_accuracy", "llm_unreliable"]
+            "settled_accuracy", "posterior_expects", "llm_unreliable"]
 
 
 def _cell(value) -> str:

@@ -55,6 +55,7 @@ class BenchRow(BaseModel):
     audit_estimate: float | None = None  # settled labels' accuracy estimated from the audit, no gold used
     audit_interval: list[float] | None = None
     settled_accuracy: float | None = None  # their true accuracy (gold), to check the estimate against
+    posterior_expects: float | None = None  # the final posterior's mean confidence: an estimate without gold
     llm_unreliable: bool | None = None
 
 
@@ -213,6 +214,7 @@ def _decision_fields(report: dict) -> dict[str, Any]:
     settled = (report.get("by_label_source") or {}).get("slm_consensus") or {}
     return {"audit_calls": report.get("audit_llm_calls", 0), "audit_estimate": est.get("estimate"),
             "audit_interval": est.get("interval") if est else None, "settled_accuracy": settled.get("accuracy"),
+            "posterior_expects": decision.get("expected_accuracy"),
             "llm_unreliable": (decision.get("llm_verdict") or {}).get("unreliable")}
 
 

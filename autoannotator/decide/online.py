@@ -244,6 +244,7 @@ class OnlineDecider:
     held_back: int = 0  # rows the paper cap kept from the LLM though asking was expected to help
     revoted: int = 0  # settled rows the final models voted on again (``revote``)
     topped_up: int = 0  # settled rows asked at the end from the reserve (``top_up_rows``)
+    audit_reused: int = 0  # audited rows the top-up chose: labelled by their audit answer, out of the audit
     # After ``fit_final`` the posterior stays as fitted: later answers (the top-up's) and votes (the re-vote's)
     # label rows but teach it nothing, since a final model's vote on a row it trained on looks surer than it is.
     frozen: bool = False
@@ -258,6 +259,10 @@ class OnlineDecider:
     spared: int = 0  # rows the LLM was expected to improve, not asked because the target was already met
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
+    # (summed confidence, rows with text) of the last complete ``relabel_blocks`` pass; None once a vote or a
+    # refit could have moved it. The finishing steps end with such a pass, so the report and the top-up's
+    # target get the final expectation without another pass over every row.
+    _expected: tuple[float, int] | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings, n_rows: int, n_labels: int, slm_names: list[str], *,
@@ -287,8 +292,10 @@ class OnlineDecider:
                 "paper_cap": {"applied": self.paper_cap and self.routing != "paper", "share": self.paper_share(),
                               "held_back": self.held_back},
                 "final_revote": {"rows": self.revoted},
-                "top_up": {"reserve": self.reserve, "rows": self.topped_up},
+                "top_up": {"reserve": self.reserve, "rows": self.topped_up, "audited_reused": self.audit_reused},
                 "target": self._target_summary(),
+                # calibrated routing: the final posterior's mean confidence, an estimate without gold
+                "expected_accuracy": None if self.routing == "paper" else round(self.expected_accuracy()[0], 4),
                 "llm_verdict": v.as_dict(label_names),
                 "audit": {"target": self.audit.target if self.audit else 0,
                           "rows": len(self._audit_llm), "usage": dict(self.audit_usage),
@@ -326,6 +333,7 @@ class OnlineDecider:
         """``confidence`` [n, k]: each vote's probability (as the store keeps it); None keeps what was
         recorded (the accept step re-adds the votes it was planned with)."""
         ids = np.asarray(row_ids, dtype=np.int64)
+        self._expected = None
         new = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
         conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(len(ids), -1)
         self._stale |= bool((~self._seen[ids]).any() or (self._votes[ids, :-1] != new).any()
@@ -341,6 +349,7 @@ class OnlineDecider:
     def add_llm_votes(self, answers: Mapping[int, int]) -> None:
         if not answers:
             return
+        self._expected = None
         rows = np.fromiter((int(r) for r in answers), dtype=np.int64, count=len(answers))
         values = np.fromiter((int(a) for a in answers.values()), dtype=np.int64, count=len(answers))
         self._n_answered += int(((self._votes[rows, -1] < 0) & (values >= 0)).sum())
@@ -541,21 +550,18 @@ class OnlineDecider:
         return _fewest_reaching(candidates, gain, need)
 
     def expected_accuracy(self) -> tuple[float, int]:
-        """(mean, rows): the final posterior's expected accuracy of the labels of the rows with text, a pass
-        over every row seen (``relabel_blocks``)."""
-        right, n = 0.0, 0
-        for block in self.relabel_blocks():
-            ids = np.fromiter(block.keys(), dtype=np.int64, count=len(block))
-            live = self._hard[ids] >= 0
-            right += sum(dec.confidence for dec, ok in zip(block.values(), live) if ok)
-            n += int(live.sum())
+        """(mean, rows): the final posterior's expected accuracy of the labels of the rows with text: that of
+        the last ``relabel_blocks`` pass when nothing changed since, else a pass over every row seen."""
+        if self._expected is None:
+            for _ in self.relabel_blocks():
+                pass
+        right, n = self._expected if self._expected is not None else (0.0, 0)
         return (right / n if n else 0.0), n
 
     def _target_summary(self) -> dict | None:
         if self.target is None or self.routing == "paper":
             return None
-        mean, _ = self.expected_accuracy()
-        return {"accuracy": self.target, "expected_accuracy": round(mean, 4), "spared": self.spared}
+        return {"accuracy": self.target, "spared": self.spared}
 
     def paper_share(self) -> float | None:
         """Share of the judged rows seen that the paper's rule would have asked (None before any)."""
@@ -582,35 +588,56 @@ class OnlineDecider:
         return self.routing != "paper" and self.paper_cap and self.reserve > 0 and not self.verdict().unreliable
 
     def top_up_rows(self, blocks: Iterable[list[int]]) -> list[int]:
-        """Of the settled rows (no LLM answer, not audited) given block by block, those the final posterior gains
-        most from asking, as many as the paper cap leaves (the reserve and whatever the batches left unspent)."""
+        """Of the settled rows (no LLM answer, or an audit's) given block by block, those the final posterior
+        gains most from asking, as many as the paper cap leaves (the reserve and whatever the batches left
+        unspent). An audited row ranks like any other and costs nothing: its answer is in hand
+        (``take_top_up`` reuses it). Were audited rows kept out, the top-up would take the least sure rows
+        from the settled set but not from the audit sample, which would then be harder than the rows it
+        vouches for, and the audit's estimate biased low."""
         if not self.top_up_due():
             return []
         left = self.budget.calls_left(None, share_cap=self.paper_share())
         if left == math.inf or left <= 0:
             return []
+        # enough to hold ``left`` paid rows, every audited row above them, and the first paid row past the cap
+        keep = int(left) + len(self._audit_llm) + 1
         best_ids, best_gain = np.zeros(0, dtype=np.int64), np.zeros(0)
-        for block in blocks:  # a running best ``left``: one block's posterior in memory at a time
+        for block in blocks:  # a running best ``keep``: one block's posterior in memory at a time
             ids = np.asarray(block, dtype=np.int64)
             if not len(ids):
                 continue
             mask, gain = self._calibrated_route(ids, self._posterior(ids))
             best_ids = np.concatenate([best_ids, ids[mask]])
             best_gain = np.concatenate([best_gain, gain[mask]])
-            order = np.lexsort((best_ids, -best_gain))[:int(left)]  # ties: the lower row id first
+            order = np.lexsort((best_ids, -best_gain))[:keep]  # ties: the lower row id first
             best_ids, best_gain = best_ids[order], best_gain[order]
+        audited = np.isin(best_ids, np.fromiter(self._audit_llm, dtype=np.int64, count=len(self._audit_llm)))
+        over = np.nonzero(np.cumsum(~audited) > left)[0]  # the cut: before the first paid row past the cap
+        taken = int(over[0]) if len(over) else len(best_ids)
+        best_ids, best_gain = best_ids[:taken], best_gain[:taken]
         if self.target is not None and len(best_ids):
             mean, n = self.expected_accuracy()
             # (the rows it leaves were counted when their batch spared them or the cap held them back)
             best_ids = best_ids[_fewest_reaching(np.ones(len(best_ids), dtype=bool), best_gain, (self.target - mean) * n)]
         return sorted(int(r) for r in best_ids)
 
-    def take_top_up(self, answers: Mapping[int, int], asked: int, cost: float = 0.0) -> None:
+    def take_top_up(self, answers: Mapping[int, int], asked: int, cost: float = 0.0,
+                    reused: Iterable[int] = ()) -> None:
         """The top-up's answers join the vote book (labels follow in ``relabel_blocks``); the ``asked`` rows
-        are charged to the budget, those without a usable answer too."""
+        are charged to the budget, those without a usable answer too. ``reused``: audited rows among the
+        chosen ones; their answer, in the vote book already, now labels them, and they leave the audit."""
         self.budget.spend(asked, cost)
         self.add_llm_votes({int(k): int(v) for k, v in answers.items() if int(v) >= 0})
         self.topped_up += asked
+        reused = [int(r) for r in reused]
+        for rid in reused:  # (a decider restored after the relabel stored them has them out already)
+            self._audit_llm.pop(rid, None)
+            self._accepted.pop(rid, None)
+        self.audit_reused += len(reused)
+
+    def is_audited(self, row_id: int) -> bool:
+        """Is the row in the audit sample (its LLM answer checks its label, and does not make it)?"""
+        return int(row_id) in self._audit_llm
 
     def settle(self, row_ids: list[int], answers: Mapping[int, int], audit_answers: Mapping[int, int] | None = None,
                cost: float = 0.0, live: list[bool] | None = None, majority: list[int] | None = None
@@ -662,7 +689,7 @@ class OnlineDecider:
         model's reliability from votes cast before the row was trained on (a final model's vote on a row it
         trained on would look more reliable than it is). The graph checkpoints the result, so a run resumed
         in the middle of re-voting labels with the same posterior; from here on it is ``frozen``."""
-        self.frozen = False
+        self.frozen, self._expected = False, None
         self._refit()
         self.frozen = True
 
@@ -694,6 +721,7 @@ class OnlineDecider:
         self._refit()
         conf = self.patterns.llm_confusion
         seen = np.nonzero(self._seen)[0]
+        right, live = 0.0, 0
         for lo in range(0, len(seen), block_rows):
             rows = seen[lo:lo + block_rows]
             post = self._posterior(rows)
@@ -707,7 +735,11 @@ class OnlineDecider:
                     out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
                     if rid in self._accepted:  # the audit judges the label the row ends with
                         self._accepted[rid] = (out[rid].label, out[rid].source)
+            with_text = self._hard[rows] >= 0
+            right += float(sum(dec.confidence for dec, ok in zip(out.values(), with_text) if ok))
+            live += int(with_text.sum())
             yield out
+        self._expected = (right, live)
 
     # ---------- what it learnt ----------
 
@@ -820,6 +852,7 @@ class OnlineDecider:
                 "cuts": [c.tolist() for c in self._cuts], "cuts_at": self._cuts_at,
                 "logistic": self.logistic.state_dict(), "logistic_at": self._logistic_at,
                 "held_back": self.held_back, "revoted": self.revoted, "topped_up": self.topped_up,
+                "audit_reused": self.audit_reused,
                 "frozen": self.frozen, "expected_right": self.expected_right, "expected_rows": self.expected_rows,
                 "spared": self.spared}
 
@@ -837,7 +870,8 @@ class OnlineDecider:
             self._seen[rid] = True
             u = rec.get("uncertainty")
             self._hard[rid] = -1 if u is None else int(float(u) >= self.epsilon)
-            if rec.get("audit") and rec.get("llm", -1) >= 0:
+            # an audited row the top-up reused is labelled by its answer now (its source says so): out of the audit
+            if rec.get("audit") and rec.get("llm", -1) >= 0 and rec["source"] == "slm_consensus":
                 self._audit_llm[rid] = int(rec["llm"])
                 self._accepted[rid] = (int(rec["label"]), rec["source"])
         if state.get("budget"):
@@ -848,6 +882,7 @@ class OnlineDecider:
         self.held_back = int(state.get("held_back", 0))
         self.revoted = int(state.get("revoted", 0))
         self.topped_up = int(state.get("topped_up", 0))
+        self.audit_reused = int(state.get("audit_reused", 0))
         self.frozen = bool(state.get("frozen", False))
         self.expected_right = float(state.get("expected_right", 0.0))
         self.expected_rows = int(state.get("expected_rows", 0))

@@ -371,22 +371,29 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             return {"top_up": []}
 
         def settled_blocks():
-            for part in ctx.store.iter_results(FINISH_CHUNK_ROWS):
+            for part in ctx.store.iter_results(FINISH_CHUNK_ROWS):  # audited ones too: see top_up_rows
                 yield [int(r["row_id"]) for r in part if r["label_source"] == LabelSource.SLM_CONSENSUS.value
-                       and not r.get("audit") and r.get("llm_label") is None]
+                       and (r.get("audit") or r.get("llm_label") is None)]
 
         rows = d.top_up_rows(settled_blocks())
-        ctx.on_progress({"event": "note", "text": f"asking the LLM about {len(rows)} settled rows the final "
-                                                  f"posterior is least sure of (the reserve, {d.reserve:.0%} of the cap)"})
+        reused = sum(d.is_audited(r) for r in rows)
+        ctx.on_progress({"event": "note", "text": f"asking the LLM about {len(rows) - reused} settled rows the final "
+                                                  f"posterior is least sure of (the reserve, {d.reserve:.0%} of the cap)"
+                                                  + (f"; {reused} audited ones among them are labelled by their audit "
+                                                     "answer" if reused else "")})
         return {"top_up": rows}
 
     def top_up(state: AnnotateState) -> dict:
         """Ask the chosen rows, add the answers to the pool and the vote book, and relabel by the final
         posterior; the output's shards holding a changed row are rewritten."""
-        rows = [int(r) for r in state.get("top_up") or []]
+        chosen = [int(r) for r in state.get("top_up") or []]
         d = decider(state)
-        if rows:
-            stored = {int(r["row_id"]): r for r in ctx.store.results_of(rows)}
+        if chosen:
+            stored = {int(r["row_id"]): r for r in ctx.store.results_of(chosen)}
+            # the store's flag, not the decider's audit sample: a crash after the relabel below has already
+            # taken a reused row out of the sample a resumed decider rebuilds
+            reused = [rid for rid in chosen if stored[rid].get("audit")]
+            rows = [rid for rid in chosen if not stored[rid].get("audit")]
             hints = {rid: {"votes": stored[rid]["votes"], "uncertainty": stored[rid]["uncertainty"],
                            "majority": stored[rid]["majority"]} for rid in rows}
             examples = (ctx.few_shot.pick(rows, state.get("batch_index", 0), text_of)
@@ -395,8 +402,9 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             got = {int(k): v for k, v in answers.items() if v is not None and v in label_idx}
             cost = sum(ctx.settings.prices.cost(*_tokens(r)) for r in results)
             ctx.store.set_llm_labels(sorted(got.items()))
-            ctx.store.add_to_pool(sorted(got.items()), state.get("batch_index", 0))
-            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, asked=len(rows), cost=cost)
+            reused_labels = [(rid, stored[rid]["llm_label"]) for rid in reused if stored[rid].get("llm_label")]
+            ctx.store.add_to_pool(sorted(got.items()) + reused_labels, state.get("batch_index", 0))
+            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, asked=len(rows), cost=cost, reused=reused)
             changed = _relabel(d)
             if ctx.writer is not None:
                 ctx.writer.rewrite_stored(ctx.store, sorted(set(changed)))

@@ -158,12 +158,17 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
     top = d.get("top_up") or {}
     if top.get("rows"):
         lines.append(f"- Top-up: {top['rows']} settled rows the final posterior was least sure of were asked after the "
-                     f"last batch, from the {top['reserve']:.0%} of the cap kept back for them (counted in the spend above)")
+                     f"last batch, from the {top['reserve']:.0%} of the cap kept back for them (counted in the spend above)"
+                     + (f"; {top['audited_reused']} audited rows as unsure as those are labelled by their audit answer "
+                        "and left the audit, so it vouches for the rows that stayed settled" if top.get("audited_reused")
+                        else ""))
+    if d.get("expected_accuracy") is not None:
+        lines.append(f"- Expected accuracy: {d['expected_accuracy']}, the final posterior's mean confidence in its labels "
+                     "(no gold used; only as good as the posterior's calibration: the audit below checks it)")
     target = d.get("target")
     if target:
-        lines.append(f"- Accuracy target: {target['accuracy']}; the final posterior expects {target['expected_accuracy']} "
-                     f"(its own estimate: the audit below checks it); {target['spared']} rows the LLM was expected to "
-                     "improve were not asked because the target was met")
+        lines.append(f"- Accuracy target: {target['accuracy']}; {target['spared']} rows the LLM was expected to improve "
+                     "were not asked because the expected accuracy had reached it")
     v = d.get("llm_verdict") or {}
     if v.get("agreement") is not None:
         lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "
