@@ -640,6 +640,20 @@ def test_an_accuracy_target_resumes_with_what_it_had_counted() -> None:
         a.settle(ids, answers), b.settle(ids, answers)
 
 
+def _batches_then_final_fit(d: OnlineDecider, votes: np.ndarray, answer, batch: int = 50) -> set[int]:
+    """Every batch planned, answered and settled, then ``fit_final``: the decider as the top-up finds it.
+    Returns the audited rows."""
+    audited: set[int] = set()
+    for start in range(0, len(votes), batch):
+        ids = list(range(start, min(start + batch, len(votes))))
+        _, u, _ = tally(votes[ids], 2, 2)
+        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
+        audited |= set(plan.audit)
+        d.settle(ids, {r: answer(r) for r in plan.ask}, {r: answer(r) for r in plan.audit})
+    d.fit_final()
+    return audited
+
+
 def test_the_top_up_takes_audited_rows_as_unsure_as_those_it_asks_for_free() -> None:
     """Audited rows rank with the settled ones: those above the cut are labelled by the answer the audit
     paid for (no call) and leave the audit, so what stays in it is a sample of the rows that stay settled,
@@ -648,14 +662,7 @@ def test_the_top_up_takes_audited_rows_as_unsure_as_those_it_asks_for_free() -> 
     answer = good_llm(y)
     d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
                       audit=AuditSampler(300, 2000))
-    audited: set[int] = set()
-    for start in range(0, 2000, 50):
-        ids = list(range(start, start + 50))
-        _, u, _ = tally(votes[ids], 2, 2)
-        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
-        audited |= set(plan.audit)
-        d.settle(ids, {r: answer(r) for r in plan.ask}, {r: answer(r) for r in plan.audit})
-    d.fit_final()
+    audited = _batches_then_final_fit(d, votes, answer)
     candidates = [r for r in range(2000) if d._votes[r, -1] < 0 or r in audited]
     left = d.budget.calls_left(None, share_cap=d.paper_share())
     in_audit = d.summary(["n", "p"])["audit"]["rows"]
@@ -694,14 +701,7 @@ def test_the_top_up_under_a_target_asks_only_the_shortfall() -> None:
     answer = good_llm(y)
     d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
                       audit=AuditSampler(20, 2000))
-    audited: set[int] = set()
-    for start in range(0, 2000, 50):
-        ids = list(range(start, start + 50))
-        _, u, _ = tally(votes[ids], 2, 2)
-        plan = d.plan(ids, votes[ids], uncertainty=u.tolist())
-        audited |= set(plan.audit)
-        d.settle(ids, {r: answer(r) for r in plan.ask}, {r: answer(r) for r in plan.audit})
-    d.fit_final()
+    audited = _batches_then_final_fit(d, votes, answer)
     settled = [r for r in range(2000) if d._votes[r, -1] < 0 and r not in audited]
     blocks = [settled[i:i + 300] for i in range(0, len(settled), 300)]
     untargeted = d.top_up_rows(blocks)
