@@ -71,7 +71,8 @@ class MemoStudent(TrainableSLM):
 @dataclass
 class Verified:
     row_id: int
-    label: str
+    label: str | None
+    failed: bool = False
 
 
 class OracleVerifier:
@@ -79,8 +80,10 @@ class OracleVerifier:
 
     model_id = "oracle"
 
-    def __init__(self, gold: list[str], crash_after: int | None = None):
+    def __init__(self, gold: list[str], crash_after: int | None = None, fail_first: set[int] | None = None):
+        """``fail_first``: rows whose first request gets no valid answer (asked again, they get one)."""
         self.gold, self.crash_after, self.asked = gold, crash_after, []
+        self.fail_first = set(fail_first or ())
 
     def ledger(self, run_id=None):
         from autoannotator.costs import LLMUsage
@@ -92,6 +95,8 @@ class OracleVerifier:
         for rid, _text in items:
             if self.crash_after is not None and len(self.asked) >= self.crash_after:
                 raise KeyboardInterrupt("simulated crash")
+            first = rid not in self.asked
             self.asked.append(rid)
-            out.append(Verified(rid, self.gold[rid]))
+            out.append(Verified(rid, None, failed=True) if first and rid in self.fail_first
+                       else Verified(rid, self.gold[rid]))
         return out

@@ -225,14 +225,49 @@ def test_the_reserve_is_spent_after_the_revote_on_settled_rows_within_the_paper_
     assert f"- Top-up: {topped} settled rows" in lines and f"; {reused} audited rows as unsure as those" in lines
 
 
-@pytest.mark.parametrize("crash_after", ["answers stored", "relabelled"])
+def test_rows_whose_answer_failed_stay_llm_failed_through_the_finishing_steps(tmp_path, monkeypatch):
+    """Asked, no valid label: llm_failed, so `runs retry-failed` finds the row, also after the final relabel and
+    when the top-up asked it. A failed audit answer leaves an ordinary settled row; only audit answers in hand
+    are reused by the top-up."""
+    from autoannotator.decide.online import OnlineDecider
+
+    audit_ids: set[int] = set()
+    plan = OnlineDecider.plan
+
+    def recording_plan(self, *args, **kwargs):
+        out = plan(self, *args, **kwargs)
+        audit_ids.update(out.audit)
+        return out
+
+    monkeypatch.setattr(OnlineDecider, "plan", recording_plan)
+    ctx = _reserve_context(tmp_path)
+    ctx.verifier.fail_first = set(range(0, RESERVE_ROWS, 2))  # every other row's first answer fails
+    final = build_annotate_graph(ctx).invoke(_initial(RESERVE_ROWS, ctx.settings), RESERVE_CONFIG)
+    top = final["decide_summary"]["top_up"]
+    rows = {r["row_id"]: r for r in ctx.store.results()}
+    asked = ctx.verifier.asked
+    failed = {r for r in set(asked) if r in ctx.verifier.fail_first and asked.count(r) == 1} - audit_ids
+    got = {r for r, rec in rows.items() if rec["label_source"] == "llm_failed"}
+    assert failed and got == failed
+    top_up_asked = set(asked[-top["rows"]:])
+    assert got & top_up_asked  # some of them failed in the top-up
+    assert all(rows[r]["label"] is not None for r in got)  # they keep a label
+    audited = [r for r in rows.values() if r["audit"]]
+    assert audited and all(r["llm_label"] for r in audited)
+    assert top["audited_reused"] == sum(r["label_source"] != "slm_consensus" for r in audited)
+
+
+@pytest.mark.parametrize("crash_after", ["failures marked", "answers stored", "relabelled"])
 def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path, crash_after):
+    fails = set(range(0, RESERVE_ROWS, 2))  # every other row's first answer fails, in both runs
     whole = _reserve_context(tmp_path / "whole")
+    whole.verifier.fail_first = fails
     whole_summary = build_annotate_graph(whole).invoke(_initial(RESERVE_ROWS, whole.settings),
                                                        RESERVE_CONFIG)["decide_summary"]
     want = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in whole.store.results()}
     (tmp_path / "cut").mkdir()
     ctx = _reserve_context(tmp_path / "cut")
+    ctx.verifier.fail_first = fails
     store_labels, store_decisions = ctx.store.set_llm_labels, ctx.store.update_decisions
     answered = []
 
@@ -242,9 +277,10 @@ def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path, crash_
         if crash_after == "answers stored":
             raise KeyboardInterrupt("simulated crash")
 
-    def stored_decisions(decisions):  # the relabel is stored, reused audit rows out of the audit: a crash
-        store_decisions(decisions)
-        if answered:
+    def stored_decisions(decisions):  # the failed rows marked, or the relabel stored (reused audit rows out of
+        store_decisions(decisions)     # the audit): a crash
+        marking = any(src == "llm_failed" for _, _, src, _ in decisions)
+        if (crash_after == "failures marked" and marking) or (crash_after == "relabelled" and answered):
             raise KeyboardInterrupt("simulated crash")
 
     ctx.store.set_llm_labels, ctx.store.update_decisions = stored_answers, stored_decisions
@@ -259,8 +295,11 @@ def test_a_crash_in_the_top_up_resumes_asking_the_rows_it_chose(tmp_path, crash_
         again.models[2].load(Path(saved.values["weights"]["student"]))
         final = graph.invoke(None, RESERVE_CONFIG)
     audited = {r["row_id"] for r in again.store.results() if r["audit"]}
+    failed = {r["row_id"] for r in again.store.results() if r["label_source"] == "llm_failed"}
     assert audited & set(saved.values["top_up"])  # some chosen rows are reused audit rows: not asked again
-    assert sorted(again.verifier.asked) == sorted(set(saved.values["top_up"]) - audited)  # the same rows, no others
+    assert failed & set(saved.values["top_up"])  # and some failed in the top-up: not asked again either
+    # the same rows, no others (what was answered before the crash comes from the verifier's cache in a real run)
+    assert sorted(again.verifier.asked) == sorted(set(saved.values["top_up"]) - audited - failed)
     got = {r["row_id"]: (r["label"], r["label_source"], r["llm_label"]) for r in again.store.results()}
     assert final["finished"] and got == want
     assert final["decide_summary"]["audit"] == whole_summary["audit"]

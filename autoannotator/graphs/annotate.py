@@ -324,7 +324,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             updates = []
             for rid, dec in block.items():
                 rec = stored.get(rid)
-                if rec is None or rec[1] == LabelSource.SKIPPED_EMPTY.value:
+                # asked and no valid label: it stays llm_failed (with its label), for `runs retry-failed`
+                if rec is None or rec[1] in (LabelSource.SKIPPED_EMPTY.value, LabelSource.LLM_FAILED.value):
                     continue
                 label = labels[dec.label] if dec.label >= 0 else None
                 if (label, dec.source) != (rec[0], rec[1]) or rec[2] is None or abs(rec[2] - dec.confidence) > 1e-6:
@@ -390,10 +391,12 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
         d = decider(state)
         if chosen:
             stored = {int(r["row_id"]): r for r in ctx.store.results_of(chosen)}
-            # the store's flag, not the decider's audit sample: a crash after the relabel below has already
-            # taken a reused row out of the sample a resumed decider rebuilds
+            # From the store, not the decider: a run resumed after a crash in this step finds there what the
+            # step had done. An audited row is reused (the relabel below takes it out of the audit sample a
+            # resumed decider rebuilds); a row marked llm_failed was asked and failed: not asked again.
             reused = [rid for rid in chosen if stored[rid].get("audit")]
-            rows = [rid for rid in chosen if not stored[rid].get("audit")]
+            failed_before = [rid for rid in chosen if stored[rid]["label_source"] == LabelSource.LLM_FAILED.value]
+            rows = [rid for rid in chosen if not stored[rid].get("audit") and rid not in set(failed_before)]
             hints = {rid: {"votes": stored[rid]["votes"], "uncertainty": stored[rid]["uncertainty"],
                            "majority": stored[rid]["majority"]} for rid in rows}
             examples = (ctx.few_shot.pick(rows, state.get("batch_index", 0), text_of)
@@ -401,13 +404,18 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             answers, results = ask_verifier(ctx.verifier, [(rid, text_of(rid)) for rid in rows], hints, examples)
             got = {int(k): v for k, v in answers.items() if v is not None and v in label_idx}
             cost = sum(ctx.settings.prices.cost(*_tokens(r)) for r in results)
+            # asked and no valid label, as in a batch: llm_failed, keeping the label it had (`runs retry-failed`)
+            failed = [rid for rid in rows if rid not in got]
+            ctx.store.update_decisions([(rid, stored[rid]["label"], LabelSource.LLM_FAILED.value, None)
+                                        for rid in failed])
             ctx.store.set_llm_labels(sorted(got.items()))
             reused_labels = [(rid, stored[rid]["llm_label"]) for rid in reused if stored[rid].get("llm_label")]
             ctx.store.add_to_pool(sorted(got.items()) + reused_labels, state.get("batch_index", 0))
-            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, asked=len(rows), cost=cost, reused=reused)
+            d.take_top_up({rid: label_idx[v] for rid, v in got.items()}, asked=len(rows) + len(failed_before),
+                          cost=cost, reused=reused)
             changed = _relabel(d)
             if ctx.writer is not None:
-                ctx.writer.rewrite_stored(ctx.store, sorted(set(changed)))
+                ctx.writer.rewrite_stored(ctx.store, sorted(set(changed) | set(failed)))
             ctx.on_progress({"event": "verified", "n": len(got), "audit": 0, "pool_size": ctx.store.pool_size()})
         return {"top_up": [], "finalized": True, "decide": d.state_dict()}
 
