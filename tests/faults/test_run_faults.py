@@ -98,9 +98,10 @@ def test_invalid_answers_are_retried_and_paid(tmp_path, endpoint, monkeypatch):
     assert report["llm_calls"] == sources(output_rows(run_dir))["llm_verified"] + invalid
 
 
-def test_a_row_that_never_gets_a_label_does_not_block_the_file(tmp_path, endpoint, monkeypatch):
+@pytest.mark.parametrize("routing", ["paper", "calibrated"])  # calibrated: through the final relabel too
+def test_a_row_that_never_gets_a_label_does_not_block_the_file(tmp_path, endpoint, monkeypatch, routing):
     endpoint.fail_when(lambda text: "bad_label" if text.startswith("row 2:") else None)
-    code, err, data, run_dir = _run(tmp_path, endpoint, monkeypatch)
+    code, err, data, run_dir = _run(tmp_path, endpoint, monkeypatch, "--routing", routing)
     assert code == 0, err
     rows = assert_each_row_once(run_dir, data)
     failed = [r for r in rows if r["label_source"] == "llm_failed"]
