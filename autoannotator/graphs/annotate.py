@@ -395,8 +395,8 @@ def build_annotate_graph(ctx: AnnotateContext, checkpointer=None):
             # step had done. An audited row is reused (the relabel below takes it out of the audit sample a
             # resumed decider rebuilds); a row marked llm_failed was asked and failed: not asked again.
             reused = [rid for rid in chosen if stored[rid].get("audit")]
-            failed_before = [rid for rid in chosen if stored[rid]["label_source"] == LabelSource.LLM_FAILED.value]
-            rows = [rid for rid in chosen if not stored[rid].get("audit") and rid not in set(failed_before)]
+            failed_before = {rid for rid in chosen if stored[rid]["label_source"] == LabelSource.LLM_FAILED.value}
+            rows = [rid for rid in chosen if not stored[rid].get("audit") and rid not in failed_before]
             hints = {rid: {"votes": stored[rid]["votes"], "uncertainty": stored[rid]["uncertainty"],
                            "majority": stored[rid]["majority"]} for rid in rows}
             examples = (ctx.few_shot.pick(rows, state.get("batch_index", 0), text_of)
