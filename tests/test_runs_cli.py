@@ -202,8 +202,10 @@ def test_sample_says_when_the_human_skipped_a_row_twice(tmp_path):
     report, run_dir = runner.label(_settings(tmp_path), data, instruction=INSTRUCTION,
                                    labels=parse_labels("positive,negative"), verifier_factory=skipper,
                                    verifier_info={"human": True})
-    assert report["llm_calls"] == 0 and set(report["label_sources"]) == {"slm_consensus"}
+    # a skipped row was asked and got no label: llm_failed, keeping the models' majority
+    assert report["llm_calls"] == 0 and set(report["label_sources"]) == {"slm_consensus", "llm_failed"}
     rows = pd.read_csv(run_dir / "reviews.labelled.csv", dtype=str, keep_default_na=False)
     hard = int(rows.index[rows["uncertainty"].astype(float) > 0][0])
+    assert rows["label_source"][hard] == "llm_failed"
     out = _ok(invoke("sample", str(run_dir), str(hard)))
     assert "skipped this row twice" in out and "majority" in out

@@ -193,7 +193,7 @@ def sample(run: str = typer.Argument(..., help="Run directory, id or id prefix."
 
 def _answer_text(answer: RowAnswer) -> Text:
     """The verifier's answer, as ``runs sample`` draws it: the label bold, who paid dim."""
-    if answer.kind == "skipped_by_human":
+    if answer.kind in ("skipped_by_human", "failed"):
         return Text(answer.note, style="yellow")
     if answer.kind == "not_asked":
         return Text(answer.note, style="dim")

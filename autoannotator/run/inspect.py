@@ -112,7 +112,7 @@ def row_text(plan: RunPlan, row: int) -> tuple[str, str | None]:
 class RowAnswer(BaseModel):
     """What the verifier said about one row, and who paid for it."""
 
-    kind: str  # "not_asked", "skipped_by_human", "answered"
+    kind: str  # "not_asked", "skipped_by_human", "failed" (asked, no valid label), "answered"
     note: str = ""
     label: str | None = None
     who: str | None = None  # "human" or "LLM <model id>"
@@ -147,6 +147,9 @@ def row_answer(run_dir: Path, plan: RunPlan, max_text_chars: int, text: str, rec
     hkey = human_key(text, labels)
     if cache.skipped([hkey]):
         return RowAnswer(kind="skipped_by_human", note="the human skipped this row twice: the models' majority was kept")
+    if rec["label_source"] == LabelSource.LLM_FAILED:
+        return RowAnswer(kind="failed", note="asked, but no valid label came back: the models' majority was kept "
+                                             "(`autoannotator runs retry-failed` asks again)")
     if rec["llm_label"] is None:
         return RowAnswer(kind="not_asked", note="not asked (the models agreed)"
                          if rec["label_source"] != LabelSource.SKIPPED_EMPTY else "not asked (empty)")

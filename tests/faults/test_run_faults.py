@@ -99,7 +99,7 @@ def test_invalid_answers_are_retried_and_paid(tmp_path, endpoint, monkeypatch):
 
 
 @pytest.mark.parametrize("routing", ["paper", "calibrated"])  # calibrated: through the final relabel too
-def test_a_row_that_never_gets_a_label_does_not_block_the_file(tmp_path, endpoint, monkeypatch, routing):
+def test_a_row_that_never_gets_a_label_does_not_block_the_file(tmp_path, endpoint, monkeypatch, capsys, routing):
     endpoint.fail_when(lambda text: "bad_label" if text.startswith("row 2:") else None)
     code, err, data, run_dir = _run(tmp_path, endpoint, monkeypatch, "--routing", routing)
     assert code == 0, err
@@ -108,6 +108,9 @@ def test_a_row_that_never_gets_a_label_does_not_block_the_file(tmp_path, endpoin
     assert [r["text"].split(":")[0] for r in failed] == ["row 2"]
     assert failed[0]["label"] in ("positive", "negative", "neutral", "")  # the models' label, or none
     assert _report(run_dir)["label_sources"]["llm_failed"] == 1
+    capsys.readouterr()
+    code, _ = cli_inprocess(["runs", "sample", str(run_dir), str(rows.index(failed[0]))], monkeypatch)
+    assert code == 0 and "asked, but no valid label came back" in capsys.readouterr().out
 
     endpoint.clear()  # the endpoint recovers; retry-failed asks again for just that row
     code, err = cli_inprocess(["runs", "retry-failed", str(run_dir)], monkeypatch)
