@@ -148,7 +148,7 @@ def row_answer(run_dir: Path, plan: RunPlan, max_text_chars: int, text: str, rec
     if cache.skipped([hkey]):
         return RowAnswer(kind="skipped_by_human", note="the human skipped this row twice: the models' majority was kept")
     if rec["label_source"] == LabelSource.LLM_FAILED:
-        return RowAnswer(kind="failed", note="asked, but no valid label came back: the models' majority was kept "
+        return RowAnswer(kind="failed", note="asked, but no valid label came back: the label from the models' votes was kept "
                                              "(`autoannotator runs retry-failed` asks again)")
     if rec["llm_label"] is None:
         return RowAnswer(kind="not_asked", note="not asked (the models agreed)"
