@@ -346,6 +346,9 @@ def retry_failed(settings: Settings, run_dir: Path, *, switch_llm: bool = False,
     """Ask the run's LLM again about its ``llm_failed`` rows; rewrite the output and the report.
     Rows that get a valid label now become ``llm_verified`` (and join the hard-sample pool)."""
     plan = RunPlan.load(run_dir)
+    if plan.verifier and plan.verifier.get("human") and not switch_llm:
+        raise UserError(f"run {plan.run_id} was verified by a person: its llm_failed rows are the ones they skipped; "
+                        "retry-failed would have an LLM label them (pass --switch-llm for that)")
     settings, note = settings_for_resume(plan, settings.model_copy(update=frozen_settings(plan.settings)),
                                          switch_llm=switch_llm)
     source = open_run_source(plan)

@@ -209,3 +209,7 @@ def test_sample_says_when_the_human_skipped_a_row_twice(tmp_path):
     assert rows["label_source"][hard] == "llm_failed"
     out = _ok(invoke("sample", str(run_dir), str(hard)))
     assert "skipped this row twice" in out and "majority" in out
+    # retry-failed asks an LLM: for the rows a person chose to skip, not without being told to
+    refused = invoke("retry-failed", str(run_dir))  # (the real entry point prints a UserError as one line)
+    assert isinstance(refused.exception, UserError) and "verified by a person" in str(refused.exception)
+    assert "--switch-llm" in str(refused.exception)
