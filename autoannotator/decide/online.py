@@ -725,6 +725,7 @@ class OnlineDecider:
         for lo in range(0, len(seen), block_rows):
             rows = seen[lo:lo + block_rows]
             post = self._posterior(rows)
+            with_text = (self._hard[rows] >= 0).tolist()
             out: dict[int, Decision] = {}
             for k, rid in enumerate(int(r) for r in rows):
                 a = int(self._votes[rid, -1])
@@ -735,9 +736,9 @@ class OnlineDecider:
                     out[rid] = Decision(int(post[k].argmax()), float(post[k].max()), "slm_consensus")
                     if rid in self._accepted:  # the audit judges the label the row ends with
                         self._accepted[rid] = (out[rid].label, out[rid].source)
-            with_text = self._hard[rows] >= 0
-            right += float(sum(dec.confidence for dec, ok in zip(out.values(), with_text) if ok))
-            live += int(with_text.sum())
+                if with_text[k]:
+                    right += out[rid].confidence
+                    live += 1
             yield out
         self._expected = (right, live)
 
