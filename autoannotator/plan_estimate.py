@@ -226,9 +226,15 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
 
 
 def compare_with_spent(estimate: PlanEstimate, report: dict) -> dict:
-    """The estimate next to what the run spent (report.json's figures): each with whether it fell in range."""
-    tokens = (report.get("llm_tokens_in") or 0) + (report.get("llm_tokens_out") or 0)
-    spent = {"llm_calls": report.get("llm_calls"), "tokens": tokens, "cost_usd": report.get("est_cost_usd"),
+    """The estimate next to what the run spent (report.json's figures): each with whether it fell in range. The
+    estimate includes the audit, so the spend does too (the report gives the audit's apart)."""
+    audit = (((report.get("decision") or {}).get("audit") or {}).get("usage")) or {}
+    tokens = ((report.get("llm_tokens_in") or 0) + (report.get("llm_tokens_out") or 0)
+              + int(audit.get("tokens_in", 0)) + int(audit.get("tokens_out", 0)))
+    calls, cost = report.get("llm_calls"), report.get("est_cost_usd")
+    spent = {"llm_calls": None if calls is None else calls + int(report.get("audit_llm_calls") or 0),
+             "tokens": tokens,
+             "cost_usd": None if cost is None else round(cost + float(report.get("audit_cost_usd") or 0.0), 6),
              "wall_s": (report.get("timings_s") or {}).get("graph_wall")}
     out = {}
     for key, value in spent.items():
@@ -391,9 +397,10 @@ def _decide_adjustments(est: PlanEstimate, settings, n_live: int, tokens_in: flo
                     and budget is None and getattr(settings, "max_llm_cost", None) is None)
     out_tokens = 0 if kind == "human" else TOKENS_OUT_PER_CALL
     for key in ("low", "expected", "high"):
-        calls = getattr(est.llm_calls, key) + n_audit
-        if cap is not None:
+        calls = getattr(est.llm_calls, key)
+        if cap is not None:  # a budget caps the routing; the declared audit comes on top, as under the paper cap
             calls = min(calls, float(round(cap)))
+        calls += n_audit
         extra = calls - getattr(est.llm_calls, key)
         setattr(est.llm_calls, key, calls)
         for span, per in ((est.tokens_in, tokens_in), (est.tokens_out, out_tokens)):

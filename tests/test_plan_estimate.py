@@ -166,3 +166,37 @@ def test_a_real_endpoints_token_range_allows_for_its_tokenizer():
                          prices=PRICES, timing=TIMING, beta=10**6, trainable=False, token_high_factor=1.7)
     assert wide.tokens.expected == plain.tokens.expected and wide.tokens.high == pytest.approx(plain.tokens.high * 1.7)
     assert wide.cost_usd.high == pytest.approx(plain.cost_usd.high * 1.7)
+
+
+def test_the_audit_comes_on_top_of_a_users_budget_in_the_estimate():
+    """The estimate spends as the run does: a user's ``--llm-budget`` caps the routing and the declared audit comes
+    on top, as it does beside the paper rule and under the default's paper cap."""
+    from autoannotator.config import Settings
+    from autoannotator.plan_estimate import _decide_adjustments
+
+    def estimate(**settings):
+        est = estimate_plan(n_rows=3000, n_empty=0, shares=PilotShares(n=300, hard=120, irreducible=90),
+                            tokens_in_per_call=200, tokens_out_per_call=8, prices=PRICES, timing=TIMING,
+                            beta=2000, trainable=False)
+        if settings:
+            _decide_adjustments(est, Settings(audit=60, **settings), 3000, 200, "endpoint")
+        return est
+
+    bare = estimate().llm_calls
+    assert estimate(routing="paper").llm_calls.expected == bare.expected + 60
+    capped = estimate(routing="calibrated").llm_calls
+    assert (capped.low, capped.expected, capped.high) == (bare.low + 60, bare.expected + 60, bare.high + 60)
+    budgeted = estimate(routing="calibrated", llm_budget=0.1).llm_calls
+    assert budgeted.expected == budgeted.high == 300 + 60
+
+
+def test_compare_with_spent_counts_the_audits_calls_too():
+    shares = PilotShares(n=300, hard=120, irreducible=90)
+    est = estimate_plan(n_rows=3000, n_empty=0, shares=shares, tokens_in_per_call=200, tokens_out_per_call=8,
+                        prices=PRICES, timing=TIMING, beta=2000, trainable=False)
+    report = {"llm_calls": 1190, "llm_tokens_in": 1190 * 200, "llm_tokens_out": 1190 * 8, "est_cost_usd": 0.1,
+              "audit_llm_calls": 60, "audit_cost_usd": 0.01,
+              "decision": {"audit": {"usage": {"calls": 60, "tokens_in": 60 * 200, "tokens_out": 60 * 8}}}}
+    cmp = compare_with_spent(est, report)
+    assert cmp["llm_calls"]["spent"] == 1250 and cmp["tokens"]["spent"] == 1250 * 208
+    assert cmp["cost_usd"]["spent"] == pytest.approx(0.11)

@@ -245,7 +245,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{r.get('votes')} | {r.get('seconds')} |")
     if report.get("estimate"):
         est = report["estimate"]
-        lines += ["", f"## The plan's estimate (pilot of {est.get('pilot_rows')} rows) and what was spent", "",
+        lines += ["", f"## The plan's estimate (pilot of {est.get('pilot_rows')} rows) and what was spent, the audit "
+                  "included", "",
                   "| | low | expected | high | spent | in range |", "| --- | --- | --- | --- | --- | --- |"]
         for key in ("llm_calls", "tokens", "cost_usd", "wall_s"):
             e = est.get(key) or {}

@@ -371,7 +371,7 @@ def _estimate_section(report: dict[str, Any]) -> str:
         rows.append(f"<tr><th>{label}</th><td>{_num(r.get('low'), 6)}</td><td>{_num(r.get('expected'), 6)}</td>"
                     f"<td>{_num(r.get('high'), 6)}</td><td>{_num(value, 6)}</td></tr>")
     notes = "".join(f"<li>{_e(a)}</li>" for a in est.get("assumptions", []))
-    return ('<section id="estimate"><h2>The plan\'s estimate and what was spent</h2><table><thead><tr><th></th>'
+    return ('<section id="estimate"><h2>The plan\'s estimate and what was spent, the audit included</h2><table><thead><tr><th></th>'
             '<th>low</th><th>expected</th><th>high</th><th>spent</th></tr></thead><tbody>' + "".join(rows)
             + f"</tbody></table><ul class='muted'>{notes}</ul></section>")
 
