@@ -123,7 +123,11 @@ def test_report_shows_decisions_and_prices_the_audit_apart():
               "budget": {"llm_budget_share": 0.1, "max_llm_cost_usd": None, "calls": 9, "share_spent": 0.09,
                          "cost_spent_usd": 0.001},
               "reliability": {"a": {"accuracy": 0.8, "n_votes": 90.0, "accuracy_interval": [0.7, 0.87],
-                                    "confusion": [[0.8, 0.2], [0.2, 0.8]]}},
+                                    "confusion": [[0.8, 0.2], [0.2, 0.8]], "posterior_accuracy": 0.74,
+                                    "posterior_votes": 90},
+                              "llm": {"accuracy": 0.59, "n_votes": 40.0, "accuracy_interval": [0.5, 0.7],
+                                      "confusion": [[0.6, 0.4], [0.4, 0.6]], "posterior_accuracy": None,
+                                      "assumed_accuracy": 0.9}},
               "llm_verdict": {"unreliable": True, "n": 40, "agreement": 0.5, "independent_agreement": 0.5,
                               "llm_accuracy": 0.55, "llm_interval": [0.4, 0.7], "slm_consensus_accuracy": 0.9,
                               "expected_agreement": 0.7},
@@ -143,6 +147,7 @@ def test_report_shows_decisions_and_prices_the_audit_apart():
     md = render_markdown(report)
     assert "## Decisions" in md and "UNRELIABLE" in md and "| slm_consensus | 5 | 0.8 | 0.875 | 0.4–1.0 |" in md
     assert "- LLM budget: share 0.1;" in md
+    assert "| a | 0.74 | 0.8 | 0.7–0.87 | 90.0 |" in md and "| llm | 0.9 (assumed) | 0.59 | 0.5–0.7 | 40.0 |" in md
     # no budget of the user's: the default cap is named with what it held back
     decide["budget"]["llm_budget_share"] = None
     decide["paper_cap"] = {"applied": True, "share": 0.43, "held_back": 512}

@@ -723,3 +723,24 @@ def test_target_llm_means_the_assumed_llm_accuracy() -> None:
     assert online_module.resolve_target(Settings(target_accuracy=0.95)) == 0.95
     assert online_module.resolve_target(Settings()) is None
     assert OnlineDecider.from_settings(Settings(target_accuracy="llm"), 100, 2, ["a"]).target == 0.9
+
+
+def test_each_slms_reliability_is_also_read_off_the_posterior_that_labels() -> None:
+    """Two SLMs that err together: the label model, assuming independent errors, rates them well above their
+    accuracy; the final posterior (anchored by the LLM's answers) is off by less than half as much (it is itself
+    overconfident here: it expects 0.87 of labels right 0.84). The LLM's row says what the posterior assumes of
+    it: its answers are in that posterior, so it cannot rate them."""
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, reserve=0.3,
+                      audit=AuditSampler(20, 2000))
+    _run_with_top_up(d, y, votes, good_llm(y))
+    rel = d.reliability()
+    for j, name in enumerate(["a", "b"]):
+        voted = votes[:, j] >= 0
+        truth = float((votes[voted, j] == y[voted]).mean())
+        assert abs(rel[name]["posterior_accuracy"] - truth) < (rel[name]["accuracy"] - truth) / 2
+        assert rel[name]["posterior_votes"] == int(voted.sum())
+    assert rel["llm"]["posterior_accuracy"] is None and rel["llm"]["assumed_accuracy"] == 0.9
+    paper = OnlineDecider(2000, 2, ["a", "b"], routing="paper")
+    run(paper, y, votes, good_llm(y))
+    assert paper.reliability()["a"]["posterior_accuracy"] is None  # the paper's labels come from no posterior

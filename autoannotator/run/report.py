@@ -177,12 +177,19 @@ def _decision_markdown(report: dict[str, Any]) -> list[str]:
                      + (f"UNRELIABLE ({unreliable_text(v, d['llm_accuracy_assumed'])})" if v["unreliable"] else "ok"))
     rel = d.get("reliability") or {}
     if rel:
-        lines += ["", "Estimated reliability per source (Dawid–Skene; it assumes sources err independently, so "
-                  "SLMs that err together look better than they are):", "",
-                  "| source | accuracy | 95 % interval | votes |", "| --- | --- | --- | --- |"]
+        lines += ["", "Estimated reliability per source, by the final posterior (the one that labels: the mean "
+                  "probability it gives the source's votes; it takes the LLM at its assumed accuracy) and by the "
+                  "label model (Dawid–Skene; it assumes sources err independently, so SLMs that err together look "
+                  "better than they are, and an LLM that disagrees with them worse):", "",
+                  "| source | accuracy by the posterior | by the label model | 95 % interval (label model) | votes |",
+                  "| --- | --- | --- | --- | --- |"]
         for name, r in rel.items():
             lo, hi = r["accuracy_interval"]
-            lines.append(f"| {name} | {r['accuracy']} | {lo}–{hi} | {r['n_votes']} |")
+            if r.get("assumed_accuracy") is not None:
+                by_posterior = f"{r['assumed_accuracy']} (assumed)"
+            else:
+                by_posterior = "–" if r.get("posterior_accuracy") is None else str(r["posterior_accuracy"])
+            lines.append(f"| {name} | {by_posterior} | {r['accuracy']} | {lo}–{hi} | {r['n_votes']} |")
     est = (d.get("audit") or {}).get("estimates") or {}
     if est:
         lines += ["", "Accuracy of the settled labels estimated from the audit (their agreement with the LLM, "
