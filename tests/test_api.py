@@ -78,7 +78,8 @@ def test_label_a_dataframe_then_resume(tmp_path):
     assert sum(b["rows"] for b in report.per_batch) == 64 and len(report.per_batch) == 4
     # per_batch counts the verifier's answers: a repeated text answered from the cache counts there, not as a call.
     assert report.llm_calls <= sum(b["llm_calls"] for b in report.per_batch) <= 64
-    assert report.estimate["llm_calls"]["spent"] == report.llm_calls
+    # the plan includes the audit, and so does the spend set beside it
+    assert report.estimate["llm_calls"]["spent"] == report.llm_calls + report.audit_llm_calls
     # The in-memory frame went into the run directory as Parquet; the report as json, md and html.
     assert (res.run_dir / "input.parquet").is_file() and res.run_dir == tmp_path / "run"
     for name in ("report.json", "report.md", "report.html", "estimate.json"):
