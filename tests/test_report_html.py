@@ -172,3 +172,39 @@ def test_plan_estimate_sits_next_to_what_was_spent():
     assert 'id="estimate"' in page and "range 4–8; spent 6" in page and "a &lt;guess&gt;" in page
     row = re.search(r"<tr><th>LLM calls</th>(.*?)</tr>", page).group(1)
     assert re.findall(r"<td>([^<]*)</td>", row) == ["4", "6", "8", "6"]
+
+
+def _decision() -> dict:
+    return {"routing": "calibrated", "llm_accuracy_assumed": 0.9, "margin": 0.02,
+            "budget": {"llm_budget_share": None, "max_llm_cost_usd": None, "calls": 6, "share_spent": 0.5},
+            "paper_cap": {"applied": True, "share": 0.5, "held_back": 2},
+            "expected_accuracy": 0.8765,
+            "reliability": {"hf:<i>m</i>": {"accuracy": 0.91, "n_votes": 12.0, "accuracy_interval": [0.6, 0.98],
+                                            "posterior_accuracy": 0.7, "posterior_votes": 12},
+                            "llm": {"accuracy": 0.6, "n_votes": 6.0, "accuracy_interval": [0.3, 0.85],
+                                    "posterior_accuracy": None, "assumed_accuracy": 0.9}},
+            "llm_verdict": {"unreliable": False, "n": 30, "agreement": 0.8, "independent_agreement": 0.5,
+                            "expected_agreement": 0.6},
+            "audit": {"estimates": {"slm_consensus": {"n": 4, "agreement": 0.75, "estimate": 0.8125,
+                                                      "interval": [0.4, 1.0]}}}}
+
+
+def test_the_page_shows_the_decisions_the_markdown_shows():
+    """The routing, the cap, the LLM check, the expected accuracy (a headline card: it needs no gold), each source's
+    reliability and the audit's estimate: what a run without gold has to say about its labels' quality."""
+    from autoannotator.run.report import _decision_markdown
+
+    report = _report(decision=_decision(), audit_llm_calls=4, audit_cost_usd=0.0001)
+    for key in ("accuracy", "confusion_by_source", "by_label_source", "n_scored"):
+        report.pop(key)  # no gold column
+    page = render_html(report)
+    assert 'id="decisions"' in page and "expected accuracy" in page and "0.8765" in page
+    text = " ".join(_parse(page).text)
+    md = "\n".join(_decision_markdown(report))
+    bullets = [line[2:] for line in md.splitlines() if line.startswith("- ")]
+    assert len(bullets) == 5 and all(b in text for b in bullets)
+    cells = [c.strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line
+             for c in line.strip("|").split("|")]
+    assert "0.9 (assumed)" in cells and "0.4–1.0" in cells and all(c in text for c in cells)
+    assert "hf:&lt;i&gt;m&lt;/i&gt;" in page and "<i>m</i>" not in page
+    assert 'id="decisions"' not in render_html(_report())  # a run without the decision layer: no section

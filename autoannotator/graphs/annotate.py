@@ -59,7 +59,7 @@ from autoannotator.run.cache import HUMAN
 from autoannotator.run.faultpoint import faultpoint
 from autoannotator.run.output import ShardWriter
 from autoannotator.run.paths import RunPaths
-from autoannotator.run.report import unreliable_text
+from autoannotator.run.report_decisions import unreliable_text
 from autoannotator.run.store import RunStore
 from autoannotator.slm.base import SLM, TrainableSLM
 from autoannotator.task import LabelSource, TaskSpec

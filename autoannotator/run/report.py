@@ -11,6 +11,7 @@ from typing import Any
 from autoannotator.costs import LLMUsage, cost_summary
 from autoannotator.finetune import finetune_summary
 from autoannotator.plan_estimate import PlanEstimate, compare_with_spent
+from autoannotator.run.report_decisions import decision_view, unreliable_text
 from autoannotator.run.report_html import render_html
 from autoannotator.run.tally import RowTally
 
@@ -105,22 +106,6 @@ def decision_section(decide: dict, settings) -> dict[str, Any]:
             "audit_cost_usd": round(float(usage.get("cost_usd", 0.0)), 6)}
 
 
-def unreliable_text(verdict: dict, assumed: float) -> str:
-    """One sentence for the run's first lines and its report: why the LLM was judged unreliable."""
-    acc = verdict.get("llm_accuracy")
-    estimate = f"label model's estimate of its accuracy: {'unknown' if acc is None else f'{acc:.2f}'}"
-    failed, n = verdict.get("failed_on"), verdict.get("failed_n") or verdict.get("n")
-    seen = verdict.get("failed_agreement", verdict.get("agreement")) or 0.0
-    floor = verdict.get("failed_floor", verdict.get("expected_agreement")) or 0.0
-    if failed not in (None, "overall"):
-        why = (f"on the {n} rows the SLMs agree are '{failed}' it answered '{failed}' {seen:.0%} of the time, "
-               f"below the {floor:.0%} it would reach even if those SLM labels were no better than chance")
-    else:
-        why = (f"it agrees with the SLMs' agreeing labels on {seen:.0%} of {n} rows, below the {floor:.0%} an LLM "
-               f"right {assumed:.0%} of the time would reach even beside weak SLMs")
-    return f"LLM judged unreliable: {why} ({estimate})"
-
-
 def unreliable_warning(decide: dict) -> str | None:
     v = decide.get("llm_verdict") or {}
     if not v.get("unreliable"):
@@ -130,75 +115,13 @@ def unreliable_warning(decide: dict) -> str | None:
 
 
 def _decision_markdown(report: dict[str, Any]) -> list[str]:
-    d = report.get("decision")
-    if not d:
+    view = decision_view(report)
+    if view is None:
         return []
-    b = d.get("budget") or {}
-    cap = d.get("paper_cap") or {}
-    if b.get("llm_budget_share") is not None:
-        budget = f"share {b['llm_budget_share']}"
-    elif cap.get("applied") and cap.get("share") is not None:
-        budget = f"at most the paper rule's share of rows ({cap['share']:.1%}, the default; the audit apart)"
-    else:
-        budget = "none"
-    lines = ["", "## Decisions", "",
-             f"- Routing: {d['routing']}" + (f" (assumed LLM accuracy {d['llm_accuracy_assumed']}, margin {d['margin']})"
-                                           if d["routing"] == "calibrated" else ""),
-             "- LLM budget: " + budget
-             + (f", max cost ${b['max_llm_cost_usd']}" if b.get("max_llm_cost_usd") is not None else "")
-             + f"; spent {b.get('share_spent', 0):.1%} of rows"
-             + (f"; the cap kept {cap['held_back']} rows from the LLM that it was expected to improve "
-                "(--llm-budget 1 lifts it)" if cap.get("applied") and cap.get("held_back") else ""),
-             f"- Audit: {report.get('audit_llm_calls', 0)} LLM calls (${report.get('audit_cost_usd', 0):.6f}), "
-             "counted apart from the routing's"]
-    revoted = (d.get("final_revote") or {}).get("rows")
-    if revoted:
-        lines.append(f"- Final re-vote: {revoted} rows settled before the last fine-tuning round were voted on "
-                     "again by the final models; their labels follow the final posterior")
-    top = d.get("top_up") or {}
-    if top.get("rows"):
-        lines.append(f"- Top-up: {top['rows']} settled rows the final posterior was least sure of were asked after the "
-                     f"last batch, from the {top['reserve']:.0%} of the cap kept back for them (counted in the spend above)"
-                     + (f"; {top['audited_reused']} audited rows as unsure as those are labelled by their audit answer "
-                        "and left the audit, so it vouches for the rows that stayed settled" if top.get("audited_reused")
-                        else ""))
-    if d.get("expected_accuracy") is not None:
-        lines.append(f"- Expected accuracy: {d['expected_accuracy']}, the final posterior's mean confidence in its labels "
-                     "(no gold used; only as good as the posterior's calibration: the audit below checks it)")
-    target = d.get("target")
-    if target:
-        lines.append(f"- Accuracy target: {target['accuracy']}; {target['spared']} rows the LLM was expected to improve "
-                     "were not asked because the expected accuracy had reached it")
-    v = d.get("llm_verdict") or {}
-    if v.get("agreement") is not None:
-        lines.append(f"- LLM check: agreement with confident SLM labels {v['agreement']} on {v['n']} rows "
-                     f"(at least {v['expected_agreement']} expected of the assumed accuracy even beside weak SLMs, "
-                     f"{v['independent_agreement']} for an answerer ignoring the text): "
-                     + (f"UNRELIABLE ({unreliable_text(v, d['llm_accuracy_assumed'])})" if v["unreliable"] else "ok"))
-    rel = d.get("reliability") or {}
-    if rel:
-        lines += ["", "Estimated reliability per source, by the final posterior (the one that labels: the mean "
-                  "probability it gives the source's votes; it takes the LLM at its assumed accuracy) and by the "
-                  "label model (Dawid–Skene; it assumes sources err independently, so SLMs that err together look "
-                  "better than they are, and an LLM that disagrees with them worse):", "",
-                  "| source | accuracy by the posterior | by the label model | 95 % interval (label model) | votes |",
-                  "| --- | --- | --- | --- | --- |"]
-        for name, r in rel.items():
-            lo, hi = r["accuracy_interval"]
-            if r.get("assumed_accuracy") is not None:
-                by_posterior = f"{r['assumed_accuracy']} (assumed)"
-            else:
-                by_posterior = "–" if r.get("posterior_accuracy") is None else str(r["posterior_accuracy"])
-            lines.append(f"| {name} | {by_posterior} | {r['accuracy']} | {lo}–{hi} | {r['n_votes']} |")
-    est = (d.get("audit") or {}).get("estimates") or {}
-    if est:
-        lines += ["", "Accuracy of the settled labels estimated from the audit (their agreement with the LLM, "
-                  "corrected for its assumed accuracy; the interval holds if the LLM is that accurate):", "",
-                  "| label source | audited | agreement | estimated accuracy | 95 % interval |",
-                  "| --- | --- | --- | --- | --- |"]
-        for src, e in est.items():
-            lines.append(f"| {src} | {e['n']} | {e['agreement']} | {e['estimate']} | "
-                         f"{e['interval'][0]}–{e['interval'][1]} |")
+    lines = ["", "## Decisions", ""] + [f"- {b}" for b in view.bullets]
+    for t in view.tables:
+        lines += ["", t.caption, "", "| " + " | ".join(t.header) + " |", "| " + " | ".join("---" for _ in t.header) + " |"]
+        lines += ["| " + " | ".join(row) + " |" for row in t.rows]
     return lines
 
 

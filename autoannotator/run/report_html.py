@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from autoannotator.run.report_decisions import decision_view
 from autoannotator.run.tally import NO_LABEL, RowTally  # NO_LABEL: the page's name for it too
 
 _PALETTE = ["#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"]
@@ -293,6 +294,10 @@ def _headline(report: dict[str, Any]) -> str:
                        + f"<br>at {_e(prices)} prices"))
     if report.get("accuracy") is not None:
         cards.append(_card("accuracy vs gold", _num(report["accuracy"], 4), f"over {_e(report.get('n_scored'))} rows"))
+    expected = (report.get("decision") or {}).get("expected_accuracy")
+    if expected is not None:
+        cards.append(_card("expected accuracy", _num(expected, 4), "the final posterior's mean confidence, no gold "
+                                                                   "used (the audit below checks it)"))
     est = report.get("estimate")
     if isinstance(est, dict) and est.get("llm_calls"):
         calls = est["llm_calls"]
@@ -345,6 +350,18 @@ def _agreement_section(report: dict[str, Any]) -> str:
             + agreement_chart(agreement) + "</section>")
 
 
+def _decisions_section(report: dict[str, Any]) -> str:
+    view = decision_view(report)
+    if view is None:
+        return ""
+    items = "".join(f"<li>{_e(b)}</li>" for b in view.bullets)
+    tables = "".join(
+        f'<p class="muted">{_e(t.caption)}</p><table><thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in t.header)}'
+        f'</tr></thead><tbody>{"".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in t.rows)}'
+        "</tbody></table>" for t in view.tables)
+    return f'<section id="decisions"><h2>Decisions</h2><ul>{items}</ul>{tables}</section>'
+
+
 def _confusion_section(report: dict[str, Any]) -> str:
     conf = report.get("confusion_by_source") or {}
     if "accuracy" not in report and not conf:
@@ -395,7 +412,8 @@ def render_html(report: dict[str, Any]) -> str:
             f"<br>Output: {_e(run.get('out_path'))}")
     body = "".join([
         f'<header><h1>autoannotator run {_e(run.get("run_id"))}</h1><p class="muted">{meta}</p></header>',
-        _headline(report), _estimate_section(report), _batches_section(report), _trajectory_section(report),
+        _headline(report), _decisions_section(report), _estimate_section(report), _batches_section(report),
+        _trajectory_section(report),
         _agreement_section(report), _confusion_section(report), _warnings_section(report),
     ])
     title = _e(f"autoannotator run {run.get('run_id', '')}")
