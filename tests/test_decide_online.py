@@ -464,6 +464,7 @@ def test_the_paper_cap_waits_for_the_llm_verdict() -> None:
     d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True)
     final, _ = run(d, y, votes, lambda r: 1)
     assert d.verdict().unreliable
+    assert d.reliability()["llm"]["assumed_accuracy"] is None  # the posterior takes its answers as no evidence
     keyword = (votes >= 0).all(axis=1) & (votes[:, 0] == votes[:, 1])
     assert (final[keyword] == y[keyword]).mean() > 0.85
 
@@ -743,4 +744,5 @@ def test_each_slms_reliability_is_also_read_off_the_posterior_that_labels() -> N
     assert rel["llm"]["posterior_accuracy"] is None and rel["llm"]["assumed_accuracy"] == 0.9
     paper = OnlineDecider(2000, 2, ["a", "b"], routing="paper")
     run(paper, y, votes, good_llm(y))
-    assert paper.reliability()["a"]["posterior_accuracy"] is None  # the paper's labels come from no posterior
+    rel = paper.reliability()  # the paper's labels come from no posterior
+    assert rel["a"]["posterior_accuracy"] is None and rel["llm"]["assumed_accuracy"] is None

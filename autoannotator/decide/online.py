@@ -855,9 +855,10 @@ class OnlineDecider:
                 have = votes is not None and votes[j] > 0
                 out[name]["posterior_accuracy"] = round(float(right[j] / votes[j]), 4) if have else None
                 out[name]["posterior_votes"] = int(votes[j]) if votes is not None else 0
-        if LLM in out:
+        if LLM in out:  # the posterior takes the LLM at its assumed accuracy; one judged unreliable, at none
             out[LLM]["posterior_accuracy"] = None
-            out[LLM]["assumed_accuracy"] = self.llm_accuracy
+            trusted = self.routing != "paper" and not self.verdict().unreliable
+            out[LLM]["assumed_accuracy"] = self.llm_accuracy if trusted else None
         return out
 
     def audit_estimate(self) -> dict[str, dict]:

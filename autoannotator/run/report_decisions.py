@@ -40,7 +40,7 @@ def unreliable_text(verdict: dict, assumed: float) -> str:
     return f"LLM judged unreliable: {why} ({estimate})"
 
 
-def _budget_bullet(report: dict[str, Any], d: dict[str, Any]) -> str:
+def _budget_bullet(d: dict[str, Any]) -> str:
     b = d.get("budget") or {}
     cap = d.get("paper_cap") or {}
     if b.get("llm_budget_share") is not None:
@@ -123,7 +123,7 @@ def decision_view(report: dict[str, Any]) -> DecisionView | None:
         return None
     bullets = [f"Routing: {d['routing']}" + (f" (assumed LLM accuracy {d['llm_accuracy_assumed']}, margin {d['margin']})"
                                              if d["routing"] == "calibrated" else ""),
-               _budget_bullet(report, d),
+               _budget_bullet(d),
                f"Audit: {report.get('audit_llm_calls', 0)} LLM calls (${report.get('audit_cost_usd', 0):.6f}), "
                "counted apart from the routing's"]
     bullets += _finishing_bullets(d)
