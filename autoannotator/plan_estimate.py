@@ -225,17 +225,22 @@ def estimate_plan(*, n_rows: int, n_empty: int, shares: PilotShares, tokens_in_p
         cost_ratio_to_llm_only=ratio, prices=prices, assumptions=assumptions)
 
 
-def compare_with_spent(estimate: PlanEstimate, report: dict) -> dict:
-    """The estimate next to what the run spent (report.json's figures): each with whether it fell in range. The
-    estimate includes the audit, so the spend does too (the report gives the audit's apart)."""
+def spent_figures(report: dict) -> dict:
+    """What a run spent, as its estimate counts it (report.json's figures): the estimate includes the audit, so
+    this does too (the report gives the audit's apart)."""
     audit = (((report.get("decision") or {}).get("audit") or {}).get("usage")) or {}
     tokens = ((report.get("llm_tokens_in") or 0) + (report.get("llm_tokens_out") or 0)
               + int(audit.get("tokens_in", 0)) + int(audit.get("tokens_out", 0)))
     calls, cost = report.get("llm_calls"), report.get("est_cost_usd")
-    spent = {"llm_calls": None if calls is None else calls + int(report.get("audit_llm_calls") or 0),
-             "tokens": tokens,
-             "cost_usd": None if cost is None else round(cost + float(report.get("audit_cost_usd") or 0.0), 6),
-             "wall_s": (report.get("timings_s") or {}).get("graph_wall")}
+    return {"llm_calls": None if calls is None else calls + int(report.get("audit_llm_calls") or 0),
+            "tokens": tokens,
+            "cost_usd": None if cost is None else round(cost + float(report.get("audit_cost_usd") or 0.0), 6),
+            "wall_s": (report.get("timings_s") or {}).get("graph_wall")}
+
+
+def compare_with_spent(estimate: PlanEstimate, report: dict) -> dict:
+    """The estimate next to what the run spent (``spent_figures``): each with whether it fell in range."""
+    spent = spent_figures(report)
     out = {}
     for key, value in spent.items():
         span: Span = getattr(estimate, key)

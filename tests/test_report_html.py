@@ -122,6 +122,7 @@ def test_page_is_self_contained():
 
 def test_every_section_is_there_given_its_data():
     page = render_html(_report())
+    assert "None" not in page  # a figure the run has not got reads "–" (the second model's agreement)
     ids = {a["id"] for _, a in _parse(page).tags if "id" in a}
     assert {"headline", "per-batch", "trajectory", "agreement", "confusion", "warnings"} <= ids
     text = " ".join(_parse(page).text)
@@ -169,9 +170,15 @@ def test_plan_estimate_sits_next_to_what_was_spent():
            "cost_usd": {"low": 0.0002, "expected": 0.0003, "high": 0.0004},
            "wall_s": {"low": 1.0, "expected": 2.0, "high": 3.0}, "assumptions": ["a <guess>"]}
     page = render_html(_report(estimate=est, timings_s={"graph_wall": 2.5}))
-    assert 'id="estimate"' in page and "range 4–8; spent 6" in page and "a &lt;guess&gt;" in page
+    assert 'id="estimate"' in page and "range 4–8; spent 6, the audit included" in page and "a &lt;guess&gt;" in page
     row = re.search(r"<tr><th>LLM calls</th>(.*?)</tr>", page).group(1)
     assert re.findall(r"<td>([^<]*)</td>", row) == ["4", "6", "8", "6"]
+    # the headline card and the table count the audit's calls, as the estimate does
+    page = render_html(_report(estimate=est, audit_llm_calls=2,
+                               decision={**_decision(), "audit": {"usage": {"calls": 2, "tokens_in": 20,
+                                                                            "tokens_out": 2}}}))
+    row = re.search(r"<tr><th>LLM calls</th>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row)[-1] == "8" and "range 4–8; spent 8, the audit included" in page
 
 
 def _decision() -> dict:
@@ -208,3 +215,8 @@ def test_the_page_shows_the_decisions_the_markdown_shows():
     assert "0.9 (assumed)" in cells and "0.4–1.0" in cells and all(c in text for c in cells)
     assert "hf:&lt;i&gt;m&lt;/i&gt;" in page and "<i>m</i>" not in page
     assert 'id="decisions"' not in render_html(_report())  # a run without the decision layer: no section
+    unknown = _decision()
+    unknown["audit"]["estimates"]["slm_consensus"].update(estimate=None, interval=[0.0, 1.0])  # an LLM that tells nothing
+    page = render_html(_report(decision=unknown))
+    section = page[page.index('id="decisions"'):page.index("</section>", page.index('id="decisions"'))]
+    assert "<td>unknown</td>" in section and "None" not in section

@@ -112,7 +112,7 @@ def _audit_table(d: dict[str, Any]) -> Table | None:
     return Table("Accuracy of the settled labels estimated from the audit (their agreement with the LLM, "
                  "corrected for its assumed accuracy; the interval holds if the LLM is that accurate):",
                  ["label source", "audited", "agreement", "estimated accuracy", "95 % interval"],
-                 [[str(src), str(e["n"]), str(e["agreement"]), str(e["estimate"]),
+                 [[str(src), str(e["n"]), str(e["agreement"]), "unknown" if e["estimate"] is None else str(e["estimate"]),
                    f"{e['interval'][0]}–{e['interval'][1]}"] for src, e in est.items()])
 
 

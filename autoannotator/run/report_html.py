@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from autoannotator.plan_estimate import spent_figures
 from autoannotator.run.report_decisions import decision_view
 from autoannotator.run.tally import NO_LABEL, RowTally  # NO_LABEL: the page's name for it too
 
@@ -224,7 +225,7 @@ def agreement_chart(agreement: dict[str, dict[str, Any]], width: int = 1040) -> 
             v = stats.get(key)
             w = (float(v) if v is not None else 0.0) * pw
             parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" class="{cls}">'
-                         f'<title>{_e(f"{name} {key}: {v}")}</title></rect>'
+                         f'<title>{_e(name)} {key}: {_num(v, 4)}</title></rect>'
                          f'<text x="{left + w + 4:.1f}" y="{y + bar_h - 3}" class="tick">{key} {_num(v, 3)}</text>')
             y += bar_h
         y += gap
@@ -301,9 +302,10 @@ def _headline(report: dict[str, Any]) -> str:
     est = report.get("estimate")
     if isinstance(est, dict) and est.get("llm_calls"):
         calls = est["llm_calls"]
+        spent = calls.get("spent", spent_figures(report)["llm_calls"])
         cards.append(_card("planned LLM calls", _num(calls.get("expected")),
                            f"range {_num(calls.get('low'))}–{_num(calls.get('high'))}; "
-                           f"spent {_e(report.get('llm_calls'))}"))
+                           f"spent {_e(spent)}, the audit included"))
     return f'<section id="headline"><h2>Headline</h2><div class="cards">{"".join(cards)}</div></section>'
 
 
@@ -377,9 +379,7 @@ def _estimate_section(report: dict[str, Any]) -> str:
     est = report.get("estimate")
     if not isinstance(est, dict):
         return ""
-    spent = {"llm_calls": report.get("llm_calls"), "tokens": (report.get("llm_tokens_in") or 0)
-             + (report.get("llm_tokens_out") or 0), "cost_usd": report.get("est_cost_usd"),
-             "wall_s": (report.get("timings_s") or {}).get("graph_wall")}
+    spent = spent_figures(report)
     rows = []
     for key, label in (("llm_calls", "LLM calls"), ("tokens", "tokens"), ("cost_usd", "cost (USD)"),
                        ("wall_s", "wall time (s)")):
