@@ -381,12 +381,12 @@ def _estimate_section(report: dict[str, Any]) -> str:
         return ""
     spent = spent_figures(report)
     rows = []
-    for key, label in (("llm_calls", "LLM calls"), ("tokens", "tokens"), ("cost_usd", "cost (USD)"),
-                       ("wall_s", "wall time (s)")):
+    for key, label, digits in (("llm_calls", "LLM calls", 6), ("tokens", "tokens", 6), ("cost_usd", "cost (USD)", 6),
+                               ("wall_s", "wall time (s)", 1)):
         r = est.get(key) or {}
         value = r.get("spent", spent[key])
-        rows.append(f"<tr><th>{label}</th><td>{_num(r.get('low'), 6)}</td><td>{_num(r.get('expected'), 6)}</td>"
-                    f"<td>{_num(r.get('high'), 6)}</td><td>{_num(value, 6)}</td></tr>")
+        rows.append(f"<tr><th>{label}</th><td>{_num(r.get('low'), digits)}</td><td>{_num(r.get('expected'), digits)}"
+                    f"</td><td>{_num(r.get('high'), digits)}</td><td>{_num(value, digits)}</td></tr>")
     notes = "".join(f"<li>{_e(a)}</li>" for a in est.get("assumptions", []))
     return ('<section id="estimate"><h2>The plan\'s estimate and what was spent, the audit included</h2><table><thead><tr><th></th>'
             '<th>low</th><th>expected</th><th>high</th><th>spent</th></tr></thead><tbody>' + "".join(rows)
