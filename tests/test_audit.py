@@ -80,3 +80,17 @@ def test_by_source() -> None:
     out = estimate_by_source(rows, 0.9, (0.85, 0.95), 2)
     assert set(out) == {"all", "slm_consensus", "student"}
     assert out["slm_consensus"]["n"] == 10 and out["all"]["n"] == 15
+
+
+def test_by_source_sets_the_posteriors_expectation_beside_the_estimate() -> None:
+    """With each audited row's posterior probability of its label, every source gets the posterior's expected
+    accuracy on the same rows: the audit's interval then checks the posterior's calibration without gold."""
+    rows = [("slm_consensus", "pos", "pos", 0.95)] * 18 + [("slm_consensus", "neg", "pos", 0.95)] * 2 \
+        + [("student", "pos", "neg", 0.6)] * 4
+    out = estimate_by_source(rows, 0.9, (0.9, 0.9), 2)
+    assert out["slm_consensus"]["posterior_expects"] == pytest.approx(0.95)
+    assert out["all"]["posterior_expects"] == pytest.approx((20 * 0.95 + 4 * 0.6) / 24, abs=1e-4)
+    lo, hi = out["slm_consensus"]["interval"]
+    assert out["slm_consensus"]["posterior_within"] is (lo <= 0.95 <= hi) is True
+    assert out["student"]["posterior_within"] is False  # the posterior expects 0.6 of labels the LLM never backs
+    assert "posterior_expects" not in estimate_by_source([("s", "pos", "pos")], 0.9, (0.9, 0.9), 2)["s"]

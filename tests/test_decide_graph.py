@@ -145,7 +145,7 @@ def test_report_shows_decisions_and_prices_the_audit_apart():
     assert report["llm_tokens_in"] == 900
     assert report["warnings"][0].startswith("LLM judged unreliable")
     md = render_markdown(report)
-    assert "## Decisions" in md and "UNRELIABLE" in md and "| slm_consensus | 5 | 0.8 | 0.875 | 0.4–1.0 |" in md
+    assert "## Decisions" in md and "UNRELIABLE" in md and "| slm_consensus | 5 | 0.8 | 0.875 | 0.4–1.0 | – |" in md
     assert "- LLM budget: share 0.1;" in md
     assert "| a | 0.74 | 0.8 | 0.7–0.87 | 90.0 |" in md and "| llm | 0.9 (assumed) | 0.59 | 0.5–0.7 | 40.0 |" in md
     # no budget of the user's: the default cap is named with what it held back

@@ -746,3 +746,15 @@ def test_each_slms_reliability_is_also_read_off_the_posterior_that_labels() -> N
     run(paper, y, votes, good_llm(y))
     rel = paper.reliability()  # the paper's labels come from no posterior
     assert rel["a"]["posterior_accuracy"] is None and rel["llm"]["assumed_accuracy"] is None
+
+
+def test_the_audit_sets_the_posteriors_expectation_on_the_audited_rows_beside_its_estimate() -> None:
+    y, votes = correlated_stream(2000, 9, shared=0.22)
+    d = OnlineDecider(2000, 2, ["a", "b"], routing="calibrated", paper_cap=True, audit=AuditSampler(200, 2000))
+    _run_with_top_up(d, y, votes, good_llm(y))  # (no reserve: no top-up)
+    est = d.audit_estimate()["slm_consensus"]
+    rows = np.fromiter(d._accepted, dtype=np.int64)
+    conf = d._posterior(rows).max(axis=1)  # settled rows: the label is the posterior's, so its probability is the max
+    assert est["n"] == len(rows) >= 150 and est["posterior_expects"] == pytest.approx(conf.mean(), abs=1e-4)
+    lo, hi = est["interval"]
+    assert est["posterior_within"] == (lo <= est["posterior_expects"] <= hi)

@@ -95,13 +95,30 @@ def estimate_accuracy(agree: int, n: int, q: float, q_interval: tuple[float, flo
     return out
 
 
-def estimate_by_source(rows: Iterable[tuple[str, str, str]], q: float, q_interval: tuple[float, float],
+def estimate_by_source(rows: Iterable[tuple], q: float, q_interval: tuple[float, float],
                        n_labels: int) -> dict[str, dict]:
-    """Per label source (and "all"): estimate from (label source, accepted label, LLM label) triples."""
-    tallies: dict[str, list[int]] = {}
-    for source, label, llm_label in rows:
+    """Per label source (and "all"): estimate from (label source, accepted label, LLM label) triples.
+
+    A fourth element per row, the posterior's probability that the accepted label is right, adds the posterior's
+    expected accuracy on the same rows (``posterior_expects``) and whether the audit's interval holds it
+    (``posterior_within``): a check of the posterior's calibration that needs no gold, as weak as the audit is
+    small (it holds the posterior's figure whenever it holds the truth too)."""
+    tallies: dict[str, list[float]] = {}
+    for row in rows:
+        source, label, llm_label = row[:3]
+        expected = row[3] if len(row) > 3 else None
         for key in (source, "all"):
-            t = tallies.setdefault(key, [0, 0])
+            t = tallies.setdefault(key, [0, 0, 0.0, 0])
             t[0] += int(label == llm_label)
             t[1] += 1
-    return {key: estimate_accuracy(a, n, q, q_interval, n_labels) for key, (a, n) in sorted(tallies.items())}
+            if expected is not None:
+                t[2] += float(expected)
+                t[3] += 1
+    out = {}
+    for key, (agree, n, expected_sum, n_expected) in sorted(tallies.items()):
+        out[key] = estimate_accuracy(int(agree), int(n), q, q_interval, n_labels)
+        if n_expected == n and n:
+            mean = expected_sum / n
+            out[key]["posterior_expects"] = round(mean, 4)
+            out[key]["posterior_within"] = bool(out[key]["interval"][0] <= mean <= out[key]["interval"][1])
+    return out

@@ -867,9 +867,11 @@ class OnlineDecider:
         q is the LLM accuracy the routing assumes (``llm_accuracy``), or for an LLM judged
         unreliable its answers' frequencies (then nothing can be said: interval [0, 1]). q is an
         assumption, not a measurement, so the interval carries only the agreement's uncertainty and
-        holds *if the LLM is as accurate as assumed*; the report says so.
+        holds *if the LLM is as accurate as assumed*; the report says so. Beside it, the posterior's own
+        expectation on the same rows (``posterior_expects``): outside the interval, the run's expected accuracy
+        is not to be trusted.
         """
-        if not self._audit_llm:
+        if not self._audit_llm or not self._accepted:
             return {}
         if self.verdict().unreliable:
             q = 1.0 / self.n_labels  # its answers carry no information: nothing to correct against
@@ -877,7 +879,10 @@ class OnlineDecider:
             conf = self.patterns.llm_confusion
             prior = self._coarse.answers.sum(axis=0).astype(float) + 1.0  # the answers on the rows seen
             q = float(np.dot(prior / prior.sum(), np.diag(conf)))
-        rows = [(src, lab, self._audit_llm[r]) for r, (lab, src) in self._accepted.items()]
+        ids = np.fromiter(self._accepted, dtype=np.int64, count=len(self._accepted))
+        post = self._posterior(ids)  # the SLMs' posterior: an audit answer checks a label and does not make it
+        rows = [(src, lab, self._audit_llm[r], float(post[k, lab]) if lab >= 0 else 0.0)
+                for k, (r, (lab, src)) in enumerate(self._accepted.items())]
         return estimate_by_source(rows, q, (q, q), self.n_labels)
 
     # ---------- checkpoint ----------

@@ -109,11 +109,18 @@ def _audit_table(d: dict[str, Any]) -> Table | None:
     est = (d.get("audit") or {}).get("estimates") or {}
     if not est:
         return None
+    def expected(e: dict) -> str:
+        if e.get("posterior_expects") is None:
+            return "–"
+        return f"{e['posterior_expects']} ({'inside' if e.get('posterior_within') else 'OUTSIDE'})"
+
     return Table("Accuracy of the settled labels estimated from the audit (their agreement with the LLM, "
-                 "corrected for its assumed accuracy; the interval holds if the LLM is that accurate):",
-                 ["label source", "audited", "agreement", "estimated accuracy", "95 % interval"],
+                 "corrected for its assumed accuracy; the interval holds if the LLM is that accurate), and what the "
+                 "posterior expected of the same rows: outside the interval, the expected accuracy above is not to "
+                 "be trusted (inside, it may still be off: a small audit holds a wide range):",
+                 ["label source", "audited", "agreement", "estimated accuracy", "95 % interval", "the posterior expected"],
                  [[str(src), str(e["n"]), str(e["agreement"]), "unknown" if e["estimate"] is None else str(e["estimate"]),
-                   f"{e['interval'][0]}–{e['interval'][1]}"] for src, e in est.items()])
+                   f"{e['interval'][0]}–{e['interval'][1]}", expected(e)] for src, e in est.items()])
 
 
 def decision_view(report: dict[str, Any]) -> DecisionView | None:
