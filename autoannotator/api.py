@@ -200,11 +200,12 @@ def label(data: Any, task: str | None = None, labels: str | Iterable[str | Label
     cfg = _settings(settings, config)
     if not task:
         raise UserError('say what to label: --task "label these reviews for sentiment" (in Python: task="...")')
-    run_dir = Path(run_dir) if run_dir is not None else cfg.runs_dir / new_run_id(task)
+    run_id = new_run_id(task)  # one id, so a directory named for the run carries the id its report gives
+    run_dir = Path(run_dir) if run_dir is not None else cfg.runs_dir / run_id
     path = materialise(data, run_dir)
     report, used = runner.label(cfg, path, instruction=task, labels=_labels(labels), text_column=text_column,
                                 gold_column=gold_column, out_path=Path(out) if out is not None else None,
-                                run_dir=run_dir, on_progress=on_progress or (lambda event: None),
+                                run_dir=run_dir, run_id=run_id, on_progress=on_progress or (lambda event: None),
                                 **_verifier_hooks(verifier, verifier_info))
     return _result(report, used)
 

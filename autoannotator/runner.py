@@ -69,13 +69,15 @@ def label(
     gold_column: str | None = None,
     out_path: Path | None = None,
     run_dir: Path | None = None,
+    run_id: str | None = None,
     resume: bool = False,
     on_progress: Callable[[dict], None] = lambda event: None,
     verifier_factory: VerifierFactory | None = None,
     verifier_info: dict[str, Any] | None = None,
     switch_llm: bool = False,
 ) -> tuple[dict[str, Any], Path]:
-    """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``.
+    """Label ``data_path``; returns (report, run_dir). Resuming needs only ``run_dir``. ``run_id``: the new
+    run's id, when the caller already named ``run_dir`` after it (else one is made).
 
     ``verifier_factory(task, run_dir, run_id)`` replaces the LLM verifier (the benchmark's, which
     holds its own LLM session or simulates one; ``verifier_info`` describes it for the report); no
@@ -106,7 +108,7 @@ def label(
     if not resume:
         if labels:  # fail on a bad label set before paying for an LLM start
             build_task(instruction, labels, source.text_column)
-        run_id = new_run_id(instruction)
+        run_id = run_id or new_run_id(instruction)
         run_dir = run_dir or settings.runs_dir / run_id
     # Before any LLM call: the run directory and the output must take a file (found at the end, the
     # work and its LLM calls were lost), and no other process may hold this run.

@@ -97,10 +97,12 @@ def test_records_and_iterators_are_accepted(tmp_path):
     rows = _reviews(20)[["text", "label"]].to_dict("records")
     gold = [r["label"] for r in rows]
     for name, data in (("list", rows), ("iter", iter(rows))):
-        res = aa.label(data, task=TASK, labels="positive,negative", run_dir=tmp_path / name,
-                       runs_dir=tmp_path / "runs", verifier=_simulated(gold), verifier_info={"simulated": True},
-                       **FAST)
+        where = {"run_dir": tmp_path / name} if name == "list" else {}  # the second in a directory of its own naming
+        res = aa.label(data, task=TASK, labels="positive,negative", runs_dir=tmp_path / "runs",
+                       verifier=_simulated(gold), verifier_info={"simulated": True}, **where, **FAST)
         assert len(res.data) == 20 and set(res.data["label"]) <= set(LABELS)
+    # a run directory named for its run: the id in its report is the directory's name
+    assert res.run_dir.parent == tmp_path / "runs" and res.run_dir.name == res.report.run["run_id"]
 
 
 def test_bad_input_is_a_user_error(tmp_path):
