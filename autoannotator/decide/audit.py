@@ -102,7 +102,7 @@ def estimate_by_source(rows: Iterable[tuple], q: float, q_interval: tuple[float,
     A fourth element per row, the posterior's probability that the accepted label is right, adds the posterior's
     expected accuracy on the same rows (``posterior_expects``) and whether the audit's interval holds it
     (``posterior_within``): a check of the posterior's calibration that needs no gold, as weak as the audit is
-    small (it holds the posterior's figure whenever it holds the truth too)."""
+    small (a wide interval can hold a miscalibrated posterior's figure and the truth at once)."""
     tallies: dict[str, list[float]] = {}
     for row in rows:
         source, label, llm_label = row[:3]
