@@ -839,9 +839,9 @@ class OnlineDecider:
         routing, the final posterior's (``posterior_accuracy``: the mean probability it gives each SLM's votes).
 
         The label model assumes the sources err independently: SLMs that err together look better than they
-        are, and an LLM that disagrees with them worse (on movie-review sentences it rated two lexicons right
-        0.83 of 0.64 and a 0.9 LLM 0.59). The posterior is the one that labels, anchored by the LLM's answers at
-        its assumed accuracy, which is all it says of the LLM (``assumed_accuracy``)."""
+        are, and an LLM that disagrees with them worse (on movie-review sentences it rated two lexicons that are
+        right 0.64 of the time at 0.83, and a 0.9 LLM at 0.59). The posterior is the one that labels, anchored by
+        the LLM's answers at its assumed accuracy, which is all it says of the LLM (``assumed_accuracy``)."""
         model = self._fitted_label_model()
         if model is None:
             return {}
