@@ -690,11 +690,11 @@ def test_the_expected_accuracy_comes_from_the_last_relabel_until_a_vote_moves_it
                       audit=AuditSampler(20, 2000))
     _run_with_top_up(d, y, votes, good_llm(y))  # ends with a relabel
     cached = d.expected_accuracy()
-    d._expected = None
+    d._last_pass = None
     assert d.expected_accuracy() == pytest.approx(cached) and cached[1] == 2000
     unasked = next(r for r in range(2000) if d._votes[r, -1] < 0)
     d.add_llm_votes({unasked: int(y[unasked])})  # an answer: the cached figure is stale
-    assert d._expected is None and d.expected_accuracy()[0] >= cached[0]
+    assert d._last_pass is None and d.expected_accuracy()[0] >= cached[0]
 
 
 def test_the_top_up_under_a_target_asks_only_the_shortfall() -> None:

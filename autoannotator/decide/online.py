@@ -144,6 +144,17 @@ class Decision:
 
 
 @dataclass
+class PassTotals:
+    """What one ``relabel_blocks`` pass sums on the way: the labels' confidences over the rows with text, and per
+    SLM the final posterior's probability of its votes over its votes."""
+
+    right: float
+    live: int
+    slm_right: np.ndarray
+    slm_votes: np.ndarray
+
+
+@dataclass
 class Verdict:
     unreliable: bool
     n: int  # LLM answers on rows with an SLM label
@@ -259,13 +270,10 @@ class OnlineDecider:
     spared: int = 0  # rows the LLM was expected to improve, not asked because the target was already met
     audit_usage: dict = field(default_factory=lambda: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0})
     _verdict: Verdict | None = field(default=None, repr=False)
-    # (summed confidence, rows with text) of the last complete ``relabel_blocks`` pass; None once a vote or a
-    # refit could have moved it. The finishing steps end with such a pass, so the report and the top-up's
-    # target get the final expectation without another pass over every row.
-    _expected: tuple[float, int] | None = field(default=None, repr=False)
-    # Per SLM, from the same pass: (summed final-posterior probability of its votes, its votes), for the report's
-    # reliabilities (``reliability``). None under the same conditions as ``_expected``.
-    _slm_expected: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    # The totals of the last complete ``relabel_blocks`` pass; None once a vote or a refit could have moved them.
+    # The finishing steps end with such a pass, so the report and the top-up's target get the final expectation
+    # and reliabilities without another pass over every row (``_final_pass``).
+    _last_pass: PassTotals | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings, n_rows: int, n_labels: int, slm_names: list[str], *,
@@ -336,7 +344,7 @@ class OnlineDecider:
         """``confidence`` [n, k]: each vote's probability (as the store keeps it); None keeps what was
         recorded (the accept step re-adds the votes it was planned with)."""
         ids = np.asarray(row_ids, dtype=np.int64)
-        self._expected = self._slm_expected = None
+        self._last_pass = None
         new = np.asarray(votes, dtype=np.int16).reshape(len(ids), -1)
         conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(len(ids), -1)
         self._stale |= bool((~self._seen[ids]).any() or (self._votes[ids, :-1] != new).any()
@@ -352,7 +360,7 @@ class OnlineDecider:
     def add_llm_votes(self, answers: Mapping[int, int]) -> None:
         if not answers:
             return
-        self._expected = self._slm_expected = None
+        self._last_pass = None
         rows = np.fromiter((int(r) for r in answers), dtype=np.int64, count=len(answers))
         values = np.fromiter((int(a) for a in answers.values()), dtype=np.int64, count=len(answers))
         self._n_answered += int(((self._votes[rows, -1] < 0) & (values >= 0)).sum())
@@ -555,11 +563,19 @@ class OnlineDecider:
     def expected_accuracy(self) -> tuple[float, int]:
         """(mean, rows): the final posterior's expected accuracy of the labels of the rows with text: that of
         the last ``relabel_blocks`` pass when nothing changed since, else a pass over every row seen."""
-        if self._expected is None:
+        totals = self._final_pass()
+        right, n = (totals.right, totals.live) if totals is not None else (0.0, 0)
+        return (right / n if n else 0.0), n
+
+    def _final_pass(self) -> PassTotals | None:
+        """The last ``relabel_blocks`` pass's totals, making that pass if nothing is cached (None under the paper
+        rule, whose labels come from no posterior)."""
+        if self.routing == "paper":
+            return None
+        if self._last_pass is None:
             for _ in self.relabel_blocks():
                 pass
-        right, n = self._expected if self._expected is not None else (0.0, 0)
-        return (right / n if n else 0.0), n
+        return self._last_pass
 
     def _target_summary(self) -> dict | None:
         if self.target is None or self.routing == "paper":
@@ -692,7 +708,7 @@ class OnlineDecider:
         model's reliability from votes cast before the row was trained on (a final model's vote on a row it
         trained on would look more reliable than it is). The graph checkpoints the result, so a run resumed
         in the middle of re-voting labels with the same posterior; from here on it is ``frozen``."""
-        self.frozen, self._expected, self._slm_expected = False, None, None
+        self.frozen, self._last_pass = False, None
         self._refit()
         self.frozen = True
 
@@ -753,8 +769,7 @@ class OnlineDecider:
             slm_right += np.where(voted, p_vote, 0.0).sum(axis=0)
             slm_votes += voted.sum(axis=0)
             yield out
-        self._expected = (right, live)
-        self._slm_expected = (slm_right, slm_votes)
+        self._last_pass = PassTotals(right, live, slm_right, slm_votes)
 
     # ---------- what it learnt ----------
 
@@ -846,15 +861,12 @@ class OnlineDecider:
         if model is None:
             return {}
         out = {name: rel.as_dict() for name, rel in model.reliability().items()}
-        if self.routing != "paper" and self._slm_expected is None:
-            for _ in self.relabel_blocks():
-                pass
-        right, votes = self._slm_expected if self.routing != "paper" and self._slm_expected else (None, None)
+        totals = self._final_pass()
         for j, name in enumerate(self.slm_names):
             if name in out:
-                have = votes is not None and votes[j] > 0
-                out[name]["posterior_accuracy"] = round(float(right[j] / votes[j]), 4) if have else None
-                out[name]["posterior_votes"] = int(votes[j]) if votes is not None else 0
+                votes = int(totals.slm_votes[j]) if totals is not None else 0
+                out[name]["posterior_accuracy"] = round(float(totals.slm_right[j]) / votes, 4) if votes else None
+                out[name]["posterior_votes"] = votes
         if LLM in out:  # the posterior takes the LLM at its assumed accuracy; one judged unreliable, at none
             out[LLM]["posterior_accuracy"] = None
             trusted = self.routing != "paper" and not self.verdict().unreliable
