@@ -357,11 +357,15 @@ def _decisions_section(report: dict[str, Any]) -> str:
     if view is None:
         return ""
     items = "".join(f"<li>{_e(b)}</li>" for b in view.bullets)
-    tables = "".join(
-        f'<p class="muted">{_e(t.caption)}</p><table><thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in t.header)}'
-        f'</tr></thead><tbody>{"".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in t.rows)}'
-        "</tbody></table>" for t in view.tables)
+    tables = "".join(f'<p class="muted">{_e(t.caption)}</p>{_text_table(t.header, t.rows)}' for t in view.tables)
     return f'<section id="decisions"><h2>Decisions</h2><ul>{items}</ul>{tables}</section>'
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of strings, every cell escaped."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _confusion_section(report: dict[str, Any]) -> str:
